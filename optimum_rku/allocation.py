@@ -1,0 +1,282 @@
+"""Allocation: turn per-structure scores into a pruning plan (which channels, heads and KV groups each layer keeps).
+
+Within a layer, structures are removed weakest first as "units": single FFN channels (or chunks, so kept widths stay
+multiples of `round_to`), KV groups, or (query_head granularity under GQA) slots of one query head per KV group.
+`global` ranks all units of all layers in one pool; `uniform` keeps the same widths in every layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from optimum_rku.scoring import PruningScores
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE = 0.01  # achieved sparsity must land within +-1 percentage point of the target
+
+
+@dataclass
+class LayerPlan:
+    """What one decoder block keeps (indices into the block's current channels / heads)."""
+
+    kept_channels: list[int]
+    kept_heads: list[int]
+    kept_kv_heads: list[int]
+
+    @property
+    def intermediate_size(self) -> int:
+        return len(self.kept_channels)
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.kept_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return len(self.kept_kv_heads)
+
+
+@dataclass
+class PruningPlan:
+    """Per-layer kept structures plus the parameter accounting that produced them."""
+
+    layers: list[LayerPlan]
+    prunable_before: int
+    removed: int
+    target_sparsity: float
+    allocation: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def achieved_sparsity(self) -> float:
+        return self.removed / self.prunable_before if self.prunable_before else 0.0
+
+    def is_uniform(self) -> bool:
+        shapes = {(lp.intermediate_size, lp.num_heads, lp.num_kv_heads) for lp in self.layers}
+        return len(shapes) == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allocation": self.allocation,
+            "target_sparsity": self.target_sparsity,
+            "achieved_sparsity": self.achieved_sparsity,
+            "prunable_before": self.prunable_before,
+            "prunable_removed": self.removed,
+            "layers": [
+                {
+                    "layer": i,
+                    "intermediate_size": lp.intermediate_size,
+                    "num_attention_heads": lp.num_heads,
+                    "num_key_value_heads": lp.num_kv_heads,
+                    "kept_channels": lp.kept_channels,
+                    "kept_heads": lp.kept_heads,
+                    "kept_kv_heads": lp.kept_kv_heads,
+                }
+                for i, lp in enumerate(self.layers)
+            ],
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class _Units:
+    """Removal units of one (layer, type), in the only order they may be removed (weakest first)."""
+
+    layer: int
+    kind: str  # "mlp" | "attention"
+    scores: list[float]
+    costs: list[int]
+    members: list[list[int]]  # structure indices removed by each unit
+    max_units: int  # how many units may go (min_keep, protected layers, at least one structure kept)
+    removed: int = 0
+
+
+def _min_kept(count: int, min_keep: float) -> int:
+    return min(count, max(1, math.ceil(min_keep * count - 1e-9)))
+
+
+def _mlp_units(layer: int, scores: torch.Tensor, cost: int, config, protected: bool) -> _Units:
+    order = torch.argsort(scores, stable=True).tolist()
+    total = len(order)
+    step = config.round_to
+    first = total % step if step > 1 else 1
+    sizes = ([first] if first else []) + [step] * ((total - first) // step) if step > 1 else [1] * total
+    members, start = [], 0
+    for size in sizes:
+        members.append(order[start : start + size])
+        start += size
+    unit_scores = [float(scores[m].mean()) for m in members]
+    keep = _min_kept(total, config.min_keep)
+    if step > 1:
+        keep = min(total, math.ceil(keep / step) * step) if keep > 0 else 0
+    max_units, removed_structures = 0, 0
+    for m in members:
+        if total - removed_structures - len(m) < keep:
+            break
+        removed_structures += len(m)
+        max_units += 1
+    return _Units(layer, "mlp", unit_scores, [cost * len(m) for m in members], members, 0 if protected else max_units)
+
+
+def _attention_units(
+    layer: int, scores: torch.Tensor, cost: int, width: dict[str, int], granularity: str, config, protected: bool
+) -> _Units:
+    heads, kv_heads = width["num_attention_heads"], width["num_key_value_heads"]
+    group = heads // kv_heads
+    if granularity == "query_head" and group > 1:
+        # slot r = the r-th weakest query head of every KV group; groups stay equal-sized
+        ranked = [torch.argsort(scores[g * group : (g + 1) * group], stable=True) + g * group for g in range(kv_heads)]
+        members = [[int(r[slot]) for r in ranked] for slot in range(group)]
+        count = group
+    else:
+        order = torch.argsort(scores, stable=True).tolist()
+        members = [[i] for i in order]
+        count = len(order)
+    unit_scores = [float(scores[m].mean()) for m in members]
+    keep = _min_kept(count, config.min_keep)
+    max_units = 0 if protected else count - keep
+    return _Units(layer, "attention", unit_scores, [cost] * count, members, max_units)
+
+
+def _build_units(scores: PruningScores, config) -> list[_Units]:
+    units = []
+    protected = set(config.protected_layers)
+    for layer in range(scores.num_layers):
+        is_protected = layer in protected
+        mlp = _mlp_units(layer, scores.mlp[layer], scores.mlp_cost[layer], config, is_protected)
+        attn = _attention_units(
+            layer,
+            scores.attention[layer],
+            scores.attention_cost[layer],
+            scores.widths[layer],
+            scores.attention_granularity,
+            config,
+            is_protected,
+        )
+        if not config.prunes_mlp:
+            mlp.max_units = 0
+        if not config.prunes_attention:
+            attn.max_units = 0
+        units += [mlp, attn]
+    return units
+
+
+def _allocate_global(units: list[_Units], target: float) -> float:
+    """Greedy ascending-score removal; a unit that would overshoot the target is skipped for cheaper ones."""
+    candidates = sorted(
+        ((u.scores[i], u.layer, u.kind, i, u) for u in units for i in range(u.max_units)),
+        key=lambda c: (c[0], c[1], c[2], c[3]),
+    )
+    removed = 0.0
+    blocked: set[int] = set()
+    for _score, _layer, _kind, position, unit in candidates:
+        if id(unit) in blocked or position != unit.removed:
+            continue
+        cost = unit.costs[position]
+        if removed + cost > target:
+            blocked.add(id(unit))  # later units of this (layer, type) come after this one: stop here
+            continue
+        unit.removed += 1
+        removed += cost
+    # one fix-up: if a next-in-line unit overshoots by less than the current shortfall, take the weakest such unit
+    shortfall = target - removed
+    best = None
+    for unit in units:
+        if unit.removed < unit.max_units:
+            cost = unit.costs[unit.removed]
+            if removed + cost - target < shortfall and (best is None or unit.scores[unit.removed] < best[0]):
+                best = (unit.scores[unit.removed], unit)
+    if best is not None:
+        unit = best[1]
+        removed += unit.costs[unit.removed]
+        unit.removed += 1
+    return removed
+
+
+def _allocate_uniform(units: list[_Units], target: float, slack: float, config) -> float:
+    """Pick one (mlp units, attention units) removal count shared by all non-protected layers."""
+    mlp_units = [u for u in units if u.kind == "mlp" and u.max_units > 0] if config.prunes_mlp else []
+    attn_units = [u for u in units if u.kind == "attention" and u.max_units > 0] if config.prunes_attention else []
+    free_layers = sorted({u.layer for u in units if u.max_units > 0} - set(config.protected_layers))
+    if not free_layers:
+        return 0.0
+    ref_mlp = next((u for u in units if u.kind == "mlp" and u.layer == free_layers[0]), None)
+    ref_attn = next((u for u in units if u.kind == "attention" and u.layer == free_layers[0]), None)
+    layers_m, layers_a = len(mlp_units), len(attn_units)
+    mlp_options = [0] if not mlp_units else range(min(u.max_units for u in mlp_units) + 1)
+    attn_options = [0] if not attn_units else range(min(u.max_units for u in attn_units) + 1)
+    total_mlp = sum(ref_mlp.costs) if ref_mlp else 1
+    total_attn = sum(ref_attn.costs) if ref_attn else 1
+    best_key, best = None, (0, 0)
+    for a in attn_options:
+        attn_removed = sum(ref_attn.costs[:a]) if ref_attn else 0
+        for m in mlp_options:
+            mlp_removed = sum(ref_mlp.costs[:m]) if ref_mlp else 0
+            removed = layers_m * mlp_removed + layers_a * attn_removed
+            error = abs(removed - target)
+            within = error <= slack
+            # prefer: within tolerance, then balanced attention/mlp fractions, then smallest error
+            balance = abs(attn_removed / total_attn - mlp_removed / total_mlp) if ref_attn and ref_mlp else 0.0
+            key = (not within, balance if within else error, error)
+            if best_key is None or key < best_key:
+                best_key, best = key, (m, a)
+    m, a = best
+    removed = 0.0
+    for unit in mlp_units:
+        unit.removed = m
+        removed += sum(unit.costs[:m])
+    for unit in attn_units:
+        unit.removed = a
+        removed += sum(unit.costs[:a])
+    return removed
+
+
+def allocate(scores: PruningScores, config, prunable_before: int) -> PruningPlan:
+    """Choose what every layer keeps so that `config.sparsity` of the prunable parameters is removed."""
+    if config.allocation == "uniform":
+        shapes = {tuple(w.values()) for w in scores.widths}
+        if len(shapes) > 1:
+            raise ValueError("allocation='uniform' needs a model whose layers all have the same widths; use 'global'.")
+    target = config.sparsity * prunable_before
+    units = _build_units(scores, config)
+    if config.sparsity > 0:
+        if config.allocation == "global":
+            removed = _allocate_global(units, target)
+        else:
+            # aim well inside the +-1% band, then prefer balanced attention / FFN removal
+            removed = _allocate_uniform(units, target, 0.5 * TOLERANCE * prunable_before, config)
+    else:
+        removed = 0.0
+    layers = []
+    for layer in range(scores.num_layers):
+        width = scores.widths[layer]
+        mlp = next(u for u in units if u.layer == layer and u.kind == "mlp")
+        attn = next(u for u in units if u.layer == layer and u.kind == "attention")
+        gone_channels = {c for m in mlp.members[: mlp.removed] for c in m}
+        gone_attn = {s for m in attn.members[: attn.removed] for s in m}
+        heads, kv_heads = width["num_attention_heads"], width["num_key_value_heads"]
+        group = heads // kv_heads
+        if scores.attention_granularity == "query_head" and group > 1:
+            kept_heads = [h for h in range(heads) if h not in gone_attn]
+            kept_kv = list(range(kv_heads))
+        else:  # kv_group (or MHA, where a query head is its own group)
+            kept_kv = [g for g in range(kv_heads) if g not in gone_attn]
+            kept_heads = [h for h in range(heads) if h // group in kept_kv]
+        kept_channels = [c for c in range(width["intermediate_size"]) if c not in gone_channels]
+        layers.append(LayerPlan(kept_channels, kept_heads, kept_kv))
+    plan = PruningPlan(layers, prunable_before, int(removed), config.sparsity, config.allocation)
+    gap = abs(plan.achieved_sparsity - config.sparsity)
+    if gap > TOLERANCE:
+        note = (
+            f"Achieved sparsity {plan.achieved_sparsity:.4f} is {gap:.4f} away from the target {config.sparsity}: "
+            "min_keep, protected_layers, round_to or the structure sizes do not allow a closer fit."
+        )
+        plan.notes.append(note)
+        logger.warning(note)
+    return plan

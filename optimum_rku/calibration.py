@@ -1,0 +1,130 @@
+"""Calibration data: unlabeled text -> tokenized `datasets.Dataset` -> padded batches for scoring."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_DATASET = "openai/gsm8k"
+
+_LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+def _local_builder(data_files: Any) -> str:
+    first = data_files
+    if isinstance(first, dict):
+        first = next(iter(first.values()))
+    if isinstance(first, (list, tuple)):
+        first = first[0]
+    suffix = Path(str(first)).suffix.lower()
+    if suffix not in _LOCAL_FORMATS:
+        raise ValueError(f"Unsupported calibration file {str(first)!r}; allowed extensions: {sorted(_LOCAL_FORMATS)}.")
+    return _LOCAL_FORMATS[suffix]
+
+
+def load_texts(
+    dataset_name: str | Sequence[str] | None = DEFAULT_DATASET,
+    *,
+    num_samples: int = 128,
+    dataset_config_name: str | None = "main",
+    dataset_split: str = "train",
+    text_column: str | Sequence[str] = "question",
+    data_files: Any = None,
+    seed: int = 2016,
+    preprocess_function: Callable[[dict], str] | None = None,
+) -> tuple[list[str], dict[str, Any]]:
+    """Pick `num_samples` calibration texts (seeded shuffle) and a summary of where they came from."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r} must be a positive int.")
+    if isinstance(dataset_name, (list, tuple)):
+        texts = list(dataset_name)
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"Calibration texts must be strings, got {type(text).__name__}.")
+        if not texts:
+            raise ValueError("The calibration set is empty: pass at least one text.")
+        return texts[:num_samples], {"dataset": "in-memory list", "num_samples": min(num_samples, len(texts))}
+
+    import datasets
+
+    if data_files is not None:
+        if isinstance(data_files, (str, os.PathLike)) and not Path(data_files).exists():
+            raise FileNotFoundError(f"Calibration data file {str(data_files)!r} does not exist.")
+        data_files = str(data_files) if isinstance(data_files, os.PathLike) else data_files
+        ds = datasets.load_dataset(_local_builder(data_files), data_files=data_files, split="train")
+        source = str(data_files)
+    else:
+        if not isinstance(dataset_name, str) or not dataset_name:
+            raise TypeError(f"dataset_name must be a Hub id, a local path or a list of strings, got {dataset_name!r}.")
+        try:
+            ds = datasets.load_dataset(dataset_name, dataset_config_name, split=dataset_split)
+        except Exception as err:  # network, auth, missing dataset: one actionable message
+            raise RuntimeError(
+                f"Could not load calibration dataset {dataset_name!r} ({type(err).__name__}: {err}). "
+                "Offline? Pass local files instead, e.g. data_files='gsm8k/train.jsonl' (json/jsonl/parquet/csv), "
+                "or a list of strings as the calibration dataset."
+            ) from None
+        source = dataset_name
+
+    if len(ds) == 0:
+        raise ValueError(f"The calibration set {source!r} is empty.")
+    ds = ds.shuffle(seed=seed).select(range(min(num_samples, len(ds))))
+    columns = [text_column] if isinstance(text_column, str) else list(text_column)
+    if preprocess_function is None:
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"text_column {missing} not in the calibration dataset; columns: {ds.column_names}.")
+        texts = ["\n".join(str(row[c]) for c in columns) for row in ds]
+    else:
+        texts = [preprocess_function(row) for row in ds]
+    summary = {
+        "dataset": source,
+        "config": dataset_config_name if data_files is None else None,
+        "split": dataset_split if data_files is None else None,
+        "text_column": text_column if preprocess_function is None else "preprocess_function",
+        "num_samples": len(texts),
+        "seed": seed,
+    }
+    return texts, summary
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int):
+    """Tokenize texts (truncated to `max_length`) into a `datasets.Dataset` with input_ids/attention_mask."""
+    import datasets
+
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError("The calibration set is empty: no non-empty text to calibrate on.")
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+
+
+def count_tokens(dataset) -> int:
+    return int(sum(sum(mask) for mask in dataset["attention_mask"]))
+
+
+def iter_batches(dataset, batch_size: int, pad_token_id: int, device: torch.device | str = "cpu") -> Iterator[dict]:
+    """Right-padded batches of a tokenized dataset; padding is excluded from every statistic via attention_mask."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
+    rows = len(dataset)
+    has_labels = "loss_mask" in dataset.column_names
+    for start in range(0, rows, batch_size):
+        chunk = dataset[start : start + batch_size]
+        width = max(len(ids) for ids in chunk["input_ids"])
+        ids = torch.full((len(chunk["input_ids"]), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        loss_mask = torch.zeros_like(ids)
+        for row, seq in enumerate(chunk["input_ids"]):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+            if has_labels:
+                loss_mask[row, : len(seq)] = torch.tensor(chunk["loss_mask"][row], dtype=torch.long)
+        batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        if has_labels:
+            batch["loss_mask"] = loss_mask.to(device)
+        yield batch

@@ -1,0 +1,147 @@
+"""`RKUConfig`: every knob of a pruning run, validated on construction and round-tripped through JSON."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "rku_config.json"
+
+TARGETS = ("both", "mlp", "attention")
+OBJECTIVES = ("self_nll", "hidden_energy", "nll", "decode_nll")
+NORMALIZATIONS = ("fisher_trace", "none")
+ALLOCATIONS = ("global", "uniform")
+ATTENTION_GRANULARITIES = ("kv_group", "query_head")
+CALIBRATIONS = ("dataset", "self_generated")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"RKUConfig.{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}.")
+
+
+def _number(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"RKUConfig.{name} must be {'an int' if integer else 'a number'}, got {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(f"RKUConfig.{name}={value!r} is out of range; allowed: [{low}, {high}].")
+
+
+@dataclass
+class RKUConfig:
+    """Configuration of a structured-pruning run (what to score, how to rank, how much to remove).
+
+    `sparsity` is the fraction of prunable decoder parameters (q/k/v/o and gate/up/down of every block) removed.
+    """
+
+    sparsity: float = 0.4
+    targets: str = "both"
+    importance: str = "rku"
+    objective: str = "self_nll"
+    normalization: str = "fisher_trace"
+    allocation: str = "global"
+    attention_granularity: str = "kv_group"
+    min_keep: float = 0.1
+    protected_layers: list[int] = field(default_factory=list)
+    round_to: int = 1
+    num_calibration_samples: int = 128
+    calibration_seq_len: int = 256
+    num_iterations: int = 1
+    seed: int = 2016
+    calibration: str = "dataset"
+    generation_max_new_tokens: int = 256
+    generation_do_sample: bool = False
+    generation_temperature: float = 0.7
+    generation_top_p: float = 0.95
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError/TypeError naming the first bad field and what is allowed."""
+        from optimum_rku.importance import available_importances
+
+        _number("sparsity", self.sparsity, 0.0, 0.9)
+        _choice("targets", self.targets, TARGETS)
+        _choice("importance", self.importance, tuple(available_importances()))
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("normalization", self.normalization, NORMALIZATIONS)
+        _choice("allocation", self.allocation, ALLOCATIONS)
+        _choice("attention_granularity", self.attention_granularity, ATTENTION_GRANULARITIES)
+        _choice("calibration", self.calibration, CALIBRATIONS)
+        _number("min_keep", self.min_keep, 0.0, 1.0)
+        _number("round_to", self.round_to, 1, 1 << 20, integer=True)
+        _number("num_calibration_samples", self.num_calibration_samples, 1, 1 << 30, integer=True)
+        _number("calibration_seq_len", self.calibration_seq_len, 2, 1 << 20, integer=True)
+        _number("num_iterations", self.num_iterations, 1, 100, integer=True)
+        _number("seed", self.seed, 0, 2**63 - 1, integer=True)
+        _number("generation_max_new_tokens", self.generation_max_new_tokens, 1, 1 << 16, integer=True)
+        _number("generation_temperature", self.generation_temperature, 1e-6, 100.0)
+        _number("generation_top_p", self.generation_top_p, 1e-6, 1.0)
+        if not isinstance(self.generation_do_sample, bool):
+            raise TypeError(f"RKUConfig.generation_do_sample must be a bool, got {self.generation_do_sample!r}.")
+        if isinstance(self.protected_layers, (str, bytes)) or not hasattr(self.protected_layers, "__iter__"):
+            raise TypeError(
+                f"RKUConfig.protected_layers must be a list of layer indices, got {self.protected_layers!r}."
+            )
+        layers = list(self.protected_layers)
+        for index in layers:
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise ValueError(f"RKUConfig.protected_layers has {index!r}; allowed: non-negative layer indices.")
+        self.protected_layers = sorted(set(layers))
+        if self.objective == "decode_nll" and self.calibration != "self_generated":
+            raise ValueError(
+                "RKUConfig.objective='decode_nll' scores the model's own generated answers; "
+                "it needs calibration='self_generated'."
+            )
+
+    @property
+    def prunes_mlp(self) -> bool:
+        """Whether FFN channels are candidates for removal."""
+        return self.targets in ("both", "mlp")
+
+    @property
+    def prunes_attention(self) -> bool:
+        """Whether attention heads / KV groups are candidates for removal."""
+        return self.targets in ("both", "attention")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view of the config."""
+        return copy.deepcopy(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RKUConfig:
+        """Build a config from `to_dict` output; unknown keys are an error so typos do not pass silently."""
+        if not isinstance(data, dict):
+            raise TypeError(f"RKUConfig.from_dict expects a dict, got {type(data).__name__}.")
+        data = data.get("pruning_config", data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown RKUConfig field(s) {unknown}; allowed: {sorted(known)}.")
+        return cls(**copy.deepcopy(data))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `rku_config.json` into `save_directory` (created if missing)."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        target = path / CONFIG_NAME
+        target.write_text(self.to_json_string())
+        return target
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> RKUConfig:
+        """Load from a directory holding `rku_config.json` (a pruned checkpoint works too) or from the file itself."""
+        path = Path(path)
+        file = path / CONFIG_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"No {CONFIG_NAME} found at {str(path)!r}.")
+        return cls.from_dict(json.loads(file.read_text()))

@@ -1,0 +1,406 @@
+"""`RKUPruner`: the entry point. calibrate -> score -> allocate -> remove -> save, one obvious verb: `prune`."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from optimum.quantization_base import OptimumQuantizer
+
+from optimum_rku import __version__
+from optimum_rku.allocation import PruningPlan, allocate
+from optimum_rku.architectures import blocks, check_supported, head_dim_of
+from optimum_rku.calibration import DEFAULT_DATASET, count_tokens, load_texts, tokenize_texts
+from optimum_rku.checkpoint import check_save_dir, save_checkpoint
+from optimum_rku.config import RKUConfig
+from optimum_rku.removal import apply_plan, combine_masks, plan_masks
+from optimum_rku.scoring import PruningScores, compute_scores, prunable_parameters
+
+logger = logging.getLogger(__name__)
+
+TESTBED = "testbed"
+
+
+def _is_testbed(name: Any) -> bool:
+    if name is None or name == TESTBED:
+        return True
+    try:
+        from optimum_rku.testbed import TESTBED_PATH
+    except ImportError:
+        return False
+    try:
+        return Path(str(name)).expanduser().resolve() == Path(TESTBED_PATH).resolve()
+    except OSError:
+        return False
+
+
+def kv_cache_bytes_per_token(model) -> int:
+    """Bytes of K and V cached per token over all layers at the model's dtype."""
+    element = next(model.parameters()).element_size()
+    return sum(2 * b.num_kv_heads * b.head_dim * element for b in blocks(model))
+
+
+class RKUPruner(OptimumQuantizer):
+    """Structured pruning of a causal LM: `RKUPruner.from_pretrained(model_id).prune()` returns a smaller model."""
+
+    def __init__(self, model, tokenizer=None, source: str | os.PathLike | None = None, is_testbed: bool = False):
+        from transformers import PreTrainedModel
+
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"RKUPruner needs a transformers PreTrainedModel, got {type(model).__name__}.")
+        check_supported(model.config)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source if source is not None else getattr(model.config, "_name_or_path", None) or None
+        self.is_testbed = is_testbed
+        self.scores: PruningScores | None = None
+        self.plan: PruningPlan | None = None
+        self.pruning_config: RKUConfig | None = None
+        self.calibration_summary: dict[str, Any] = {}
+        self.dense_parameters = sum(p.numel() for p in model.parameters())
+        self.dense_prunable = prunable_parameters(model)
+        self.dense_kv_bytes = kv_cache_bytes_per_token(model)
+        self.dense_widths = [
+            {
+                "intermediate_size": b.intermediate_size,
+                "num_attention_heads": b.num_heads,
+                "num_key_value_heads": b.num_kv_heads,
+            }
+            for b in blocks(model)
+        ]
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_or_path: Any = None,
+        *,
+        tokenizer=None,
+        torch_dtype: Any = "auto",
+        device_map: Any = None,
+        trust_remote_code: bool = False,
+    ) -> RKUPruner:
+        """Load from a Hub id, a local directory, a loaded `PreTrainedModel`, or nothing/"testbed" (bundled model)."""
+        from transformers import AutoTokenizer, PreTrainedModel
+
+        if isinstance(model_or_path, PreTrainedModel):
+            if tokenizer is None:
+                name = getattr(model_or_path.config, "_name_or_path", None)
+                if name and Path(name).is_dir():
+                    try:
+                        tokenizer = AutoTokenizer.from_pretrained(name)
+                    except (OSError, ValueError):
+                        tokenizer = None
+            return cls(
+                model_or_path, tokenizer, is_testbed=_is_testbed(getattr(model_or_path.config, "_name_or_path", ""))
+            )
+        if model_or_path is not None and not isinstance(model_or_path, (str, os.PathLike)):
+            raise TypeError(
+                f"model_or_path must be a Hub id, a directory, a PreTrainedModel or None, got {type(model_or_path).__name__}."
+            )
+        testbed = _is_testbed(model_or_path)
+        if testbed:
+            from optimum_rku.testbed import TESTBED_PATH
+
+            path = str(TESTBED_PATH)
+        else:
+            path = str(model_or_path)
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        check_supported(config)  # clear error before loading any weights
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        if getattr(config, "is_heterogeneous", False):
+            from optimum_rku.checkpoint import RKUModelForCausalLM
+
+            kwargs.pop("trust_remote_code")
+            model = RKUModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        elif isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
+        source = path if Path(path).exists() else model_or_path
+        return cls(model, tokenizer, source=source, is_testbed=testbed)
+
+    # ------------------------------------------------------------------ calibration
+    def get_calibration_dataset(
+        self,
+        dataset_name: str | Sequence[str] = DEFAULT_DATASET,
+        num_samples: int = 128,
+        dataset_config_name: str | None = "main",
+        dataset_split: str = "train",
+        text_column: str | Sequence[str] = "question",
+        data_files: Any = None,
+        seed: int = 2016,
+        preprocess_function: Callable[[dict], str] | None = None,
+        max_length: int = 256,
+    ):
+        """Tokenized calibration `datasets.Dataset` (GSM8K train questions by default; local files or a list too)."""
+        texts, summary = load_texts(
+            dataset_name,
+            num_samples=num_samples,
+            dataset_config_name=dataset_config_name,
+            dataset_split=dataset_split,
+            text_column=text_column,
+            data_files=data_files,
+            seed=seed,
+            preprocess_function=preprocess_function,
+        )
+        dataset = tokenize_texts(self._require_tokenizer(), texts, max_length)
+        summary["num_tokens"] = count_tokens(dataset)
+        summary["max_length"] = max_length
+        self.calibration_summary = summary
+        return dataset
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("This pruner has no tokenizer: pass tokenizer=... to RKUPruner.from_pretrained.")
+        return self.tokenizer
+
+    def _default_texts(self, config: RKUConfig) -> tuple[list[str], dict[str, Any]]:
+        if self.is_testbed:
+            from optimum_rku.testbed import make_problems
+
+            problems = make_problems(config.num_calibration_samples, seed=config.seed, split="train")
+            texts = [p["question"] for p in problems]
+            return texts, {"dataset": "optimum-rku testbed (train split, questions only)", "seed": config.seed}
+        texts, summary = load_texts(DEFAULT_DATASET, num_samples=config.num_calibration_samples, seed=config.seed)
+        return texts, summary
+
+    def _resolve_calibration(self, calibration_dataset, config: RKUConfig):
+        """Accept a tokenized Dataset, a list of strings, or None (the default set); return a tokenized Dataset."""
+        if calibration_dataset is None:
+            texts, summary = self._default_texts(config)
+        elif isinstance(calibration_dataset, (list, tuple)):
+            texts, summary = load_texts(list(calibration_dataset), num_samples=config.num_calibration_samples)
+        else:
+            import datasets
+
+            if not isinstance(calibration_dataset, datasets.Dataset):
+                raise TypeError(
+                    "calibration_dataset must be a tokenized datasets.Dataset, a list of strings or None, "
+                    f"got {type(calibration_dataset).__name__}."
+                )
+            if len(calibration_dataset) == 0:
+                raise ValueError("The calibration set is empty.")
+            if "input_ids" not in calibration_dataset.column_names:
+                raise ValueError(
+                    "calibration_dataset must be tokenized (an 'input_ids' column); see get_calibration_dataset."
+                )
+            if "attention_mask" not in calibration_dataset.column_names:
+                calibration_dataset = calibration_dataset.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
+            summary = dict(self.calibration_summary) or {"dataset": "user-provided tokenized dataset"}
+            summary["num_samples"] = len(calibration_dataset)
+            summary["num_tokens"] = count_tokens(calibration_dataset)
+            return calibration_dataset, summary
+        if config.calibration == "self_generated":
+            from optimum_rku.self_calibration import self_generated_dataset
+
+            dataset = self_generated_dataset(self.model, self._require_tokenizer(), texts, config)
+            summary = {
+                **summary,
+                "calibration": "self_generated",
+                "generation": "greedy" if not config.generation_do_sample else "sampled",
+            }
+        else:
+            dataset = tokenize_texts(self._require_tokenizer(), texts, config.calibration_seq_len)
+        summary["num_samples"] = len(dataset)
+        summary["num_tokens"] = count_tokens(dataset)
+        summary.setdefault("seed", config.seed)
+        return dataset, summary
+
+    # ------------------------------------------------------------------ scoring
+    def compute_scores(
+        self,
+        pruning_config: RKUConfig | None = None,
+        calibration_dataset=None,
+        batch_size: int = 1,
+        progress: bool = True,
+    ) -> PruningScores:
+        """Score every FFN channel and attention structure once; reuse the result for several sparsities."""
+        config = self._check_config(pruning_config)
+        _check_batch_size(batch_size)
+        from optimum_rku.importance import get_importance
+
+        importance = get_importance(config.importance)
+        dataset, summary = (None, {})
+        if importance.needs_calibration:
+            dataset, summary = self._resolve_calibration(calibration_dataset, config)
+        scores = compute_scores(
+            self.model, config, dataset, batch_size, calibration_summary=summary, progress=progress
+        )
+        self.scores = scores
+        return scores
+
+    # ------------------------------------------------------------------ pruning
+    def prune(
+        self,
+        pruning_config: RKUConfig | None = None,
+        save_dir: str | os.PathLike | None = None,
+        calibration_dataset=None,
+        batch_size: int = 1,
+        scores: PruningScores | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ):
+        """Score, allocate and physically remove structures; return the smaller model (and save it if asked)."""
+        config = self._check_config(pruning_config)
+        _check_batch_size(batch_size)
+        if save_dir is not None:
+            check_save_dir(save_dir, self.source, overwrite)
+        if scores is not None:
+            self._check_scores(scores, config)
+        start = time.perf_counter()
+        if config.sparsity == 0:
+            plan = allocate(scores or self._zero_scores(config), config, prunable_parameters(self.model))
+        elif scores is not None or config.num_iterations == 1:
+            if scores is None:
+                scores = self.compute_scores(config, calibration_dataset, batch_size, progress)
+            plan = allocate(scores, config, prunable_parameters(self.model))
+        else:
+            plan, scores = self._iterative(config, calibration_dataset, batch_size, progress)
+        self.scores, self.plan, self.pruning_config = scores, plan, config
+        apply_plan(self.model, plan)
+        self.prune_time_s = time.perf_counter() - start
+        if save_dir is not None:
+            self.save_pretrained(save_dir, overwrite=overwrite)
+        return self.model
+
+    def quantize(self, save_dir: str | os.PathLike | None = None, **kwargs):
+        """Alias of `prune` (Optimum's OptimumQuantizer verb)."""
+        return self.prune(save_dir=save_dir, **kwargs)
+
+    def _iterative(self, config: RKUConfig, calibration_dataset, batch_size: int, progress: bool):
+        """Re-score on the masked model between steps; each step's mask contains the previous one."""
+        masks = None
+        prunable = prunable_parameters(self.model)
+        dataset, summary = None, {}
+        from optimum_rku.importance import get_importance
+
+        if get_importance(config.importance).needs_calibration:
+            dataset, summary = self._resolve_calibration(calibration_dataset, config)
+        scores = plan = None
+        for step in range(1, config.num_iterations + 1):
+            step_config = copy.deepcopy(config)
+            step_config.sparsity = config.sparsity * step / config.num_iterations
+            scores = compute_scores(self.model, step_config, dataset, batch_size, masks, summary, progress)
+            plan = allocate(scores, step_config, prunable)
+            masks = combine_masks(masks, plan_masks(self.model, plan))
+        return plan, scores
+
+    def _zero_scores(self, config: RKUConfig) -> PruningScores:
+        from optimum_rku.scoring import layer_widths, structure_costs
+
+        views = blocks(self.model)
+        n_attn = [b.num_heads if config.attention_granularity == "query_head" else b.num_kv_heads for b in views]
+        zeros_m = [torch.zeros(b.intermediate_size) for b in views]
+        zeros_a = [torch.zeros(n) for n in n_attn]
+        costs = [structure_costs(b, config.attention_granularity) for b in views]
+        return PruningScores(
+            config.importance,
+            None,
+            config.normalization,
+            config.attention_granularity,
+            zeros_m,
+            zeros_a,
+            zeros_m,
+            zeros_a,
+            [c[0] for c in costs],
+            [c[1] for c in costs],
+            layer_widths(self.model),
+        )
+
+    def _check_config(self, pruning_config) -> RKUConfig:
+        if pruning_config is None:
+            return RKUConfig()
+        if isinstance(pruning_config, dict):
+            return RKUConfig.from_dict(pruning_config)
+        if not isinstance(pruning_config, RKUConfig):
+            raise TypeError(
+                f"pruning_config must be an RKUConfig, a dict or None, got {type(pruning_config).__name__}."
+            )
+        pruning_config.validate()
+        for layer in pruning_config.protected_layers:
+            if layer >= len(self.dense_widths):
+                raise ValueError(
+                    f"RKUConfig.protected_layers has {layer}; allowed: 0..{len(self.dense_widths) - 1} for this model."
+                )
+        return pruning_config
+
+    def _check_scores(self, scores: PruningScores, config: RKUConfig) -> None:
+        if not isinstance(scores, PruningScores):
+            raise TypeError(f"scores must be PruningScores, got {type(scores).__name__}.")
+        if scores.widths != self.dense_widths:
+            raise ValueError("These scores were computed on a model with other layer widths than this pruner's model.")
+        if scores.attention_granularity != config.attention_granularity:
+            raise ValueError(
+                f"Scores use attention_granularity={scores.attention_granularity!r} but the config asks for "
+                f"{config.attention_granularity!r}."
+            )
+
+    # ------------------------------------------------------------------ saving
+    def metadata(self) -> dict[str, Any]:
+        """Everything `rku_config.json` records: config, per-layer kept structures, parameter counts, calibration."""
+        if self.plan is None or self.pruning_config is None:
+            raise ValueError("Nothing to describe yet: call prune() first.")
+        total_after = sum(p.numel() for p in self.model.parameters())
+        kv_after = kv_cache_bytes_per_token(self.model)
+        return {
+            "optimum_rku_version": __version__,
+            "base_model": str(self.source) if self.source is not None else None,
+            "is_testbed": self.is_testbed,
+            "architecture": self.model.config.model_type,
+            "pruning_config": self.pruning_config.to_dict(),
+            "head_dim": head_dim_of(self.model.config),
+            "dense_widths": self.dense_widths,
+            "plan": self.plan.to_dict(),
+            "parameters": {
+                "total_before": self.dense_parameters,
+                "total_after": total_after,
+                "prunable_before": self.dense_prunable,
+                "prunable_after": prunable_parameters(self.model),
+                "achieved_sparsity": self.plan.achieved_sparsity,
+            },
+            "kv_cache": {
+                "bytes_per_token_before": self.dense_kv_bytes,
+                "bytes_per_token_after": kv_after,
+                "reduction": 1 - kv_after / self.dense_kv_bytes if self.dense_kv_bytes else 0.0,
+            },
+            "calibration": self.scores.calibration if self.scores is not None else {},
+            "scoring": {
+                "importance": self.pruning_config.importance,
+                "objective": self.scores.objective if self.scores is not None else None,
+                "time_s": round(getattr(self, "prune_time_s", 0.0), 3),
+            },
+        }
+
+    def save_pretrained(self, save_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save the pruned model, tokenizer and `rku_config.json` atomically into `save_dir`."""
+        meta = self.metadata()
+        writers = []
+        try:
+            from optimum_rku.reporting import checkpoint_writers
+        except ImportError:
+            checkpoint_writers = None
+        if checkpoint_writers is not None:
+            writers = checkpoint_writers(meta)
+        path = save_checkpoint(
+            self.model, self.tokenizer, save_dir, meta, source=self.source, overwrite=overwrite, writers=writers
+        )
+        logger.info("Saved pruned model to %s", path)
+        return path
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int.")

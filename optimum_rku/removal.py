@@ -1,0 +1,119 @@
+"""Removal: physically slice the projections of every block to the kept structures and update the config.
+
+The result is a normal `transformers` model with smaller matrices (and a smaller KV cache when KV groups go);
+head_dim, embeddings and lm_head never change. `plan_masks` gives the equivalent zero-masks for masked scoring.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from optimum_rku.allocation import PruningPlan
+from optimum_rku.architectures import BlockView, blocks, head_dim_of, set_attention_heads
+
+
+def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    weight = linear.weight.data
+    if rows is not None:
+        weight = weight.index_select(0, rows.to(weight.device))
+    if cols is not None:
+        weight = weight.index_select(1, cols.to(weight.device))
+    bias = linear.bias.data if linear.bias is not None else None
+    if bias is not None and rows is not None:
+        bias = bias.index_select(0, rows.to(bias.device))
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    new.weight = nn.Parameter(weight.contiguous().clone(), requires_grad=linear.weight.requires_grad)
+    if bias is not None:
+        new.bias = nn.Parameter(bias.contiguous().clone(), requires_grad=linear.bias.requires_grad)
+    return new
+
+
+def _head_channels(heads: list[int], head_dim: int) -> torch.Tensor:
+    index = torch.tensor(heads, dtype=torch.long)
+    return (index[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def _check_plan(block: BlockView, plan) -> None:
+    if not plan.kept_channels or not plan.kept_heads or not plan.kept_kv_heads:
+        raise ValueError(f"Layer {block.index}: a plan must keep at least one channel, query head and KV head.")
+    if len(plan.kept_heads) % len(plan.kept_kv_heads):
+        raise ValueError(f"Layer {block.index}: kept query heads must split evenly over kept KV heads.")
+    group = block.group_size
+    for h in plan.kept_heads:
+        if h // group not in plan.kept_kv_heads:
+            raise ValueError(f"Layer {block.index}: query head {h} is kept but its KV head {h // group} is not.")
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Replace every block's projections by their kept rows/columns, in place; return the model."""
+    views = blocks(model)
+    if len(views) != len(plan.layers):
+        raise ValueError(f"Plan has {len(plan.layers)} layers but the model has {len(views)}.")
+    head_dim = head_dim_of(model.config)
+    for block, layer_plan in zip(views, plan.layers):
+        _check_plan(block, layer_plan)
+        mlp, attn = block.mlp, block.attn
+        if layer_plan.intermediate_size != block.intermediate_size:
+            keep = torch.tensor(layer_plan.kept_channels, dtype=torch.long)
+            mlp.gate_proj = _slice_linear(mlp.gate_proj, rows=keep)
+            mlp.up_proj = _slice_linear(mlp.up_proj, rows=keep)
+            mlp.down_proj = _slice_linear(mlp.down_proj, cols=keep)
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = layer_plan.intermediate_size
+        if layer_plan.num_heads != block.num_heads or layer_plan.num_kv_heads != block.num_kv_heads:
+            q_rows = _head_channels(layer_plan.kept_heads, head_dim)
+            kv_rows = _head_channels(layer_plan.kept_kv_heads, head_dim)
+            attn.q_proj = _slice_linear(attn.q_proj, rows=q_rows)
+            attn.k_proj = _slice_linear(attn.k_proj, rows=kv_rows)
+            attn.v_proj = _slice_linear(attn.v_proj, rows=kv_rows)
+            attn.o_proj = _slice_linear(attn.o_proj, cols=q_rows)
+            set_attention_heads(attn, layer_plan.num_heads, layer_plan.num_kv_heads)
+    update_config(model)
+    return model
+
+
+def update_config(model: nn.Module) -> None:
+    """Write the live per-layer widths into the config: plain fields when uniform, `per_layer_config` otherwise."""
+    config = model.config
+    head_dim = head_dim_of(config)
+    widths = [
+        {
+            "intermediate_size": b.intermediate_size,
+            "num_attention_heads": b.num_heads,
+            "num_key_value_heads": b.num_kv_heads,
+        }
+        for b in blocks(model)
+    ]
+    if getattr(config, "is_heterogeneous", False):
+        config.per_layer_config = None
+    config.head_dim = head_dim
+    if all(w == widths[0] for w in widths):
+        for key, value in widths[0].items():
+            setattr(config, key, value)
+    else:
+        # global values keep the widest layer; every layer's own widths are explicit
+        for key in widths[0]:
+            setattr(config, key, max(w[key] for w in widths))
+        config.per_layer_config = {i: dict(w) for i, w in enumerate(widths)}
+        config.serialize_explicit_per_layer_config = True
+
+
+def plan_masks(model: nn.Module, plan: PruningPlan) -> dict[tuple[int, str], torch.Tensor]:
+    """0/1 masks over down_proj / o_proj input channels that zero exactly the structures `plan` removes."""
+    masks = {}
+    for block, layer_plan in zip(blocks(model), plan.layers):
+        ffn = torch.zeros(block.intermediate_size)
+        ffn[layer_plan.kept_channels] = 1.0
+        attn = torch.zeros(block.num_heads * block.head_dim)
+        attn[_head_channels(layer_plan.kept_heads, block.head_dim)] = 1.0
+        masks[(block.index, "ffn")] = ffn
+        masks[(block.index, "attn")] = attn
+    return masks
+
+
+def combine_masks(old: dict | None, new: dict) -> dict:
+    """Nested masks: a structure removed earlier stays removed."""
+    if not old:
+        return dict(new)
+    return {key: new[key] * old[key] if key in old else new[key] for key in new}

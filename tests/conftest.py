@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny random models of every supported family, built in-process (no downloads)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+FAMILIES = ["llama", "qwen2", "mistral", "qwen3", "gemma2"]
+
+
+def tiny_config(family: str = "llama", **overrides):
+    """A ~100k-parameter config of `family` with GQA (8 query heads, 4 KV heads, head_dim 8)."""
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=8,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    common.update(overrides)
+    cls = {
+        "llama": LlamaConfig,
+        "qwen2": Qwen2Config,
+        "mistral": MistralConfig,
+        "qwen3": Qwen3Config,
+        "gemma2": Gemma2Config,
+    }[family]
+    if family == "gemma2":
+        common.setdefault("query_pre_attn_scalar", 8)
+    config = cls(**common)
+    config._attn_implementation = "eager"
+    return config
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    """A randomly initialized *ForCausalLM with non-trivial (non-zero) biases where the family has them."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
+
+
+def token_dataset(n: int = 6, length: int = 16, vocab: int = 96, seed: int = 0):
+    """A tokenized calibration set with ragged lengths (so padding is exercised)."""
+    import datasets
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        size = length - (i % 3) * 3
+        rows.append(torch.randint(3, vocab, (size,), generator=g).tolist())
+    return datasets.Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+
+
+@pytest.fixture
+def calib():
+    return token_dataset()
+
+
+def sample_inputs(vocab: int = 96, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (2, 12), generator=g)
+
+
+def make_tokenizer(vocab: int = 96):
+    """A tiny character-level fast tokenizer (ids < vocab) with pad/eos/bos/unk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 32 + vocab - 4)]
+    vocab_map = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3}
+    for i, ch in enumerate(chars):
+        vocab_map[ch] = i + 4
+    tok = Tokenizer(models.WordLevel(vocab_map, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    from tokenizers import decoders
+
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="<unk>"
+    )
