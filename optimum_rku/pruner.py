@@ -97,9 +97,8 @@ class RKUPruner(OptimumQuantizer):
                         tokenizer = AutoTokenizer.from_pretrained(name)
                     except (OSError, ValueError):
                         tokenizer = None
-            return cls(
-                model_or_path, tokenizer, is_testbed=_is_testbed(getattr(model_or_path.config, "_name_or_path", ""))
-            )
+            name = getattr(model_or_path.config, "_name_or_path", "") or ""
+            return cls(model_or_path, tokenizer, is_testbed=bool(name) and _is_testbed(name))
         if model_or_path is not None and not isinstance(model_or_path, (str, os.PathLike)):
             raise TypeError(
                 f"model_or_path must be a Hub id, a directory, a PreTrainedModel or None, got {type(model_or_path).__name__}."
@@ -130,6 +129,10 @@ class RKUPruner(OptimumQuantizer):
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
         source = path if Path(path).exists() else model_or_path
+        if not testbed and (Path(path) / "rku_config.json").is_file():  # checkpoints pruned from the testbed
+            from optimum_rku.checkpoint import read_metadata
+
+            testbed = bool(read_metadata(path).get("is_testbed", False))
         return cls(model, tokenizer, source=source, is_testbed=testbed)
 
     # ------------------------------------------------------------------ calibration
