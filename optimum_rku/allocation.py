@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -107,11 +108,16 @@ def _mlp_units(layer: int, scores: torch.Tensor, cost: int, config, protected: b
     step = config.round_to
     first = total % step if step > 1 else 1
     sizes = ([first] if first else []) + [step] * ((total - first) // step) if step > 1 else [1] * total
-    members, start = [], 0
-    for size in sizes:
-        members.append(order[start : start + size])
-        start += size
-    unit_scores = [float(scores[m].mean()) for m in members]
+    ranked = scores[order]
+    if step == 1:
+        members = [[i] for i in order]
+        unit_scores = ranked.tolist()
+    else:
+        members, start = [], 0
+        for size in sizes:
+            members.append(order[start : start + size])
+            start += size
+        unit_scores = [float(chunk.mean()) for chunk in torch.split(ranked, sizes)]
     keep = _min_kept(total, config.min_keep)
     if step > 1:
         keep = min(total, math.ceil(keep / step) * step) if keep > 0 else 0
@@ -211,13 +217,14 @@ def _allocate_uniform(units: list[_Units], target: float, slack: float, config) 
     layers_m, layers_a = len(mlp_units), len(attn_units)
     mlp_options = [0] if not mlp_units else range(min(u.max_units for u in mlp_units) + 1)
     attn_options = [0] if not attn_units else range(min(u.max_units for u in attn_units) + 1)
-    total_mlp = sum(ref_mlp.costs) if ref_mlp else 1
-    total_attn = sum(ref_attn.costs) if ref_attn else 1
+    mlp_prefix = [0, *accumulate(ref_mlp.costs)] if ref_mlp else [0]
+    attn_prefix = [0, *accumulate(ref_attn.costs)] if ref_attn else [0]
+    total_mlp, total_attn = max(mlp_prefix[-1], 1), max(attn_prefix[-1], 1)
     best_key, best = None, (0, 0)
     for a in attn_options:
-        attn_removed = sum(ref_attn.costs[:a]) if ref_attn else 0
+        attn_removed = attn_prefix[a]
         for m in mlp_options:
-            mlp_removed = sum(ref_mlp.costs[:m]) if ref_mlp else 0
+            mlp_removed = mlp_prefix[m]
             removed = layers_m * mlp_removed + layers_a * attn_removed
             error = abs(removed - target)
             within = error <= slack
