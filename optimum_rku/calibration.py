@@ -65,8 +65,8 @@ def load_texts(
         except Exception as err:  # network, auth, missing dataset: one actionable message
             raise RuntimeError(
                 f"Could not load calibration dataset {dataset_name!r} ({type(err).__name__}: {err}). "
-                "Offline? Pass local files instead, e.g. data_files='gsm8k/train.jsonl' (json/jsonl/parquet/csv), "
-                "or a list of strings as the calibration dataset."
+                "Offline? Pass local files instead: pruner.get_calibration_dataset(data_files='gsm8k/train.jsonl') "
+                "(json/jsonl/parquet/csv; CLI: --data-files), or a list of strings as calibration_dataset."
             ) from None
         source = dataset_name
 

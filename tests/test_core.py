@@ -423,3 +423,10 @@ def test_quantize_alias_and_optimum_base(calib):
     assert isinstance(pruner, OptimumQuantizer)
     model = pruner.quantize(pruning_config=RKUConfig(sparsity=0.2), calibration_dataset=calib, progress=False)
     assert prunable_parameters(model) < prunable_parameters(tiny_model("llama"))
+
+
+def test_default_calibration_offline_error_names_local_files():
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
+    with pytest.raises(RuntimeError, match="data_files"):
+        pruner.prune(RKUConfig(sparsity=0.2), progress=False)
+    assert prunable_parameters(pruner.model) == prunable_parameters(tiny_model("llama"))
