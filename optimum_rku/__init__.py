@@ -1,12 +1,45 @@
 """optimum-rku: structured pruning of reasoning LLMs with Relative Kinetic Utility (RKU)."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from optimum_rku.checkpoint import RKUModelForCausalLM  # noqa: E402
-from optimum_rku.config import RKUConfig  # noqa: E402
-from optimum_rku.importance import Importance, available_importances, register_importance  # noqa: E402
-from optimum_rku.pruner import RKUPruner  # noqa: E402
-from optimum_rku.scoring import PruningScores  # noqa: E402
+# Public names resolve on first access (PEP 562), so `import optimum_rku.cli` (and `optimum-rku --help`,
+# `optimum-cli --help`) does not pay for importing torch and transformers.
+_EXPORTS = {
+    "Importance": "optimum_rku.importance",
+    "PruningScores": "optimum_rku.scoring",
+    "RKUConfig": "optimum_rku.config",
+    "RKUModelForCausalLM": "optimum_rku.checkpoint",
+    "RKUPruner": "optimum_rku.pruner",
+    "available_importances": "optimum_rku.importance",
+    "register_importance": "optimum_rku.importance",
+}
+
+if TYPE_CHECKING:
+    from optimum_rku.checkpoint import RKUModelForCausalLM
+    from optimum_rku.config import RKUConfig
+    from optimum_rku.importance import Importance, available_importances, register_importance
+    from optimum_rku.pruner import RKUPruner
+    from optimum_rku.scoring import PruningScores
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'optimum_rku' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "Importance",

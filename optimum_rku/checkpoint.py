@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from optimum_rku.architectures import check_supported
@@ -30,7 +31,20 @@ def check_save_dir(save_dir: str | os.PathLike, source: str | os.PathLike | None
 
 
 def needs_remote_code(config) -> bool:
-    return bool(getattr(config, "is_heterogeneous", False))
+    """Per-layer widths, or head counts the stock config class rejects, need `modeling_rku.py` to load."""
+    from optimum_rku.removal import stock_config_accepts
+
+    return not stock_config_accepts(config)
+
+
+def is_rku_checkpoint(path: str | os.PathLike) -> bool:
+    """A local checkpoint that needs optimum-rku's classes (per-layer widths or relaxed head-count config)."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return False
+    config = json.loads(file.read_text())
+    auto_map = config.get("auto_map") or {}
+    return bool(config.get("per_layer_config")) or any(REMOTE_CODE_FILE[:-3] in str(v) for v in auto_map.values())
 
 
 def _write_model(model, tokenizer, directory: Path) -> None:
@@ -38,10 +52,15 @@ def _write_model(model, tokenizer, directory: Path) -> None:
     remote = needs_remote_code(config)
     model_type = check_supported(config)
     if remote:
-        from optimum_rku.modeling_rku import MODEL_CLASSES
+        from optimum_rku.modeling_rku import CONFIG_CLASSES, MODEL_CLASSES
 
+        module = REMOTE_CODE_FILE[:-3]
         class_name = MODEL_CLASSES[model_type].__name__
-        config.auto_map = {"AutoModelForCausalLM": f"{REMOTE_CODE_FILE[:-3]}.{class_name}"}
+        config.__class__ = CONFIG_CLASSES[model_type]  # relaxed head-count validation for save and load
+        config.auto_map = {
+            "AutoConfig": f"{module}.{CONFIG_CLASSES[model_type].__name__}",
+            "AutoModelForCausalLM": f"{module}.{class_name}",
+        }
         config.architectures = [class_name]
     else:
         if hasattr(config, "auto_map"):
@@ -96,6 +115,28 @@ def save_checkpoint(
     return target
 
 
+def load_rku_config(path: str | os.PathLike):
+    """The config of a local checkpoint, read with optimum-rku's relaxed config class for its family."""
+    from transformers import PretrainedConfig
+
+    from optimum_rku.modeling_rku import CONFIG_CLASSES
+
+    raw, _ = PretrainedConfig.get_config_dict(str(path))
+    model_type = raw.get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        check_supported(SimpleNamespace(model_type=model_type))  # raises, listing the supported families
+    return CONFIG_CLASSES[model_type].from_pretrained(path)
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    """`AutoTokenizer.from_pretrained`, also for checkpoints whose config only optimum-rku's classes accept."""
+    from transformers import AutoTokenizer
+
+    if is_rku_checkpoint(path):
+        return AutoTokenizer.from_pretrained(str(path), config=load_rku_config(path))
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
 def read_metadata(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     """The `rku_config.json` of a pruned checkpoint."""
     path = Path(checkpoint_dir) / RKU_METADATA_FILE
@@ -110,12 +151,10 @@ class RKUModelForCausalLM:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """Like `AutoModelForCausalLM.from_pretrained`, using optimum-rku's own classes for per-layer widths."""
-        from transformers import AutoConfig
-
         from optimum_rku.modeling_rku import MODEL_CLASSES
 
         kwargs.pop("trust_remote_code", None)
-        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        config = kwargs.pop("config", None) or load_rku_config(pretrained_model_name_or_path)
         model_type = check_supported(config)
         if hasattr(config, "auto_map"):
             config.auto_map = None

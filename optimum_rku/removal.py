@@ -97,6 +97,25 @@ def update_config(model: nn.Module) -> None:
             setattr(config, key, max(w[key] for w in widths))
         config.per_layer_config = {i: dict(w) for i, w in enumerate(widths)}
         config.serialize_explicit_per_layer_config = True
+    if not stock_config_accepts(config):
+        # e.g. Llama/Gemma2 configs insist hidden_size % num_attention_heads == 0, which pruning breaks
+        from optimum_rku.modeling_rku import CONFIG_CLASSES
+
+        config.__class__ = CONFIG_CLASSES[config.model_type]
+
+
+def stock_config_accepts(config) -> bool:
+    """Whether the family's stock config class (and so plain transformers, without remote code) can hold `config`."""
+    if getattr(config, "is_heterogeneous", False):
+        return False
+    from transformers import AutoConfig
+
+    stock = type(AutoConfig.for_model(config.model_type))
+    try:
+        stock.validate_architecture(config)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def plan_masks(model: nn.Module, plan: PruningPlan) -> dict[tuple[int, str], torch.Tensor]:

@@ -230,6 +230,7 @@ def frozen_weights(model: torch.nn.Module, trainable: list[torch.nn.Parameter] |
     for p, _ in saved:
         p.requires_grad_(False)
     for p in trainable or []:
+        p.grad = None  # start from zero: stale gradients (e.g. from training) must not leak into the scores
         p.requires_grad_(True)
     try:
         yield
@@ -342,7 +343,9 @@ def compute_scores(
     summary["num_tokens"] = tokens
     return PruningScores(
         importance=config.importance,
-        objective=(importance.objective or config.objective) if importance.needs_activation_gradients else None,
+        objective=(importance.objective or config.objective)
+        if importance.needs_activation_gradients or importance.needs_weight_gradients
+        else None,
         normalization=config.normalization,
         attention_granularity=config.attention_granularity,
         mlp=mlp,

@@ -430,3 +430,23 @@ def test_default_calibration_offline_error_names_local_files():
     with pytest.raises(RuntimeError, match="data_files"):
         pruner.prune(RKUConfig(sparsity=0.2), progress=False)
     assert prunable_parameters(pruner.model) == prunable_parameters(tiny_model("llama"))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_head_counts_the_stock_config_rejects_still_save_and_load(tmp_path, calib, family):
+    """Uniform 6 of 8 heads (hidden 32 is no multiple of 6) and protected layers (per-layer head counts)."""
+    for name, kwargs in (("uniform", {}), ("protected", {"protected_layers": [0]})):
+        pruner = RKUPruner(tiny_model(family), make_tokenizer())
+        config = RKUConfig(sparsity=0.3, importance="magnitude", allocation="uniform", **kwargs)
+        pruned = pruner.prune(config, save_dir=tmp_path / name, progress=False)
+        heads = {b.num_heads for b in blocks(pruned)}
+        assert 32 % max(heads) or 32 % min(heads) or len(heads) > 1  # something the stock config class rejects
+        assert (tmp_path / name / "modeling_rku.py").exists()
+        reloaded = RKUModelForCausalLM.from_pretrained(tmp_path / name)
+        assert torch.allclose(logits(reloaded), logits(pruned), atol=1e-5)
+        again = RKUPruner.from_pretrained(str(tmp_path / name))
+        assert torch.allclose(logits(again.model), logits(pruned), atol=1e-5)
+    remote = _reload(tmp_path, "remote", tmp_path / "uniform")
+    assert torch.allclose(
+        torch.tensor(remote["logits"]), logits(RKUModelForCausalLM.from_pretrained(tmp_path / "uniform")), atol=1e-5
+    )
