@@ -46,6 +46,23 @@ def kv_cache_bytes_per_token(model) -> int:
     return sum(2 * b.num_kv_heads * b.head_dim * element for b in blocks(model))
 
 
+def _check_not_offloaded(model) -> None:
+    """Refuse removal on accelerate-offloaded models (weights on "meta", loaded per forward from CPU RAM or disk)."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    offloaded = sorted({name for name, p in model.named_parameters() if p.device.type == "meta"})
+    on_disk = sorted(name for name, where in device_map.items() if where == "disk")
+    if offloaded or on_disk:
+        where = (on_disk or offloaded)[:3]
+        raise ValueError(
+            "prune() cannot remove structures from an offloaded model: weights of "
+            f"{where}{' ...' if len(on_disk or offloaded) > 3 else ''} live on the meta device and are streamed in "
+            "by accelerate hooks, so they cannot be sliced in place. Score with offload, save the scores "
+            "(pruner.compute_scores(...).save('scores.safetensors')), then load the model without offload (on a "
+            "machine that holds it, or with device_map on GPUs that hold it) and call "
+            "prune(scores=PruningScores.load('scores.safetensors'))."
+        )
+
+
 class RKUPruner(OptimumQuantizer):
     """Structured pruning of a causal LM: `RKUPruner.from_pretrained(model_id).prune()` returns a smaller model."""
 
@@ -87,14 +104,16 @@ class RKUPruner(OptimumQuantizer):
         trust_remote_code: bool = False,
     ) -> RKUPruner:
         """Load from a Hub id, a local directory, a loaded `PreTrainedModel`, or nothing/"testbed" (bundled model)."""
-        from transformers import AutoTokenizer, PreTrainedModel
+        from transformers import PreTrainedModel
 
         if isinstance(model_or_path, PreTrainedModel):
             if tokenizer is None:
                 name = getattr(model_or_path.config, "_name_or_path", None)
                 if name and Path(name).is_dir():
                     try:
-                        tokenizer = AutoTokenizer.from_pretrained(name)
+                        from optimum_rku.checkpoint import load_tokenizer
+
+                        tokenizer = load_tokenizer(name)
                     except (OSError, ValueError):
                         tokenizer = None
             name = getattr(model_or_path.config, "_name_or_path", "") or ""
@@ -112,22 +131,21 @@ class RKUPruner(OptimumQuantizer):
             path = str(model_or_path)
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        check_supported(config)  # clear error before loading any weights
-        kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        from optimum_rku.checkpoint import RKUModelForCausalLM, is_rku_checkpoint, load_tokenizer
+
+        kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if device_map is not None:
             kwargs["device_map"] = device_map
-        if getattr(config, "is_heterogeneous", False):
-            from optimum_rku.checkpoint import RKUModelForCausalLM
-
-            kwargs.pop("trust_remote_code")
+        if is_rku_checkpoint(path):  # our own classes: no remote code needs to run
             model = RKUModelForCausalLM.from_pretrained(path, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            check_supported(config)  # clear error before loading any weights
+            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         elif isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         source = path if Path(path).exists() else model_or_path
         if not testbed and (Path(path) / "rku_config.json").is_file():  # checkpoints pruned from the testbed
             from optimum_rku.checkpoint import read_metadata
@@ -180,8 +198,11 @@ class RKUPruner(OptimumQuantizer):
         texts, summary = load_texts(DEFAULT_DATASET, num_samples=config.num_calibration_samples, seed=config.seed)
         return texts, summary
 
-    def _resolve_calibration(self, calibration_dataset, config: RKUConfig):
-        """Accept a tokenized Dataset, a list of strings, or None (the default set); return a tokenized Dataset."""
+    def _resolve_calibration(self, calibration_dataset, config: RKUConfig, masks: dict | None = None):
+        """Accept a tokenized Dataset, a list of strings, or None (the default set); return a tokenized Dataset.
+
+        With `calibration="self_generated"`, `masks` make the partially pruned model write the answers.
+        """
         if calibration_dataset is None:
             texts, summary = self._default_texts(config)
         elif isinstance(calibration_dataset, (list, tuple)):
@@ -209,7 +230,7 @@ class RKUPruner(OptimumQuantizer):
         if config.calibration == "self_generated":
             from optimum_rku.self_calibration import self_generated_dataset
 
-            dataset = self_generated_dataset(self.model, self._require_tokenizer(), texts, config)
+            dataset = self_generated_dataset(self.model, self._require_tokenizer(), texts, config, masks=masks)
             summary = {
                 **summary,
                 "calibration": "self_generated",
@@ -257,6 +278,7 @@ class RKUPruner(OptimumQuantizer):
         progress: bool = True,
     ):
         """Score, allocate and physically remove structures; return the smaller model (and save it if asked)."""
+        _check_not_offloaded(self.model)
         config = self._check_config(pruning_config)
         _check_batch_size(batch_size)
         if save_dir is not None:
@@ -292,10 +314,19 @@ class RKUPruner(OptimumQuantizer):
 
         if get_importance(config.importance).needs_calibration:
             dataset, summary = self._resolve_calibration(calibration_dataset, config)
+        # self-generated traces are rewritten by the partially pruned model before every later step
+        regenerate = (
+            dataset is not None
+            and config.calibration == "self_generated"
+            and (calibration_dataset is None or isinstance(calibration_dataset, (list, tuple)))
+        )
         scores = plan = None
         for step in range(1, config.num_iterations + 1):
             step_config = copy.deepcopy(config)
             step_config.sparsity = config.sparsity * step / config.num_iterations
+            if regenerate and step > 1:
+                dataset, summary = self._resolve_calibration(calibration_dataset, config, masks=masks)
+                summary["regenerated_per_iteration"] = True
             scores = compute_scores(self.model, step_config, dataset, batch_size, masks, summary, progress)
             plan = allocate(scores, step_config, prunable)
             masks = combine_masks(masks, plan_masks(self.model, plan))
@@ -387,6 +418,41 @@ class RKUPruner(OptimumQuantizer):
             },
         }
 
+    def recover(
+        self,
+        train_dataset: Any = None,
+        lora_config: Any = None,
+        training_args: Any = None,
+        save_dir: str | os.PathLike | None = None,
+        merge: bool = True,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ):
+        """LoRA fine-tune of the pruned model to recover accuracy; see `optimum_rku.recovery.recover_with_lora`."""
+        from optimum_rku.recovery import recover_with_lora
+
+        meta = self.metadata()  # raises a clear error before any work if prune() has not run
+        if self.pruning_config is not None:
+            kwargs.setdefault("seed", self.pruning_config.seed)
+        model, self.recovery_summary = recover_with_lora(
+            self.model,
+            self._require_tokenizer(),
+            train_dataset,
+            lora_config,
+            training_args,
+            save_dir,
+            merge,
+            overwrite=overwrite,
+            metadata=meta,
+            source=self.source,
+            is_testbed=self.is_testbed,
+            return_summary=True,
+            **kwargs,
+        )
+        if merge:
+            self.model = model
+        return model
+
     def save_pretrained(self, save_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save the pruned model, tokenizer and `rku_config.json` atomically into `save_dir`."""
         meta = self.metadata()
@@ -402,6 +468,34 @@ class RKUPruner(OptimumQuantizer):
         )
         logger.info("Saved pruned model to %s", path)
         return path
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        eval_results: Any = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Save to a temporary directory and upload it with `optimum_rku.hub.push_to_hub`; returns the commit URL."""
+        import tempfile
+
+        from optimum_rku.hub import check_repo_id, push_to_hub
+
+        check_repo_id(repo_id)  # before the (possibly long) save
+        with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as tmp:
+            path = self.save_pretrained(Path(tmp) / "checkpoint")
+            return push_to_hub(
+                path,
+                repo_id,
+                private=private,
+                token=token,
+                eval_results=eval_results,
+                commit_message=commit_message,
+                create_pr=create_pr,
+            )
 
 
 def _check_batch_size(batch_size: Any) -> None:

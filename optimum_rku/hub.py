@@ -1,0 +1,251 @@
+"""Publish a pruned checkpoint to the Hugging Face Hub with a model card that carries its evaluation results.
+
+`push_to_hub` never modifies or deletes the local checkpoint: it stages the files to upload (hard links where the
+filesystem allows) in a temporary directory, writes the regenerated `README.md` there, and uploads that directory.
+The token is only handed to `huggingface_hub` for the Authorization header; it is never written or logged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from optimum_rku.reporting import (
+    CARD_FILE,
+    CHART_FILE,
+    EVAL_RESULTS_FILE,
+    REMOTE_CODE_FILE,
+    build_model_card,
+    is_generated_card,
+    plot_allocation,
+    read_eval_results,
+    read_metadata,
+    result_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "rku_config.json"
+#: Files of a checkpoint that are uploaded (top level only): weights, configs, tokenizer, remote code, card, chart.
+UPLOAD_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    METADATA_FILE,
+    EVAL_RESULTS_FILE,
+    REMOTE_CODE_FILE,
+    CHART_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_AUTH_STATUSES = (401, 403)
+DEFAULT_COMMIT_MESSAGE = "Upload pruned model with optimum-rku"
+
+
+class HubPushError(RuntimeError):
+    """Pushing to the Hub failed (network, server or offline mode); the message is one line and names the cause."""
+
+
+class HubAuthenticationError(HubPushError, PermissionError):
+    """The Hub refused the credentials (HTTP 401/403): missing, invalid or read-only token, or no write access."""
+
+
+def hub_endpoint() -> str:
+    """The Hub URL to talk to, read at call time: `HF_ENDPOINT` if set, else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def check_repo_id(repo_id: Any) -> str:
+    """Validate a Hub repo id ('user/name' or 'name') before any work; raise ValueError naming what is allowed."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or not repo_id:
+        raise TypeError(f"repo_id must be a non-empty string like 'user/model-name', got {repo_id!r}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid"
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a valid Hub repo id ({first}); use 'user/model-name' with letters, digits, "
+            "'-', '_' and '.'."
+        ) from None
+    if repo_id.count("/") > 1:
+        raise ValueError(f"repo_id={repo_id!r} has more than one '/'; use 'user/model-name'.")
+    return repo_id
+
+
+def check_checkpoint(checkpoint_dir: Any) -> Path:
+    """Make sure `checkpoint_dir` is an optimum-rku checkpoint (config, weights, rku_config.json) before uploading."""
+    if not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_dir must be a directory path, got {type(checkpoint_dir).__name__}.")
+    path = Path(checkpoint_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint_dir {str(checkpoint_dir)!r} is not a directory.")
+    missing = [name for name in ("config.json", METADATA_FILE) if not (path / name).is_file()]
+    if not any(path.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise ValueError(
+            f"{str(checkpoint_dir)!r} is not a complete optimum-rku checkpoint (missing {', '.join(missing)}); "
+            "save one with RKUPruner.save_pretrained or `optimum-rku prune`."
+        )
+    return path
+
+
+def _stage(source: Path, target: Path) -> list[str]:
+    """Hard-link (or copy) the uploadable top-level files of `source` into `target`; return their names."""
+    names = []
+    for item in sorted(source.iterdir()):
+        if not item.is_file() or item.name.startswith("."):
+            continue
+        if not any(fnmatch.fnmatch(item.name, pattern) for pattern in UPLOAD_PATTERNS):
+            continue
+        destination = target / item.name
+        try:
+            os.link(item, destination)
+        except OSError:
+            shutil.copy2(item, destination)
+        names.append(item.name)
+    return names
+
+
+def _one_line(text: Any, secret: str | None) -> str:
+    """First non-empty line of an error text, with the token masked in case a server echoed it."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = lines[0] if lines else type(text).__name__
+    if secret:
+        line = line.replace(secret, "***")
+    return line
+
+
+def push_to_hub(
+    checkpoint_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    eval_results: Any = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Upload a pruned checkpoint (weights, config, remote code, tokenizer, rku_config.json, card, chart) to the Hub.
+
+    `eval_results` is what `evaluate_gsm8k` returns (or its dict); it defaults to the checkpoint's `eval_results.json`.
+    The card is regenerated with those results for the upload (a local README.md whose optimum-rku marker line was
+    deleted is uploaded unchanged). Returns the commit URL (the pull-request URL when
+    `create_pr=True`). Raises `HubAuthenticationError` (a `PermissionError`) on 401/403 and `HubPushError` (a
+    `RuntimeError`) on network, server or offline-mode failures, each with a one-line message.
+    """
+    path = check_checkpoint(checkpoint_dir)
+    check_repo_id(repo_id)
+    if token is not None and not isinstance(token, str):
+        raise TypeError("token must be a string or None (None uses HF_TOKEN or the stored login).")
+    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
+        raise ValueError("commit_message must be a non-empty string or None.")
+    for name, flag in (("private", private), ("create_pr", create_pr)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}.")
+    results = result_dict(eval_results) if eval_results is not None else read_eval_results(path)
+
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from optimum_rku import __version__
+
+    endpoint = hub_endpoint()
+    if constants.HF_HUB_OFFLINE:
+        raise HubPushError(f"Cannot push to {endpoint}: HF_HUB_OFFLINE is set; unset it to upload.")
+    meta = read_metadata(path)
+
+    with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as staging_dir:
+        staging = Path(staging_dir)
+        uploaded = _stage(path, staging)
+        if CHART_FILE not in uploaded:
+            try:
+                plot_allocation(meta, staging / CHART_FILE)
+            except (ImportError, RuntimeError, OSError, ValueError) as err:
+                logger.warning("Could not draw %s (%s); uploading without it.", CHART_FILE, err)
+        if results is not None and EVAL_RESULTS_FILE not in uploaded:
+            import json
+
+            (staging / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        local_card = path / CARD_FILE
+        if local_card.is_file() and not is_generated_card(local_card):
+            logger.warning("%s was edited by hand (no optimum-rku marker): uploading it unchanged.", CARD_FILE)
+            shutil.copy2(local_card, staging / CARD_FILE)
+        else:
+            card = build_model_card(
+                meta,
+                results,
+                repo_id=repo_id,
+                has_remote_code=(staging / REMOTE_CODE_FILE).is_file(),
+                chart=(staging / CHART_FILE).is_file(),
+            )
+            card.save(staging / CARD_FILE)
+
+        api = HfApi(endpoint=endpoint, token=token, library_name="optimum-rku", library_version=__version__)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            info = api.upload_folder(
+                folder_path=staging,
+                repo_id=repo_id,
+                repo_type="model",
+                commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+                create_pr=create_pr,
+            )
+        except HfHubHTTPError as err:
+            status = getattr(getattr(err, "response", None), "status_code", None)
+            if status in _AUTH_STATUSES:
+                raise HubAuthenticationError(
+                    f"The Hub at {endpoint} refused to let you write to {repo_id!r} (HTTP {status}): pass a write "
+                    "token (token=..., --token, HF_TOKEN or `hf auth login`) with access to that namespace."
+                ) from None
+            raise HubPushError(
+                f"Pushing to {repo_id!r} on {endpoint} failed (HTTP {status}): {_one_line(err, token)}"
+            ) from None
+        except (ConnectionError, OSError) as err:
+            raise HubPushError(
+                f"Could not reach the Hub at {endpoint} ({_one_line(err, token)}); check the network or HF_ENDPOINT."
+            ) from None
+        except Exception as err:
+            transport = _transport_errors()
+            if transport and isinstance(err, transport):
+                raise HubPushError(
+                    f"Could not reach the Hub at {endpoint} ({type(err).__name__}: {_one_line(err, token)}); "
+                    "check the network or HF_ENDPOINT."
+                ) from None
+            raise
+    url = getattr(info, "pr_url", None) if create_pr else None
+    return str(url or getattr(info, "commit_url", None) or info)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's transport-level exception classes (huggingface_hub uses httpx2, older versions httpx)."""
+    import sys
+
+    classes: list[type[BaseException]] = []
+    for module_name in ("httpx2", "httpx", "requests"):
+        module = sys.modules.get(module_name)  # only clients that are in use can have raised
+        if module is None:
+            continue
+        for name in ("TransportError", "RequestException"):
+            cls = getattr(module, name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                classes.append(cls)
+    return tuple(classes)
