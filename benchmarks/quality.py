@@ -1,0 +1,678 @@
+"""Quality benchmark: RKU vs baseline importance methods, same pipeline, same allocation, same removal.
+
+For every (method, calibration set, seed) the model is scored once; the scores are reused for every sparsity by
+pruning a fresh deep copy of the dense model with `prune(scores=...)`. Each pruned model is evaluated on GSM8K-style
+exact match (strict, 0-shot, greedy) on a test split and an out-of-distribution split, on the perplexity of the gold
+solutions given the prompt, on parameters kept and on its per-layer widths. RKU ablations (normalization, objective,
+allocation, attention granularity, targets) are scored on the test split only, so no choice is tuned on OOD data.
+
+Default model: the bundled reasoning testbed. Any supported model with GSM8K-format jsonl data works too:
+
+    python benchmarks/quality.py                 # full run on the testbed (about an hour on 2 CPU cores)
+    python benchmarks/quality.py --quick         # a few minutes
+    python benchmarks/quality.py --model ID --test-data test.jsonl --calib-data train.jsonl [--ood-data ood.jsonl]
+
+Writes JSON, a markdown table and a PNG of accuracy vs sparsity (default: into docs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+METHODS = ("rku", "magnitude", "wanda", "flap", "taylor", "random")
+CALIBRATIONS = ("questions", "questions+gold", "self")
+DATA_FREE = ("magnitude", "random")
+PROMPT = "Question: {question}\nAnswer:"
+
+
+# ------------------------------------------------------------------------------------------------------------ args
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; `--quick` shrinks every dimension of the grid."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default=None, help="Hub id or local dir of a supported model (default: the testbed)")
+    p.add_argument("--test-data", default=None, help="GSM8K-format jsonl ({question, answer}) for the test split")
+    p.add_argument("--ood-data", default=None, help="GSM8K-format jsonl for the OOD split (testbed: its ood split)")
+    p.add_argument("--calib-data", default=None, help="GSM8K-format jsonl the calibration sets are drawn from")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.2, 0.3, 0.4, 0.5, 0.6])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="calibration seeds")
+    p.add_argument("--calibrations", nargs="+", default=list(CALIBRATIONS), choices=CALIBRATIONS)
+    p.add_argument("--num-test", type=int, default=300, help="test problems (>= 300 for the reported numbers)")
+    p.add_argument("--num-ood", type=int, default=300, help="OOD problems")
+    p.add_argument("--num-calib", type=int, default=128, help="calibration samples per set")
+    p.add_argument("--num-ppl", type=int, default=300, help="test problems whose gold-solution perplexity is measured")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="generation budget (evaluation and 'self')")
+    p.add_argument("--eval-batch-size", type=int, default=100)
+    p.add_argument("--score-batch-size", type=int, default=16)
+    p.add_argument(
+        "--ood-sparsities", nargs="+", type=float, default=None, help="sparsities evaluated on OOD (default: all)"
+    )
+    p.add_argument("--ablation-sparsities", nargs="+", type=float, default=[0.4])
+    p.add_argument("--ablation-calibration", default="self", choices=CALIBRATIONS)
+    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning reference")
+    p.add_argument("--quick", action="store_true", help="small grid for a smoke run (a few minutes)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out-dir", default=str(REPO / "docs"), help="where quality.json / .md / .png go")
+    p.add_argument("--name", default="quality", help="output file stem")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tp-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tp-out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tp-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sparsities = [0.4]
+        args.seeds = args.seeds[:1]
+        args.num_test, args.num_ood, args.num_calib, args.num_ppl = 60, 30, 32, 60
+        args.no_ablations = args.no_torch_pruning = True
+        if args.name == "quality":
+            args.name = "quality_quick"
+    for s in args.sparsities + args.ablation_sparsities:
+        if not 0.0 < s <= 0.9:
+            raise ValueError(f"sparsity {s!r} is out of range; allowed: (0, 0.9].")
+    for name in ("num_test", "num_ood", "num_calib", "num_ppl", "max_new_tokens", "eval_batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1.")
+    if args.model is not None and (args.test_data is None or args.calib_data is None):
+        raise ValueError("--model needs --test-data and --calib-data (GSM8K-format jsonl); --ood-data is optional.")
+    for name in ("test_data", "ood_data", "calib_data"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {value!r} does not exist.")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def read_jsonl(path: str) -> list[dict[str, str]]:
+    """Rows of a GSM8K-format jsonl file (question / answer strings)."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+                raise ValueError(f"{path}:{number} needs string 'question' and 'answer' fields.")
+            rows.append({"question": row["question"], "answer": row["answer"]})
+    return rows
+
+
+class Problems:
+    """Test / OOD problems and a calibration pool; testbed splits by default, jsonl files otherwise."""
+
+    def __init__(self, args: argparse.Namespace, testbed: bool):
+        self.testbed = testbed
+        if testbed:
+            from optimum_rku.testbed import make_problems
+
+            self._make = make_problems
+            self.test = make_problems(args.num_test, seed=0, split="test")
+            self.ood = make_problems(args.num_ood, seed=0, split="ood") if args.ood_data is None else None
+            self.source = "optimum-rku testbed (test / ood / train splits)"
+        else:
+            self.test = read_jsonl(args.test_data)[: args.num_test]
+            self.pool = read_jsonl(args.calib_data)
+            self.source = f"{Path(args.test_data).name} / {Path(args.calib_data).name}"
+            self.ood = None
+        if args.ood_data is not None:
+            self.ood = read_jsonl(args.ood_data)[: args.num_ood]
+        self.num_calib = args.num_calib
+
+    def calibration_problems(self, seed: int) -> list[dict[str, str]]:
+        """`num_calib` training problems drawn with `seed` (never from the test or OOD splits)."""
+        if self.testbed:
+            return self._make(self.num_calib, seed=1000 + seed, split="train")
+        rows = list(self.pool)
+        random.Random(seed).shuffle(rows)
+        return rows[: self.num_calib]
+
+
+def calibration_set(kind: str, seed: int, problems: Problems, model, tokenizer, args, cache: dict):
+    """Tokenized calibration set: questions only, question + gold answer, or question + the model's own answer."""
+    key = (kind, seed)
+    if key in cache:
+        return cache[key]
+    from optimum_rku.calibration import tokenize_texts
+    from optimum_rku.config import RKUConfig
+
+    rows = problems.calibration_problems(seed)
+    if kind == "questions":
+        dataset = tokenize_texts(tokenizer, [r["question"] for r in rows], 256)
+    elif kind == "questions+gold":
+        dataset = tokenize_texts(tokenizer, [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows], 256)
+    else:
+        from optimum_rku.self_calibration import self_generated_dataset
+
+        config = RKUConfig(calibration="self_generated", seed=seed, generation_max_new_tokens=args.max_new_tokens)
+        dataset = self_generated_dataset(model, tokenizer, [r["question"] for r in rows], config, progress=False)
+    cache[key] = dataset
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------------------------ metrics
+@torch.no_grad()
+def gold_perplexity(model, tokenizer, problems: list[dict[str, str]], batch_size: int = 32) -> float:
+    """exp(mean NLL) of the gold solution tokens given the `Question: q\\nAnswer:` prompt."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = []
+    for p in problems:
+        prompt = PROMPT.format(question=p["question"])
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full = tokenizer(prompt + " " + p["answer"])["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            full = full + [tokenizer.eos_token_id]
+        shared = 0
+        while shared < min(len(prompt_ids), len(full)) and prompt_ids[shared] == full[shared]:
+            shared += 1
+        rows.append((full, shared))
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (seq, shared) in enumerate(chunk):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            target[i, max(shared, 1) : len(seq)] = True
+        device = next(model.parameters()).device
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        sel = target[:, 1:]
+        total += float(-(logp * sel).sum())
+        count += int(sel.sum())
+    return math.exp(total / max(count, 1))
+
+
+def evaluate(model, tokenizer, problems: Problems, args, ood: bool = True) -> dict[str, Any]:
+    """Strict exact match on test (and OOD), gold perplexity, parameter count."""
+    from optimum_rku.evaluation import evaluate_gsm8k
+    from optimum_rku.scoring import prunable_parameters
+
+    start = time.perf_counter()
+    common = dict(num_fewshot=0, batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, progress=False)
+    out: dict[str, Any] = {}
+    out["acc_test"] = evaluate_gsm8k(model, tokenizer, dataset=problems.test, **common).exact_match_strict
+    if ood and problems.ood:
+        out["acc_ood"] = evaluate_gsm8k(model, tokenizer, dataset=problems.ood, **common).exact_match_strict
+    out["ppl_gold"] = gold_perplexity(model, tokenizer, problems.test[: args.num_ppl])
+    out["params_total"] = sum(p.numel() for p in model.parameters())
+    out["params_prunable"] = prunable_parameters(model)
+    out["eval_time_s"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------ runs
+class Runner:
+    """Holds the dense model and results; scores once per (variant, calibration, seed), prunes per sparsity."""
+
+    def __init__(self, args: argparse.Namespace):
+        from optimum_rku import RKUPruner
+        from optimum_rku.scoring import prunable_parameters
+
+        self.args = args
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        pruner = RKUPruner.from_pretrained(args.model, torch_dtype=torch.float32)
+        self.dense, self.tokenizer = pruner.model.eval(), pruner.tokenizer
+        self.testbed = pruner.is_testbed
+        self.problems = Problems(args, self.testbed)
+        self.dense_prunable = prunable_parameters(self.dense)
+        self.calib_cache: dict = {}
+        self.results: list[dict[str, Any]] = []
+        self.out_dir = Path(args.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+
+    def log(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.started:7.1f}s] {message}", flush=True)
+
+    def run_scored(
+        self,
+        group: str,
+        method: str,
+        calibration: str,
+        seed: int,
+        sparsities: list[float],
+        overrides: dict | None = None,
+        variant: str = "default",
+        ood: bool = True,
+        derive_none: bool = False,
+    ) -> None:
+        """Score once with (method, calibration, seed, overrides); prune and evaluate at every sparsity."""
+        from optimum_rku import RKUConfig, RKUPruner
+
+        overrides = dict(overrides or {})
+        calib_kwargs = {"calibration": "self_generated"} if calibration == "self" else {}
+        base = RKUConfig(importance=method, seed=seed, **calib_kwargs, **overrides)
+        dataset = None
+        if method not in DATA_FREE:
+            dataset = calibration_set(
+                calibration, seed, self.problems, self.dense, self.tokenizer, self.args, self.calib_cache
+            )
+        start = time.perf_counter()
+        scorer = RKUPruner(self.dense, self.tokenizer)
+        scores = scorer.compute_scores(
+            base,
+            calibration_dataset=dataset,
+            batch_size=self.args.score_batch_size,
+            progress=not self.args.no_progress,
+        )
+        score_time = time.perf_counter() - start
+        if derive_none:  # normalization="none" is the raw score of the same statistics: no second pass needed
+            scores = copy.deepcopy(scores)
+            scores.mlp, scores.attention = list(scores.mlp_raw), list(scores.attention_raw)
+            scores.normalization = "none"
+            base = RKUConfig(**{**base.to_dict(), "normalization": "none"})
+        for sparsity in sparsities:
+            config = RKUConfig(**{**base.to_dict(), "sparsity": sparsity})
+            model = copy.deepcopy(self.dense)
+            pruner = RKUPruner(model, self.tokenizer)
+            pruned = pruner.prune(config, scores=scores, progress=False)
+            meta = pruner.metadata()
+            record = {
+                "group": group,
+                "method": method,
+                "variant": variant,
+                "calibration": calibration if method not in DATA_FREE else "none",
+                "seed": seed,
+                "sparsity": sparsity,
+                "config": {k: v for k, v in config.to_dict().items() if k in _CONFIG_KEYS},
+                "achieved_sparsity": meta["parameters"]["achieved_sparsity"],
+                "widths": [
+                    [lay["intermediate_size"], lay["num_attention_heads"], lay["num_key_value_heads"]]
+                    for lay in meta["plan"]["layers"]
+                ],
+                "score_time_s": round(score_time, 2),
+                "calibration_tokens": scores.calibration.get("num_tokens", 0),
+            }
+            wanted = self.args.ood_sparsities
+            on_ood = ood and (wanted is None or any(abs(sparsity - w) < 1e-9 for w in wanted))
+            record.update(evaluate(pruned, self.tokenizer, self.problems, self.args, ood=on_ood))
+            self.results.append(record)
+            self.log(
+                f"{group:9s} {method:9s} {variant:22s} {record['calibration']:15s} seed={seed} s={sparsity:.2f} "
+                f"acc={record['acc_test']:.3f} ood={record.get('acc_ood', float('nan')):.3f} "
+                f"ppl={record['ppl_gold']:.2f} ({record['eval_time_s']}s)"
+            )
+            del model, pruned, pruner
+        self.save()
+
+    def dense_record(self) -> None:
+        record = {"group": "dense", "method": "dense", "variant": "default", "calibration": "none", "seed": 0}
+        record.update({"sparsity": 0.0, "achieved_sparsity": 0.0, "score_time_s": 0.0})
+        from optimum_rku.architectures import blocks
+
+        record["widths"] = [[b.intermediate_size, b.num_heads, b.num_kv_heads] for b in blocks(self.dense)]
+        record.update(evaluate(self.dense, self.tokenizer, self.problems, self.args))
+        self.results.append(record)
+        self.log(f"dense acc={record['acc_test']:.3f} ood={record.get('acc_ood', float('nan')):.3f}")
+
+    def save(self) -> None:
+        payload = {
+            "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
+            "model": "testbed" if self.testbed else self.args.model,
+            "data": self.problems.source,
+            "num_test": len(self.problems.test),
+            "num_ood": len(self.problems.ood or []),
+            "num_calibration_samples": self.args.num_calib,
+            "seeds": self.args.seeds,
+            "sparsities": self.args.sparsities,
+            "torch_threads": torch.get_num_threads(),
+            "elapsed_s": round(time.perf_counter() - self.started, 1),
+            "results": self.results,
+            "torch_pruning": getattr(self, "torch_pruning", None),
+        }
+        path = self.out_dir / f"{self.args.name}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, path)
+
+
+_CONFIG_KEYS = ("objective", "normalization", "allocation", "attention_granularity", "targets", "calibration")
+
+
+def run_grid(runner: Runner) -> None:
+    """Main grid: methods x calibration sets x seeds, every sparsity."""
+    args = runner.args
+    for method in args.methods:
+        if method == "magnitude":  # data-free and deterministic: one run
+            runner.run_scored("main", method, "none", args.seeds[0], args.sparsities)
+            continue
+        if method == "random":
+            for seed in args.seeds:
+                runner.run_scored("main", method, "none", seed, args.sparsities)
+            continue
+        for calibration in args.calibrations:
+            for seed in args.seeds:
+                runner.run_scored("main", method, calibration, seed, args.sparsities)
+
+
+def run_ablations(runner: Runner) -> None:
+    """RKU ablations on the test split only (no OOD, so no default is tuned on it)."""
+    args = runner.args
+    sps = args.ablation_sparsities
+    calib = args.ablation_calibration
+    for seed in args.seeds:
+        # objective x calibration (self_nll with the default config is part of the main grid)
+        for calibration in args.calibrations:
+            objectives = ["hidden_energy", "nll"] + (["decode_nll"] if calibration == "self" else [])
+            for objective in objectives:
+                runner.run_scored(
+                    "ablation",
+                    "rku",
+                    calibration,
+                    seed,
+                    sps,
+                    {"objective": objective},
+                    f"objective={objective}",
+                    False,
+                )
+        runner.run_scored("ablation", "rku", calib, seed, sps, {}, "normalization=none", False, derive_none=True)
+        runner.run_scored("ablation", "rku", calib, seed, sps, {"allocation": "uniform"}, "allocation=uniform", False)
+        runner.run_scored(
+            "ablation",
+            "rku",
+            calib,
+            seed,
+            sps,
+            {"attention_granularity": "query_head"},
+            "granularity=query_head",
+            False,
+        )
+        runner.run_scored("ablation", "rku", calib, seed, sps, {"targets": "mlp"}, "targets=mlp", False)
+
+
+# ------------------------------------------------------------------------------------------------------------ TP ref
+def torch_pruning_reference(runner: Runner, sparsity: float = 0.4, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Torch-Pruning (benchmark extra) on the same model at `sparsity`, magnitude and Taylor importance.
+
+    Each run happens in a child process (this script with `--tp-child`) under a time limit, so a hang inside
+    Torch-Pruning is reported, with where it was stuck, instead of blocking the benchmark.
+    """
+    import subprocess
+    import tempfile
+
+    out: dict[str, Any] = {"sparsity": sparsity}
+    try:
+        import torch_pruning as tp
+    except ImportError as err:
+        out["error"] = f"torch-pruning is not installed ({err}); pip install torch-pruning"
+        return out
+    out["version"] = getattr(tp, "__version__", "unknown")
+    for name in ("magnitude", "taylor"):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "tp.json"
+            command = [sys.executable, __file__, *sys.argv[1:], "--tp-child", name, "--tp-out", str(result)]
+            command += ["--tp-timeout", str(timeout_s)]
+            try:
+                subprocess.run(command, timeout=timeout_s + 120, check=False, capture_output=True)
+            except subprocess.TimeoutExpired:
+                pass
+            if result.is_file():
+                entry = json.loads(result.read_text())
+            else:
+                entry = {"error": f"the Torch-Pruning child process gave no result within {timeout_s + 120:.0f}s"}
+        out[name] = entry
+        runner.log(f"torch-pruning {name}: {_one_line(json.dumps(entry))[:400]}")
+    return out
+
+
+def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_path: str) -> None:
+    """Prune a copy of the dense model with Torch-Pruning (FFN channels and heads only) and evaluate it."""
+    import io
+    import signal
+    import traceback
+
+    import torch_pruning as tp
+
+    from optimum_rku.architectures import blocks, set_attention_heads
+    from optimum_rku.removal import update_config
+    from optimum_rku.scoring import prunable_parameters
+
+    stage = {"now": "setup"}
+
+    def on_timeout(signum, frame):
+        stack = io.StringIO()
+        traceback.print_stack(frame, file=stack, limit=4)
+        raise TimeoutError(f"no result after {timeout_s:.0f}s during {stage['now']}; stuck at:\n{stack.getvalue()}")
+
+    signal.signal(signal.SIGALRM, on_timeout)
+    signal.alarm(int(timeout_s))
+    entry: dict[str, Any] = {}
+    try:
+        model = copy.deepcopy(runner.dense)
+        start = time.perf_counter()
+        problems = runner.problems.calibration_problems(runner.args.seeds[0])
+        texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in problems]
+        example = runner.tokenizer(texts[0], return_tensors="pt")["input_ids"]
+        views = blocks(model)
+        num_heads = {b.q_proj: b.num_heads for b in views}
+        num_heads.update({b.k_proj: b.num_kv_heads for b in views})
+        num_heads.update({b.v_proj: b.num_kv_heads for b in views})
+        importance = (
+            tp.importance.GroupMagnitudeImportance(p=2)
+            if name == "magnitude"
+            else tp.importance.GroupTaylorImportance()
+        )
+        stage["now"] = "BasePruner construction (dependency graph and pruning groups)"
+        # like optimum-rku: FFN channels and attention heads only; the hidden size (embeddings, norms) is kept
+        ignored = [model.lm_head, decoder_embed(model)]
+        pruner = tp.pruner.BasePruner(
+            model,
+            example_inputs=example,
+            importance=importance,
+            pruning_ratio=sparsity,
+            ignored_layers=ignored,
+            num_heads=num_heads,
+            prune_num_heads=True,
+            prune_head_dims=False,
+            head_pruning_ratio=sparsity,
+            global_pruning=False,
+            output_transform=lambda output: output.logits,
+        )
+        if name == "taylor":
+            stage["now"] = "Taylor gradients"
+            model.zero_grad()
+            for text in texts:
+                ids = runner.tokenizer(text, return_tensors="pt")["input_ids"]
+                model(input_ids=ids, labels=ids).loss.backward()
+        stage["now"] = "pruner.step()"
+        pruner.step()
+        for view in blocks(model):
+            set_attention_heads(view.attn, view.num_heads, view.num_kv_heads)
+        update_config(model)
+        model.zero_grad(set_to_none=True)
+        entry["time_s"] = round(time.perf_counter() - start, 2)
+        entry["achieved_sparsity"] = 1 - prunable_parameters(model) / runner.dense_prunable
+        entry["widths"] = [[b.intermediate_size, b.num_heads, b.num_kv_heads] for b in blocks(model)]
+        stage["now"] = "evaluation"
+        with torch.no_grad():
+            entry.update(evaluate(model, runner.tokenizer, runner.problems, runner.args))
+    except BaseException as err:  # report exactly why it could not run on this model / transformers version
+        entry["error"] = f"{type(err).__name__}: {err}"
+    signal.alarm(0)
+    Path(out_path).write_text(json.dumps(entry))
+
+
+def decoder_embed(model) -> torch.nn.Module:
+    from optimum_rku.architectures import decoder
+
+    return decoder(model).embed_tokens
+
+
+# ------------------------------------------------------------------------------------------------------------ report
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summarize(results: list[dict[str, Any]], group: str, metric: str) -> dict[tuple, dict[float, list[float]]]:
+    table: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if r["group"] == group and metric in r:
+            table[(r["method"], r["variant"], r["calibration"])][r["sparsity"]].append(r[metric])
+    return table
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """Markdown tables: accuracy (test, OOD), gold perplexity per sparsity; ablations; params; Torch-Pruning."""
+    results = payload["results"]
+    sparsities = sorted({r["sparsity"] for r in results if r["group"] == "main"})
+    dense = next((r for r in results if r["group"] == "dense"), None)
+    lines = [f"Command: `{payload['command']}`", ""]
+    lines.append(
+        f"Model: {payload['model']}; data: {payload['data']}; {payload['num_test']} test / {payload['num_ood']} OOD "
+        f"problems (0-shot, greedy, strict exact match); {payload['num_calibration_samples']} calibration samples; "
+        f"seeds {payload['seeds']}; {payload['elapsed_s'] / 60:.1f} min on {payload['torch_threads']} threads."
+    )
+    if dense:
+        lines.append(
+            f"Dense: test {dense['acc_test']:.3f}, OOD {dense.get('acc_ood', float('nan')):.3f}, "
+            f"gold ppl {dense['ppl_gold']:.3f}, {dense['params_prunable']:,} prunable parameters."
+        )
+    for metric, title in (("acc_test", "Test accuracy"), ("acc_ood", "OOD accuracy"), ("ppl_gold", "Gold ppl")):
+        table = summarize(results, "main", metric)
+        if not table:
+            continue
+        lines += ["", f"**{title}** (mean ± std over seeds) by sparsity", ""]
+        lines.append("| method | calibration | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |")
+        lines.append("|---|---|" + "---|" * len(sparsities))
+        for (method, _variant, calibration), by_sparsity in sorted(table.items(), key=lambda kv: _order(kv[0])):
+            cells = [_mean_std(by_sparsity.get(s, [])) for s in sparsities]
+            lines.append(f"| {method} | {calibration} | " + " | ".join(cells) + " |")
+    ablation = summarize(results, "ablation", "acc_test")
+    if ablation:
+        abl_sps = sorted({s for v in ablation.values() for s in v})
+        main = summarize(results, "main", "acc_test")
+        lines += [
+            "",
+            "**RKU ablations** (test accuracy, mean ± std over seeds; default = self_nll, fisher_trace, "
+            "global, kv_group, both)",
+            "",
+        ]
+        lines.append("| variant | calibration | " + " | ".join(f"{s:.0%}" for s in abl_sps) + " |")
+        lines.append("|---|---|" + "---|" * len(abl_sps))
+        rows = [(k, v) for k, v in main.items() if k[0] == "rku"] + list(ablation.items())
+        for (_method, variant, calibration), by_sparsity in sorted(rows, key=lambda kv: (kv[0][1], kv[0][2])):
+            cells = [_mean_std(by_sparsity.get(s, [])) for s in abl_sps]
+            lines.append(f"| {variant} | {calibration} | " + " | ".join(cells) + " |")
+    lines += ["", "**Kept widths at 40%** (first seed; per layer: FFN channels / query heads / KV heads)", ""]
+    seen = set()
+    for r in results:
+        key = (r["method"], r["calibration"], r["variant"])
+        if r["group"] == "main" and abs(r["sparsity"] - 0.4) < 1e-9 and key not in seen:
+            seen.add(key)
+            widths = ", ".join(f"{w[0]}/{w[1]}/{w[2]}" for w in r["widths"])
+            lines.append(
+                f"- {r['method']} ({r['calibration']}): {widths}; params {r['params_total']:,} "
+                f"(prunable {r['params_prunable']:,}, removed {r['achieved_sparsity']:.3f}); "
+                f"scoring {r['score_time_s']}s"
+            )
+    tp_ref = payload.get("torch_pruning")
+    if tp_ref:
+        lines += ["", f"**Torch-Pruning {tp_ref.get('version', '')} reference at {tp_ref['sparsity']:.0%}**", ""]
+        if "error" in tp_ref:
+            lines.append(f"- not run: {tp_ref['error']}")
+        for name in ("magnitude", "taylor"):
+            entry = tp_ref.get(name)
+            if not entry:
+                continue
+            if "error" in entry:
+                lines.append(f"- {name}: failed: {_one_line(entry['error'])}")
+            else:
+                lines.append(
+                    f"- {name}: test {entry['acc_test']:.3f}, OOD {entry.get('acc_ood', float('nan')):.3f}, "
+                    f"ppl {entry['ppl_gold']:.2f}, removed {entry['achieved_sparsity']:.3f} of prunable parameters, "
+                    f"pruning time {entry['time_s']}s"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _order(key: tuple) -> tuple:
+    method, _variant, calibration = key
+    m = METHODS.index(method) if method in METHODS else len(METHODS)
+    c = CALIBRATIONS.index(calibration) if calibration in CALIBRATIONS else -1
+    return (m, c)
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Accuracy vs sparsity per (method, calibration), mean ± std over seeds; dense as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = payload["results"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, metric, title in ((axes[0], "acc_test", "test"), (axes[1], "acc_ood", "OOD")):
+        table = summarize(results, "main", metric)
+        for (method, _variant, calibration), by_sparsity in sorted(table.items(), key=lambda kv: _order(kv[0])):
+            xs = sorted(by_sparsity)
+            ys = [statistics.mean(by_sparsity[x]) for x in xs]
+            es = [statistics.stdev(by_sparsity[x]) if len(by_sparsity[x]) > 1 else 0.0 for x in xs]
+            label = method if calibration == "none" else f"{method} ({calibration})"
+            style = "-" if method == "rku" else "--" if calibration == "none" else ":"
+            ax.errorbar(xs, ys, yerr=es, label=label, linestyle=style, marker="o", capsize=2, linewidth=1.2)
+        dense = next((r for r in results if r["group"] == "dense"), None)
+        if dense and metric in dense:
+            ax.axhline(dense[metric], color="black", linestyle="--", linewidth=0.8, label="dense")
+        ax.set_title(f"{title} exact match vs sparsity")
+        ax.set_xlabel("sparsity (fraction of prunable parameters removed)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("strict exact match")
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runner = Runner(args)
+    if args.tp_child:  # internal: one Torch-Pruning run in a child process
+        _tp_child(runner, args.tp_child, 0.4, args.tp_timeout, args.tp_out)
+        return {}
+    runner.log(f"{len(runner.problems.test)} test, {len(runner.problems.ood or [])} OOD problems")
+    runner.dense_record()
+    run_grid(runner)
+    if not args.no_ablations and "rku" in args.methods:
+        run_ablations(runner)
+    if not args.no_torch_pruning:
+        runner.torch_pruning = torch_pruning_reference(runner)
+    runner.save()
+    payload = json.loads((runner.out_dir / f"{args.name}.json").read_text())
+    text = markdown(payload)
+    (runner.out_dir / f"{args.name}.md").write_text(text)
+    plot(payload, runner.out_dir / f"{args.name}.png")
+    print(text)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
