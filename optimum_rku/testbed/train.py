@@ -129,8 +129,9 @@ def train_testbed(
     eval_problems: int = 200,
     time_budget_s: float | None = None,
     progress: bool = True,
+    init_from: str | os.PathLike | None = None,
 ) -> dict:
-    """Train the testbed model from scratch and save model, tokenizer and a training summary to ``output_dir``."""
+    """Train the testbed model (from scratch, or on from `init_from`) and save it with a training summary."""
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     random.seed(seed)
@@ -140,7 +141,7 @@ def train_testbed(
 
     tokenizer = build_tokenizer()
     config = testbed_config(tokenizer)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM.from_pretrained(init_from) if init_from else LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
 
     pool = encode_examples(tokenizer, make_problems(steps * batch_size, seed=seed, split="train"))
@@ -207,6 +208,7 @@ def train_testbed(
         "learning_rate": learning_rate,
         "warmup_steps": warmup_steps,
         "seed": seed,
+        "init_from": str(init_from) if init_from else None,
         "num_threads": torch.get_num_threads(),
         "params": n_params,
         "final_loss": losses[-1] if losses else None,
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--eval-problems", type=int, default=200)
     parser.add_argument("--time-budget-s", type=float, default=None, help="stop (annealed) after this wall time")
+    parser.add_argument("--init-from", default=None, help="continue training from this checkpoint directory")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     summary = train_testbed(
@@ -253,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_problems=args.eval_problems,
         time_budget_s=args.time_budget_s,
         progress=not args.no_progress,
+        init_from=args.init_from,
     )
     print(json.dumps(summary, indent=2))
     return summary
