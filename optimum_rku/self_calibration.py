@@ -1,12 +1,15 @@
 """Self-generated calibration: the model answers the calibration questions itself; scoring then reads its own CoT.
 
 The tokenized result holds prompt + generated answer with a `loss_mask` over the generated tokens, which the
-`decode_nll` objective uses (NLL of the generated tokens only, prompt masked).
+`decode_nll` objective uses (NLL of the generated tokens only, prompt masked); every other objective reads the whole
+sequence. With `num_iterations > 1` the pruner regenerates the answers between steps with the partially pruned
+(masked) model, so later steps score the reasoning the smaller model actually produces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -15,7 +18,40 @@ PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 STOP_STRINGS = ("Question:", "</s>", "<|im_end|>")
 
 
-def generate_answers(model, tokenizer, prompts: Sequence[str], config, batch_size: int = 16, progress: bool = True):
+@contextmanager
+def masked_model(model, masks: dict | None) -> Iterator[None]:
+    """Zero the masked channels at every down_proj / o_proj input (the removal masks of `plan_masks`) while active."""
+    from optimum_rku.architectures import blocks
+
+    handles = []
+    if masks:
+        for block in blocks(model):
+            for part, linear in (("ffn", block.down_proj), ("attn", block.o_proj)):
+                mask = masks.get((block.index, part))
+                if mask is None:
+                    continue
+
+                def hook(module, args, mask=mask):
+                    y = args[0]
+                    return (y * mask.to(dtype=y.dtype, device=y.device),) + tuple(args[1:])
+
+                handles.append(linear.register_forward_pre_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    config,
+    batch_size: int = 16,
+    progress: bool = True,
+    masks: dict | None = None,
+) -> list[str]:
     """Greedy (or sampled, per config) continuations of `prompts`, cut at the first stop string."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     side = tokenizer.padding_side
@@ -23,46 +59,61 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], config, batch_siz
     device = next(model.parameters()).device
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)
+    was_training = model.training
+    model.eval()
     answers: list[str] = []
     try:
-        for start in tqdm(
-            range(0, len(prompts), batch_size), desc="self-generating calibration", disable=not progress
-        ):
-            chunk = list(prompts[start : start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            kwargs = {"do_sample": config.generation_do_sample}
-            if config.generation_do_sample:
-                kwargs.update(temperature=config.generation_temperature, top_p=config.generation_top_p)
-            with torch.no_grad():
-                out = model.generate(
-                    **enc, max_new_tokens=config.generation_max_new_tokens, pad_token_id=pad_id, **kwargs
-                )
-            for row in out[:, enc["input_ids"].shape[1] :]:
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                cut = min((text.find(s) for s in STOP_STRINGS if s in text), default=len(text))
-                answers.append(text[:cut].rstrip())
+        with masked_model(model, masks):
+            for start in tqdm(
+                range(0, len(prompts), batch_size), desc="self-generating calibration", disable=not progress
+            ):
+                chunk = list(prompts[start : start + batch_size])
+                enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+                kwargs = {"do_sample": config.generation_do_sample}
+                if config.generation_do_sample:
+                    kwargs.update(temperature=config.generation_temperature, top_p=config.generation_top_p)
+                with torch.no_grad():
+                    out = model.generate(
+                        **enc, max_new_tokens=config.generation_max_new_tokens, pad_token_id=pad_id, **kwargs
+                    )
+                for row in out[:, enc["input_ids"].shape[1] :]:
+                    text = tokenizer.decode(row, skip_special_tokens=True)
+                    cut = min((text.find(s) for s in STOP_STRINGS if s in text), default=len(text))
+                    answers.append(text[:cut].strip())
     finally:
         tokenizer.padding_side = side
         torch.random.set_rng_state(generator_state)
+        model.train(was_training)
     return answers
 
 
-def self_generated_dataset(model, tokenizer, questions: Sequence[str], config, progress: bool = True):
-    """Tokenized dataset of `Question: q\\nAnswer: <model's own answer>` with a loss mask on the answer tokens."""
+def self_generated_dataset(
+    model, tokenizer, questions: Sequence[str], config, progress: bool = True, masks: dict | None = None
+):
+    """Tokenized dataset of `Question: q\\nAnswer: <model's own answer>` with a loss mask on the answer tokens.
+
+    `masks` (channel masks of already-removed structures) make the partially pruned model answer instead of the
+    dense one.
+    """
     import datasets
 
     if not questions:
         raise ValueError("The calibration set is empty: no questions to answer.")
     prompts = [PROMPT_TEMPLATE.format(question=q) for q in questions]
-    answers = generate_answers(model, tokenizer, prompts, config, progress=progress)
+    answers = generate_answers(model, tokenizer, prompts, config, progress=progress, masks=masks)
     rows = {"input_ids": [], "attention_mask": [], "loss_mask": []}
     for prompt, answer in zip(prompts, answers):
         prompt_ids = tokenizer(prompt)["input_ids"]
-        full_ids = tokenizer(prompt + " " + answer)["input_ids"][: config.calibration_seq_len]
+        full_ids = tokenizer(prompt + " " + answer if answer else prompt)["input_ids"][: config.calibration_seq_len]
         shared = 0
         while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
             shared += 1
         rows["input_ids"].append(full_ids)
         rows["attention_mask"].append([1] * len(full_ids))
         rows["loss_mask"].append([0] * shared + [1] * (len(full_ids) - shared))
+    if config.objective == "decode_nll" and not any(any(m) for m in rows["loss_mask"]):
+        raise ValueError(
+            "Self-generated calibration produced no answer tokens to score with objective='decode_nll' "
+            "(the model answered every question with nothing); use another objective or more generation tokens."
+        )
     return datasets.Dataset.from_dict(rows)

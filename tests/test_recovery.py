@@ -1,0 +1,333 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# LoRA recovery (train, merge, save, reload) and self-generated calibration regenerated between iterations.
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import make_tokenizer, sample_inputs, tiny_model, token_dataset  # noqa: E402
+
+import optimum_rku.self_calibration as self_calibration  # noqa: E402
+from optimum_rku import RKUConfig, RKUModelForCausalLM, RKUPruner  # noqa: E402
+from optimum_rku.architectures import blocks  # noqa: E402
+from optimum_rku.importance import available_importances, get_importance  # noqa: E402
+from optimum_rku.recovery import (  # noqa: E402
+    IGNORE_INDEX,
+    RecoveryCollator,
+    default_lora_config,
+    prepare_recovery_dataset,
+    recover_with_lora,
+    resolve_training_args,
+    self_distillation_dataset,
+)
+from optimum_rku.removal import apply_plan, plan_masks  # noqa: E402
+
+FAST_ARGS = {"max_steps": 24, "learning_rate": 1e-2, "per_device_train_batch_size": 8, "logging_steps": 1}
+
+
+def logits(model, ids=None):
+    with torch.no_grad():
+        return model(sample_inputs() if ids is None else ids).logits
+
+
+def pairs(n: int = 32):
+    words = ["abc", "xyz", "mno", "pqr"]
+    return [{"prompt": f"Q{i % 7}: {words[i % 4]}?", "response": f" {words[(i + 1) % 4] * 3}."} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory, single_thread):
+    """One global-pruned tiny Llama, recovered once with the adapter saved; most tests read this run."""
+    root = tmp_path_factory.mktemp("recovery")
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
+    pruned = pruner.prune(
+        RKUConfig(sparsity=0.4, allocation="global", min_keep=0.25),
+        calibration_dataset=token_dataset(),
+        progress=False,
+    )
+    assert pruned.config.is_heterogeneous
+    before = logits(pruned)
+    model = pruner.recover(pairs(), training_args=FAST_ARGS, save_dir=root / "rec", save_adapter=True, progress=False)
+    return {"pruner": pruner, "model": model, "before": before, "dir": root / "rec", "root": root}
+
+
+# ------------------------------------------------------------------------------------------------- training
+def test_loss_decreases_and_metadata(recovered):
+    summary = recovered["pruner"].recovery_summary
+    assert summary["steps"] == FAST_ARGS["max_steps"]
+    assert summary["loss_after"] < 0.9 * summary["loss_before"]
+    history = [loss for _, loss in summary["loss_history"]]
+    assert len(history) == FAST_ARGS["max_steps"]
+    assert sum(history[-4:]) / 4 < sum(history[:4]) / 4
+    meta = json.loads((recovered["dir"] / "rku_config.json").read_text())
+    rec = meta["recovery"]
+    assert rec["rank"] == 16 and rec["alpha"] == 32 and rec["learning_rate"] == FAST_ARGS["learning_rate"]
+    assert rec["steps"] == FAST_ARGS["max_steps"] and rec["time_s"] > 0
+    assert rec["final_loss"] == history[-1] and rec["data"]["num_examples"] == 32
+    assert set(rec["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert meta["plan"]["layers"] and meta["pruning_config"]["sparsity"] == 0.4  # the pruning record is kept
+    assert not torch.allclose(logits(recovered["model"]), recovered["before"], atol=1e-4)  # training changed it
+
+
+def test_adapters_follow_each_layer_width(recovered):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(recovered["dir"] / "adapter" / "adapter_model.safetensors"))
+    views = blocks(recovered["model"])
+    assert len({b.intermediate_size for b in views}) > 1  # really non-uniform
+    for b in views:
+        prefix = f"layers.{b.index}."
+        down_a = next(v for k, v in tensors.items() if prefix + "mlp.down_proj.lora_A" in k)
+        up_b = next(v for k, v in tensors.items() if prefix + "mlp.up_proj.lora_B" in k)
+        o_a = next(v for k, v in tensors.items() if prefix + "self_attn.o_proj.lora_A" in k)
+        k_b = next(v for k, v in tensors.items() if prefix + "self_attn.k_proj.lora_B" in k)
+        assert down_a.shape == (16, b.intermediate_size) and up_b.shape == (b.intermediate_size, 16)
+        assert o_a.shape == (16, b.num_heads * b.head_dim) and k_b.shape == (b.num_kv_heads * b.head_dim, 16)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_merged_checkpoint_reloads(recovered):
+    expected = logits(recovered["model"])
+    reloaded = RKUModelForCausalLM.from_pretrained(recovered["dir"]).eval()
+    assert torch.allclose(logits(reloaded), expected, atol=1e-5)
+    files = {p.name for p in recovered["dir"].iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_rku.py", "rku_config.json", "tokenizer.json"} <= files
+    assert not any(name.startswith(".") for name in (p.name for p in recovered["root"].iterdir()))  # no staging left
+
+
+def test_adapter_reload_equals_merged(recovered):
+    from peft import PeftModel
+
+    base_dir = recovered["dir"] / "pruned_base"
+    adapter_dir = recovered["dir"] / "adapter"
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_dir.resolve())
+    base = RKUModelForCausalLM.from_pretrained(base_dir).eval()
+    assert torch.allclose(logits(base), recovered["before"], atol=1e-6)  # the un-recovered pruned model
+    assert "recovery" not in json.loads((base_dir / "rku_config.json").read_text())
+    unmerged = PeftModel.from_pretrained(base, adapter_dir).eval()
+    assert torch.allclose(logits(unmerged), logits(recovered["model"]), atol=1e-5)
+
+
+RELOAD = textwrap.dedent(
+    """
+    import json, sys, torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    with torch.no_grad():
+        print(json.dumps(model(torch.tensor(json.loads(sys.argv[2]))).logits.tolist()))
+    """
+)
+
+
+def test_merged_checkpoint_reloads_in_fresh_process(recovered, tmp_path):
+    script = tmp_path / "reload.py"
+    script.write_text(RELOAD)
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    ids = json.dumps(sample_inputs().tolist())
+    proc = subprocess.run(
+        [sys.executable, str(script), str(recovered["dir"]), ids], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert torch.allclose(out, logits(recovered["model"]), atol=1e-5)
+
+
+def test_unmerged_result_matches_its_merge(single_thread):
+    model = tiny_model("qwen2")
+    args = {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
+    peft_model = recover_with_lora(model, make_tokenizer(), pairs(8), training_args=args, merge=False, progress=False)
+    unmerged = logits(peft_model)
+    merged = peft_model.merge_and_unload()
+    assert torch.allclose(logits(merged), unmerged, atol=1e-5)
+    assert not torch.allclose(logits(merged), logits(tiny_model("qwen2")), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def test_prompt_tokens_are_masked():
+    tok = make_tokenizer()
+    ds, summary = prepare_recovery_dataset(tok, [{"prompt": "Q: ab", "response": " cd"}], max_length=64)
+    row = ds[0]
+    prompt_len = len(tok("Q: ab")["input_ids"])
+    assert row["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
+    assert row["labels"][prompt_len:] == row["input_ids"][prompt_len:]
+    assert row["input_ids"][-1] == tok.eos_token_id and tok.decode(row["input_ids"][prompt_len:-1]) == " cd"
+    assert summary["num_response_tokens"] == 4  # " cd" + eos
+
+    import datasets
+
+    qa = datasets.Dataset.from_dict({"question": ["2+2?"], "answer": ["#### 4"]})
+    row = prepare_recovery_dataset(tok, qa)[0][0]
+    prompt_len = len(tok("Question: 2+2?\nAnswer:")["input_ids"])
+    assert row["labels"].count(IGNORE_INDEX) == prompt_len and tok.decode(row["input_ids"][prompt_len:-1]) == " #### 4"
+    text = prepare_recovery_dataset(tok, ["plain text"])[0][0]
+    assert IGNORE_INDEX not in text["labels"]  # plain text: every token is a target
+
+    batch = RecoveryCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
+    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and batch["input_ids"][1].tolist() == [5, 0, 0]
+
+
+def test_testbed_default_data_uses_train_split():
+    from optimum_rku.testbed import make_problems
+
+    tok = make_tokenizer()
+    ds, summary = prepare_recovery_dataset(tok, is_testbed=True, num_samples=3, seed=7)
+    assert len(ds) == 3 and "testbed" in summary["dataset"]
+    first = make_problems(3, seed=7, split="train")[0]
+    assert tok.decode(ds[0]["input_ids"][:-1]) == tok.decode(
+        tok(f"Question: {first['question']}\nAnswer: {first['answer']}")["input_ids"]
+    )
+
+
+def test_self_distillation_dataset_uses_dense_answers():
+    tok = make_tokenizer()
+    ds = self_distillation_dataset(
+        tiny_model("llama"), tok, ["1+1?", {"question": "2+3?"}], max_new_tokens=4, progress=False
+    )
+    assert ds.column_names == ["prompt", "response"] and ds[1]["prompt"] == "Question: 2+3?\nAnswer:"
+    tokenized, _ = prepare_recovery_dataset(tok, ds)
+    assert tokenized[0]["labels"][0] == IGNORE_INDEX
+
+
+def test_training_args_defaults_and_overrides():
+    args, temp = resolve_training_args({"max_steps": 7, "gradient_accumulation_steps": 2}, progress=False, seed=3)
+    try:
+        assert args.max_steps == 7 and args.gradient_accumulation_steps == 2 and args.seed == 3
+        assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "no"
+        assert args.report_to in ([], "none", ["none"]) and args.disable_tqdm
+        assert args.output_dir == temp and os.path.isdir(temp)
+    finally:
+        os.rmdir(temp)
+    assert resolve_training_args(args)[0] is args
+    assert default_lora_config(r=4).r == 4
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+@pytest.fixture
+def no_training(monkeypatch):
+    import peft
+
+    def fail(*args, **kwargs):
+        raise AssertionError("training started before the bad input was reported")
+
+    monkeypatch.setattr(peft, "get_peft_model", fail)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            {"train_dataset": ["a b"], "training_args": {"max_step": 3}},
+            ValueError,
+            "max_step.*did you mean 'max_steps'",
+        ),
+        ({"train_dataset": ["a b"], "training_args": 3}, TypeError, "training_args"),
+        ({"train_dataset": []}, ValueError, "empty"),
+        ({"train_dataset": ["a", {"prompt": "b"}]}, TypeError, "only strings or only dicts"),
+        ({"train_dataset": [{"input": "a", "output": "b"}]}, ValueError, "columns.*'prompt' \\+ 'response'"),
+        ({"train_dataset": ["a b"], "lora_config": {"rank": 4}}, ValueError, "Unknown LoraConfig"),
+        ({"train_dataset": ["a b"], "merge": False, "save_dir": "x"}, ValueError, "merge=False"),
+        ({"train_dataset": ["a b"], "save_adapter": True}, ValueError, "save_dir"),
+        ({"train_dataset": "a b"}, TypeError, "train_dataset"),
+    ],
+)
+def test_bad_inputs_raise_before_training(no_training, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        recover_with_lora(tiny_model("llama"), make_tokenizer(), progress=False, **kwargs)
+
+
+def test_bad_dataset_columns_and_dirs(no_training, tmp_path):
+    import datasets
+
+    bad = datasets.Dataset.from_dict({"question": ["q"], "solution": ["a"]})
+    with pytest.raises(ValueError, match="'question' \\+ 'answer'"):
+        recover_with_lora(tiny_model("llama"), make_tokenizer(), bad, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        recover_with_lora(tiny_model("llama"), make_tokenizer(), datasets.Dataset.from_dict({"text": []}))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        recover_with_lora(tiny_model("llama"), make_tokenizer(), ["a b"], save_dir=tmp_path / "full")
+    with pytest.raises(ValueError, match="prune\\(\\) first"):
+        RKUPruner(tiny_model("llama"), make_tokenizer()).recover(["a b"])
+
+
+# -------------------------------------------------------------------------------- self-generated calibration
+def test_masked_generation_model_equals_physical_removal():
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
+    scores = pruner.compute_scores(RKUConfig(sparsity=0.4), calibration_dataset=token_dataset(), progress=False)
+    from optimum_rku.allocation import allocate
+    from optimum_rku.scoring import prunable_parameters
+
+    plan = allocate(scores, RKUConfig(sparsity=0.4), prunable_parameters(pruner.model))
+    dense = tiny_model("llama")
+    masks = plan_masks(dense, plan)
+    with self_calibration.masked_model(dense, masks):
+        masked = logits(dense)
+    assert torch.allclose(masked, logits(apply_plan(pruner.model, plan)), atol=1e-5)
+    assert not torch.allclose(logits(dense), masked, atol=1e-4)  # hooks are removed afterwards
+
+
+def test_self_generated_traces_are_regenerated_each_iteration(monkeypatch):
+    calls = []
+    original = self_calibration.generate_answers
+
+    def spy(model, tokenizer, prompts, config, batch_size=16, progress=True, masks=None):
+        answers = original(model, tokenizer, prompts, config, batch_size, progress, masks)
+        calls.append({"masks": masks, "answers": answers})
+        return answers
+
+    monkeypatch.setattr(self_calibration, "generate_answers", spy)
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
+    config = RKUConfig(
+        sparsity=0.5,
+        num_iterations=3,
+        calibration="self_generated",
+        objective="decode_nll",
+        generation_max_new_tokens=8,
+    )
+    questions = ["What is 2 + 3?", "Tom has 4 pens.", "Sum 7 and 8.", "Half of 10?"]
+    pruner.prune(config, calibration_dataset=questions, progress=False)
+    assert len(calls) == 3
+    assert calls[0]["masks"] is None
+    kept = [sum(int(m.sum()) for m in call["masks"].values()) for call in calls[1:]]
+    assert kept[0] > kept[1]  # the second regeneration used the more heavily pruned model
+    assert calls[0]["answers"] != calls[2]["answers"]  # the pruned model writes other traces than the dense one
+    assert pruner.scores.calibration["regenerated_per_iteration"] is True
+
+
+@pytest.mark.parametrize("objective", ["self_nll", "nll", "hidden_energy", "decode_nll"])
+def test_self_generated_calibration_with_gradient_objectives(objective):
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
+    config = RKUConfig(sparsity=0.3, calibration="self_generated", objective=objective, generation_max_new_tokens=6)
+    scores = pruner.compute_scores(config, calibration_dataset=["What is 2 + 3?", "Tom has 4 pens."], progress=False)
+    assert scores.objective == objective and scores.calibration["calibration"] == "self_generated"
+    assert all(torch.isfinite(s).all() and s.abs().sum() > 0 for s in scores.mlp + scores.attention)
+
+
+CALIBRATED = [name for name in available_importances() if get_importance(name).needs_calibration]
+
+
+@pytest.mark.parametrize("importance", CALIBRATED)
+def test_self_generated_calibration_with_every_calibrated_importance(importance):
+    pruner = RKUPruner(tiny_model("qwen2"), make_tokenizer())
+    config = RKUConfig(sparsity=0.3, importance=importance, calibration="self_generated", generation_max_new_tokens=6)
+    pruned = pruner.prune(config, calibration_dataset=["What is 2 + 3?", "Tom has 4 pens."], progress=False)
+    assert pruner.scores.calibration["calibration"] == "self_generated" and pruner.scores.calibration["num_tokens"] > 0
+    assert all(torch.isfinite(s).all() for s in pruner.scores.mlp_raw + pruner.scores.attention_raw)
+    assert torch.isfinite(logits(pruned)).all()
