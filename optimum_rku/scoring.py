@@ -290,7 +290,7 @@ def collect_stats(
             if importance.needs_weight_gradients:
                 for block, block_stats in zip(blocks(model), stats):
                     block_stats.weight_grads = {
-                        name: getattr(block, name).weight.grad.detach().float().clone()
+                        name: getattr(block, name).weight.grad.detach()  # no copy: read out per block by the method
                         for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
                     }
     finally:
