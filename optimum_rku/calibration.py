@@ -26,6 +26,14 @@ def _local_builder(data_files: Any) -> str:
     return _LOCAL_FORMATS[suffix]
 
 
+class CalibrationTexts(list):
+    """A list of calibration texts that remembers where it came from (dataset, split, column, seed)."""
+
+    def __init__(self, texts, summary: dict[str, Any]):
+        super().__init__(texts)
+        self.summary = dict(summary)
+
+
 def load_texts(
     dataset_name: str | Sequence[str] | None = DEFAULT_DATASET,
     *,
@@ -89,7 +97,7 @@ def load_texts(
         "num_samples": len(texts),
         "seed": seed,
     }
-    return texts, summary
+    return CalibrationTexts(texts, summary), summary
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int):

@@ -127,7 +127,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "split": "test",
         "num_fewshot": 0,
         "allocation": args.allocation,
-        "calibration": f"{args.calibration_samples} testbed train questions (label-free)",
+        "calibration": f"{args.calibration_samples} testbed train questions (label-free), answered by the model "
+        "itself (RKUConfig defaults: calibration='self_generated', objective='decode_nll')",
         "rows": rows,
     }
     json_path = out_dir / "demo_results.json"

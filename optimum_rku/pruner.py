@@ -207,6 +207,7 @@ class RKUPruner(OptimumQuantizer):
             texts, summary = self._default_texts(config)
         elif isinstance(calibration_dataset, (list, tuple)):
             texts, summary = load_texts(list(calibration_dataset), num_samples=config.num_calibration_samples)
+            summary = {**summary, **getattr(calibration_dataset, "summary", {})}  # texts from load_texts: keep source
         else:
             import datasets
 

@@ -215,9 +215,10 @@ def objective_value(model: torch.nn.Module, batch: dict, objective: str) -> torc
     if objective == "self_nll":
         own = logits.detach().argmax(-1, keepdim=True)
         return -(logp.gather(-1, own).squeeze(-1) * attn.float()).sum()
-    # nll / decode_nll: next-token NLL of the text itself (decode_nll: generated tokens only)
+    # nll / decode_nll: next-token NLL of the text itself (decode_nll: the response tokens only, when the calibration
+    # set marks them with a loss_mask, as self-generated calibration does; on plain text it is the NLL of every token)
     target_mask = attn[:, 1:].float()
-    if objective == "decode_nll":
+    if objective == "decode_nll" and "loss_mask" in batch:
         target_mask = target_mask * batch["loss_mask"][:, 1:].float()
     token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
     return -(token_logp * target_mask).sum()

@@ -8,11 +8,14 @@ sequence. With `num_iterations > 1` the pruner regenerates the answers between s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 STOP_STRINGS = ("Question:", "</s>", "<|im_end|>")
@@ -111,9 +114,11 @@ def self_generated_dataset(
         rows["input_ids"].append(full_ids)
         rows["attention_mask"].append([1] * len(full_ids))
         rows["loss_mask"].append([0] * shared + [1] * (len(full_ids) - shared))
-    if config.objective == "decode_nll" and not any(any(m) for m in rows["loss_mask"]):
-        raise ValueError(
-            "Self-generated calibration produced no answer tokens to score with objective='decode_nll' "
-            "(the model answered every question with nothing); use another objective or more generation tokens."
+    if not any(any(m) for m in rows["loss_mask"]):
+        # Nothing to read the model's own reasoning from: score the text itself (decode_nll then equals nll).
+        logger.warning(
+            "Self-generated calibration produced no answer tokens (the model answered every question with nothing); "
+            "scoring on the question text instead."
         )
+        del rows["loss_mask"]
     return datasets.Dataset.from_dict(rows)

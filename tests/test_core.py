@@ -350,7 +350,6 @@ def test_uniform_checkpoint_loads_with_plain_transformers(tmp_path, calib, famil
         ({"min_keep": 2}, "min_keep"),
         ({"round_to": 0}, "round_to"),
         ({"protected_layers": [-1]}, "protected_layers"),
-        ({"objective": "decode_nll"}, "self_generated"),
     ],
 )
 def test_bad_config_values(kwargs, match):
