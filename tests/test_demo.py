@@ -20,8 +20,9 @@ def test_testbed_scores_at_least_85_percent_through_evaluator():
 
     model, tokenizer = load()
     problems = make_problems(100, seed=0, split="test")
-    result = evaluate_gsm8k(model, tokenizer, dataset=problems, num_fewshot=0, batch_size=50, max_new_tokens=192,
-                            progress=False)
+    result = evaluate_gsm8k(
+        model, tokenizer, dataset=problems, num_fewshot=0, batch_size=50, max_new_tokens=192, progress=False
+    )
     assert result.num_samples == 100
     assert result.exact_match_strict >= 0.85
 
@@ -29,8 +30,20 @@ def test_testbed_scores_at_least_85_percent_through_evaluator():
 def test_demo_writes_table_json_and_chart(tmp_path, capsys):
     from optimum_rku.demo import main
 
-    code = main(["--limit", "6", "--methods", "rku", "magnitude", "--output-dir", str(tmp_path), "--quiet",
-                 "--calibration-samples", "8"])
+    code = main(
+        [
+            "--limit",
+            "6",
+            "--methods",
+            "rku",
+            "magnitude",
+            "--output-dir",
+            str(tmp_path),
+            "--quiet",
+            "--calibration-samples",
+            "8",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| method | sparsity | params | accuracy | ms/token |" in out
