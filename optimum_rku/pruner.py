@@ -20,7 +20,7 @@ from optimum_rku.calibration import DEFAULT_DATASET, count_tokens, load_texts, t
 from optimum_rku.checkpoint import check_save_dir, save_checkpoint
 from optimum_rku.config import RKUConfig
 from optimum_rku.removal import apply_plan, combine_masks, plan_masks
-from optimum_rku.scoring import PruningScores, compute_scores, prunable_parameters
+from optimum_rku.scoring import PruningScores, compute_scores, layer_widths, prunable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +83,7 @@ class RKUPruner(OptimumQuantizer):
         self.dense_parameters = sum(p.numel() for p in model.parameters())
         self.dense_prunable = prunable_parameters(model)
         self.dense_kv_bytes = kv_cache_bytes_per_token(model)
-        self.dense_widths = [
-            {
-                "intermediate_size": b.intermediate_size,
-                "num_attention_heads": b.num_heads,
-                "num_key_value_heads": b.num_kv_heads,
-            }
-            for b in blocks(model)
-        ]
+        self.dense_widths = layer_widths(model)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -334,7 +327,7 @@ class RKUPruner(OptimumQuantizer):
         return plan, scores
 
     def _zero_scores(self, config: RKUConfig) -> PruningScores:
-        from optimum_rku.scoring import layer_widths, structure_costs
+        from optimum_rku.scoring import structure_costs
 
         views = blocks(self.model)
         n_attn = [b.num_heads if config.attention_granularity == "query_head" else b.num_kv_heads for b in views]

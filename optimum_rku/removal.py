@@ -11,6 +11,7 @@ from torch import nn
 
 from optimum_rku.allocation import PruningPlan
 from optimum_rku.architectures import BlockView, blocks, head_dim_of, set_attention_heads
+from optimum_rku.scoring import layer_widths
 
 
 def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -77,14 +78,7 @@ def update_config(model: nn.Module) -> None:
     """Write the live per-layer widths into the config: plain fields when uniform, `per_layer_config` otherwise."""
     config = model.config
     head_dim = head_dim_of(config)
-    widths = [
-        {
-            "intermediate_size": b.intermediate_size,
-            "num_attention_heads": b.num_heads,
-            "num_key_value_heads": b.num_kv_heads,
-        }
-        for b in blocks(model)
-    ]
+    widths = layer_widths(model)
     if getattr(config, "is_heterogeneous", False):
         config.per_layer_config = None
     config.head_dim = head_dim
