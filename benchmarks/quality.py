@@ -72,6 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=str(REPO / "docs"), help="where quality.json / .md / .png go")
     p.add_argument("--name", default="quality", help="output file stem")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the grid (1 torch thread each; 2 fill 2 cores); results are merged",
+    )
+    p.add_argument(
+        "--flap-bias-compensation",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="FLAP's bias compensation: auto = wherever the model's config can save the bias (Llama: FFN+attention)",
+    )
+    p.add_argument("--worker-claims", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tp-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tp-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tp-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
@@ -86,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for s in args.sparsities + args.ablation_sparsities:
         if not 0.0 < s <= 0.9:
             raise ValueError(f"sparsity {s!r} is out of range; allowed: (0, 0.9].")
-    for name in ("num_test", "num_ood", "num_calib", "num_ppl", "max_new_tokens", "eval_batch_size"):
+    for name in ("num_test", "num_ood", "num_calib", "num_ppl", "max_new_tokens", "eval_batch_size", "workers"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1.")
     if args.model is not None and (args.test_data is None or args.calib_data is None):
@@ -260,6 +273,8 @@ class Runner:
         from optimum_rku import RKUConfig, RKUPruner
 
         overrides = dict(overrides or {})
+        if method == "flap" and self.args.flap_bias_compensation != "off":
+            overrides.setdefault("bias_compensation", self._flap_can_compensate(overrides))
         calib_kwargs = {"calibration": "self_generated"} if calibration == "self" else {}
         base = RKUConfig(importance=method, seed=seed, **calib_kwargs, **overrides)
         dataset = None
@@ -288,6 +303,7 @@ class Runner:
             pruned = pruner.prune(config, scores=scores, progress=False)
             meta = pruner.metadata()
             record = {
+                "job": getattr(self, "job", 0),
                 "group": group,
                 "method": method,
                 "variant": variant,
@@ -314,6 +330,21 @@ class Runner:
             )
             del model, pruned, pruner
         self.save()
+
+    def _flap_can_compensate(self, overrides: dict) -> bool:
+        """Whether FLAP's bias compensation is used: always with "on" (errors if impossible), else where it loads."""
+        from optimum_rku import RKUConfig
+        from optimum_rku.architectures import check_output_bias
+
+        if self.args.flap_bias_compensation == "on":
+            return True
+        config = RKUConfig(**{k: v for k, v in overrides.items() if k != "bias_compensation"})
+        parts = ["ffn"] * config.prunes_mlp + ["attn"] * config.prunes_attention
+        try:
+            check_output_bias(self.dense.config, parts)
+        except ValueError:
+            return False
+        return True
 
     def dense_record(self) -> None:
         record = {"group": "dense", "method": "dense", "variant": "default", "calibration": "none", "seed": 0}
@@ -346,58 +377,127 @@ class Runner:
         os.replace(tmp, path)
 
 
-_CONFIG_KEYS = ("objective", "normalization", "allocation", "attention_granularity", "targets", "calibration")
+_CONFIG_KEYS = (
+    "objective",
+    "normalization",
+    "allocation",
+    "attention_granularity",
+    "targets",
+    "calibration",
+    "bias_compensation",
+)
 
 
-def run_grid(runner: Runner) -> None:
-    """Main grid: methods x calibration sets x seeds, every sparsity."""
-    args = runner.args
+def grid_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Main grid as `Runner.run_scored` keyword sets: methods x calibration sets x seeds, every sparsity."""
+    jobs: list[dict[str, Any]] = []
+
+    def add(method: str, calibration: str, seed: int) -> None:
+        jobs.append(dict(group="main", method=method, calibration=calibration, seed=seed, sparsities=args.sparsities))
+
     for method in args.methods:
         if method == "magnitude":  # data-free and deterministic: one run
-            runner.run_scored("main", method, "none", args.seeds[0], args.sparsities)
-            continue
-        if method == "random":
+            add(method, "none", args.seeds[0])
+        elif method == "random":
             for seed in args.seeds:
-                runner.run_scored("main", method, "none", seed, args.sparsities)
-            continue
-        for calibration in args.calibrations:
-            for seed in args.seeds:
-                runner.run_scored("main", method, calibration, seed, args.sparsities)
+                add(method, "none", seed)
+        else:
+            for calibration in args.calibrations:
+                for seed in args.seeds:
+                    add(method, calibration, seed)
+    return jobs
 
 
-def run_ablations(runner: Runner) -> None:
+def ablation_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """RKU ablations on the test split only (no OOD, so no default is tuned on it)."""
-    args = runner.args
-    sps = args.ablation_sparsities
-    calib = args.ablation_calibration
+    jobs: list[dict[str, Any]] = []
+    sps, calib = args.ablation_sparsities, args.ablation_calibration
+
+    def add(calibration: str, seed: int, overrides: dict, variant: str, **extra) -> None:
+        jobs.append(
+            dict(group="ablation", method="rku", calibration=calibration, seed=seed, sparsities=sps,
+                 overrides=overrides, variant=variant, ood=False, **extra)
+        )  # fmt: skip
+
     for seed in args.seeds:
-        # objective x calibration (self_nll with the default config is part of the main grid)
+        # objective x calibration (the default objective is part of the main grid)
         for calibration in args.calibrations:
-            objectives = ["hidden_energy", "nll"] + (["decode_nll"] if calibration == "self" else [])
+            # decode_nll (the default) on plain text is nll, so nll is only a separate variant on "self"
+            objectives = ["hidden_energy", "self_nll"] + (["nll"] if calibration == "self" else [])
             for objective in objectives:
-                runner.run_scored(
-                    "ablation",
-                    "rku",
-                    calibration,
-                    seed,
-                    sps,
-                    {"objective": objective},
-                    f"objective={objective}",
-                    False,
-                )
-        runner.run_scored("ablation", "rku", calib, seed, sps, {}, "normalization=none", False, derive_none=True)
-        runner.run_scored("ablation", "rku", calib, seed, sps, {"allocation": "uniform"}, "allocation=uniform", False)
-        runner.run_scored(
-            "ablation",
-            "rku",
-            calib,
-            seed,
-            sps,
-            {"attention_granularity": "query_head"},
-            "granularity=query_head",
-            False,
-        )
-        runner.run_scored("ablation", "rku", calib, seed, sps, {"targets": "mlp"}, "targets=mlp", False)
+                add(calibration, seed, {"objective": objective}, f"objective={objective}")
+        add(calib, seed, {}, "normalization=none", derive_none=True)
+        add(calib, seed, {"allocation": "uniform"}, "allocation=uniform")
+        add(calib, seed, {"attention_granularity": "query_head"}, "granularity=query_head")
+        add(calib, seed, {"targets": "mlp"}, "targets=mlp")
+    return jobs
+
+
+def all_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every scored run of this invocation, in a fixed order (the index identifies a job across worker processes)."""
+    jobs = grid_jobs(args)
+    if not args.no_ablations and "rku" in args.methods:
+        jobs += ablation_jobs(args)
+    return jobs
+
+
+def _claim(claims: str, index: int | str) -> bool:
+    """Atomically take job `index` for this process (one file per job; the first creator wins)."""
+    try:
+        os.close(os.open(os.path.join(claims, f"job{index}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def run_jobs(runner: Runner, jobs: list[dict[str, Any]], claims: str | None = None) -> None:
+    """Run every job (or, as a worker, every job this process claims first)."""
+    for index, job in enumerate(jobs):
+        if claims is None or _claim(claims, index):
+            runner.job = index
+            runner.run_scored(**job)
+
+
+def run_workers(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Share the jobs among `args.workers` child processes (dynamic: each takes the next unclaimed job); merge."""
+    import subprocess
+    import tempfile
+
+    started = time.perf_counter()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        claims = Path(tmp) / "claims"
+        claims.mkdir()
+        children = []
+        for k in range(args.workers):
+            command = [sys.executable, __file__, *argv, "--workers", "1", "--worker-claims", str(claims)]
+            command += ["--threads", "1", "--no-torch-pruning", "--out-dir", tmp, "--name", f"worker{k}"]
+            log = open(Path(tmp) / f"worker{k}.log", "w")
+            children.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, k))
+        failed = []
+        for child, log, k in children:
+            child.wait()
+            log.close()
+            text = (Path(tmp) / f"worker{k}.log").read_text()
+            print(text, end="", flush=True)
+            if child.returncode != 0:
+                failed.append(k)
+        if failed:
+            raise RuntimeError(f"quality worker(s) {failed} failed; their output is printed above.")
+        parts = [json.loads((Path(tmp) / f"worker{k}.json").read_text()) for k in range(args.workers)]
+    payload = dict(parts[0])
+    results = [r for part in parts for r in part["results"]]
+    dense = [r for r in results if r["group"] == "dense"][:1]
+    scored = sorted((r for r in results if r["group"] != "dense"), key=lambda r: (r["job"], r["sparsity"]))
+    payload.update(
+        command="python benchmarks/quality.py " + " ".join(argv),
+        results=dense + scored,
+        torch_threads=1,
+        workers=args.workers,
+        elapsed_s=round(time.perf_counter() - started, 1),
+    )
+    return payload
 
 
 # ------------------------------------------------------------------------------------------------------------ TP ref
@@ -567,7 +667,7 @@ def markdown(payload: dict[str, Any]) -> str:
         main = summarize(results, "main", "acc_test")
         lines += [
             "",
-            "**RKU ablations** (test accuracy, mean ± std over seeds; default = self_nll, fisher_trace, "
+            "**RKU ablations** (test accuracy, mean ± std over seeds; default = decode_nll, fisher_trace, "
             "global, kv_group, both)",
             "",
         ]
@@ -652,26 +752,57 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.workers > 1 and args.worker_claims is None and not args.tp_child:
+        payload = run_workers(args, _without(argv, "--workers"))
+        if not args.no_torch_pruning:
+            runner = Runner(args)
+            payload["torch_pruning"] = torch_pruning_reference(runner)
+        return write_report(payload, Path(args.out_dir), args.name)
     runner = Runner(args)
     if args.tp_child:  # internal: one Torch-Pruning run in a child process
         _tp_child(runner, args.tp_child, 0.4, args.tp_timeout, args.tp_out)
         return {}
-    runner.log(f"{len(runner.problems.test)} test, {len(runner.problems.ood or [])} OOD problems")
-    runner.dense_record()
-    run_grid(runner)
-    if not args.no_ablations and "rku" in args.methods:
-        run_ablations(runner)
+    claims = args.worker_claims
+    if claims is None or _claim(claims, "dense"):
+        runner.log(f"{len(runner.problems.test)} test, {len(runner.problems.ood or [])} OOD problems")
+        runner.dense_record()
+    run_jobs(runner, all_jobs(args), claims)
     if not args.no_torch_pruning:
         runner.torch_pruning = torch_pruning_reference(runner)
     runner.save()
     payload = json.loads((runner.out_dir / f"{args.name}.json").read_text())
+    if claims is not None:  # a worker: the parent merges and reports
+        return payload
+    return write_report(payload, runner.out_dir, args.name)
+
+
+def write_report(payload: dict[str, Any], out_dir: Path, name: str) -> dict[str, Any]:
+    """Write `name`.json / .md / .png into `out_dir` and print the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, out_dir / f"{name}.json")
     text = markdown(payload)
-    (runner.out_dir / f"{args.name}.md").write_text(text)
-    plot(payload, runner.out_dir / f"{args.name}.png")
+    (out_dir / f"{name}.md").write_text(text)
+    plot(payload, out_dir / f"{name}.png")
     print(text)
     return payload
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag` and its value (`--flag V` or `--flag=V`)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            out.append(item)
+    return out
 
 
 if __name__ == "__main__":

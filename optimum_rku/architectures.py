@@ -17,6 +17,17 @@ SUPPORTED_FAMILIES: dict[str, str] = {
 }
 
 
+# model_type -> {part: config flag that builds a bias on that part's projections}. "ffn": Llama's `mlp_bias` (gate, up
+# and down); "attn": `attention_bias` (q, k, v and o). Mistral and Qwen2 configs cannot put a bias on down_proj/o_proj.
+OUTPUT_BIAS_FLAGS: dict[str, dict[str, str]] = {
+    "llama": {"ffn": "mlp_bias", "attn": "attention_bias"},
+    "qwen2": {},
+    "mistral": {},
+    "qwen3": {"attn": "attention_bias"},
+    "gemma2": {"attn": "attention_bias"},
+}
+
+
 def supported_families_text() -> str:
     return ", ".join(f"{v} [model_type={k!r}]" for k, v in SUPPORTED_FAMILIES.items())
 
@@ -146,3 +157,39 @@ def set_attention_heads(attn: nn.Module, num_heads: int, num_kv_heads: int) -> N
 def final_norm(model: nn.Module) -> nn.Module:
     """The final RMSNorm whose output feeds lm_head (read by the hidden_energy objective)."""
     return decoder(model).norm
+
+
+def output_bias_flag(config, part: str) -> str | None:
+    """The config flag that gives `part`'s ("ffn" / "attn") output projection a bias, or None if there is none."""
+    return OUTPUT_BIAS_FLAGS.get(check_supported(config), {}).get(part)
+
+
+def check_output_bias(config, parts: list[str]) -> None:
+    """Raise a ValueError unless the family can save and reload a bias on every part's output projection."""
+    model_type = check_supported(config)
+    names = {"ffn": "FFN (down_proj)", "attn": "attention (o_proj)"}
+    missing = [p for p in parts if output_bias_flag(config, p) is None]
+    if missing:
+        able = ", ".join(f"{k}: {'+'.join(names[p] for p in v)}" for k, v in OUTPUT_BIAS_FLAGS.items() if v)
+        raise ValueError(
+            f"bias_compensation needs a bias on the {' and '.join(names[p] for p in missing)} output of "
+            f"model_type={model_type!r}, which its config cannot build (the saved checkpoint would not reload it). "
+            f"Allowed: {able}; or set targets to the parts that can, or bias_compensation=False."
+        )
+
+
+def enable_output_biases(model: nn.Module, part: str) -> None:
+    """Turn on `part`'s bias flag in the config and give every projection of that part a (zero) bias if it has none.
+
+    The flag builds biases on all of the part's projections (Llama's `mlp_bias`: gate/up/down; `attention_bias`:
+    q/k/v/o), so they all get one and the saved checkpoint reloads exactly.
+    """
+    flag = output_bias_flag(model.config, part)
+    if flag is None:
+        check_output_bias(model.config, [part])
+    setattr(model.config, flag, True)
+    for view in blocks(model):
+        for linear in view.mlp_linears() if part == "ffn" else view.attn_linears():
+            if linear.bias is None:
+                weight = linear.weight
+                linear.bias = nn.Parameter(weight.new_zeros(linear.out_features), requires_grad=weight.requires_grad)

@@ -5,7 +5,7 @@ pass, so the allocation, removal and evaluation that follow are identical and on
 
 - ``magnitude``: L2 norm of all weights a structure owns (data-free).
 - ``wanda``: structured Wanda (Wanda-sp), input-norm-weighted absolute weights of down_proj / o_proj columns.
-- ``flap``: FLAP's fluctuation metric, standardized per layer and structure type.
+- ``flap``: FLAP's fluctuation metric, standardized per layer and structure type (optional bias compensation).
 - ``taylor``: first-order Taylor |W * dL/dW| (LLM-Pruner / GISP) per parameter, from weight gradients of the NLL.
 - ``random``: seeded random scores (the floor).
 """
@@ -145,14 +145,11 @@ class FlapImportance(Importance):
     score is (s - mean) / std over one layer's structures of one type (FLAP's standardization, which lets attention
     and FFN structures of all layers share one global ranking); the raw score is the unstandardized metric.
 
-    Bias compensation (FLAP adds W[:, removed] @ mean(x_removed) to the output bias) is deliberately not done. Scores
-    are read-only and removal keeps each projection's bias layout, so a bias can only be added where the module
-    already has one and the saved config still builds it on load: Mistral's o_proj/down_proj never have a bias,
-    Qwen2's o_proj never has one, and Llama/Qwen3/Gemma2 only with `attention_bias` (which also turns on q/k/v
-    biases) or Llama's `mlp_bias` (which also turns on gate/up biases). For the default configs of every supported
-    family, adding the bias would write weights that `from_pretrained` drops (or flip flags that create extra, untrained
-    biases), so the saved checkpoint would no longer reproduce the pruned model. We keep FLAP's metric and
-    standardization and leave compensation out, for every family alike.
+    Bias compensation is `RKUConfig(bias_compensation=True)` (off by default, as for every method): removal then
+    adds W[:, removed] @ mean(x_removed) to the down_proj / o_proj bias (FLAP's compensation), using the calibration
+    means collected in the same pass. Only where the saved checkpoint still builds that bias: Llama (`mlp_bias`,
+    `attention_bias`, which also give gate/up or q/k/v zero biases), Qwen3 and Gemma2 (`attention_bias`, attention
+    only); Mistral and Qwen2 configs cannot, and the pruner says so before scoring.
     """
 
     activation_stats = frozenset({"sum", "sq"})

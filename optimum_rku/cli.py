@@ -48,6 +48,7 @@ CONFIG_HELP = {
     "generation_do_sample": "sample (instead of greedy) self-generated answers",
     "generation_temperature": "temperature of sampled self-generated answers",
     "generation_top_p": "top-p of sampled self-generated answers",
+    "bias_compensation": "add removed channels' mean output to a down_proj / o_proj bias (FLAP; Llama, Qwen3, Gemma2)",
 }
 
 

@@ -40,6 +40,8 @@ class RKUConfig:
     Defaults follow the quality benchmark (docs/benchmarks.md): the model answers the calibration questions itself
     (`calibration="self_generated"`) and RKU is scored with `decode_nll`, the NLL of those answer tokens (on plain
     `calibration="dataset"` text, `decode_nll` is the NLL of every text token, i.e. `nll`).
+    `bias_compensation=True` adds the calibration-mean output of removed channels / heads to the down_proj / o_proj
+    bias (FLAP's compensation); only families whose config can build those biases accept it (see architectures).
     """
 
     sparsity: float = 0.4
@@ -61,6 +63,7 @@ class RKUConfig:
     generation_do_sample: bool = False
     generation_temperature: float = 0.7
     generation_top_p: float = 0.95
+    bias_compensation: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,8 +89,18 @@ class RKUConfig:
         _number("generation_max_new_tokens", self.generation_max_new_tokens, 1, 1 << 16, integer=True)
         _number("generation_temperature", self.generation_temperature, 1e-6, 100.0)
         _number("generation_top_p", self.generation_top_p, 1e-6, 1.0)
-        if not isinstance(self.generation_do_sample, bool):
-            raise TypeError(f"RKUConfig.generation_do_sample must be a bool, got {self.generation_do_sample!r}.")
+        for name in ("generation_do_sample", "bias_compensation"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"RKUConfig.{name} must be a bool, got {getattr(self, name)!r}.")
+        if self.bias_compensation:
+            from optimum_rku.importance import get_importance
+
+            if not get_importance(self.importance).needs_calibration:
+                raise ValueError(
+                    f"RKUConfig.bias_compensation=True needs calibration statistics, but importance "
+                    f"{self.importance!r} is data-free; allowed: a calibration-based importance (e.g. 'flap', 'rku', "
+                    "'wanda') or bias_compensation=False."
+                )
         if isinstance(self.protected_layers, (str, bytes)) or not hasattr(self.protected_layers, "__iter__"):
             raise TypeError(
                 f"RKUConfig.protected_layers must be a list of layer indices, got {self.protected_layers!r}."

@@ -15,7 +15,7 @@ from optimum.quantization_base import OptimumQuantizer
 
 from optimum_rku import __version__
 from optimum_rku.allocation import PruningPlan, allocate
-from optimum_rku.architectures import blocks, check_supported, head_dim_of
+from optimum_rku.architectures import blocks, check_output_bias, check_supported, head_dim_of
 from optimum_rku.calibration import DEFAULT_DATASET, count_tokens, load_texts, tokenize_texts
 from optimum_rku.checkpoint import check_save_dir, save_checkpoint
 from optimum_rku.config import RKUConfig
@@ -289,7 +289,10 @@ class RKUPruner(OptimumQuantizer):
         else:
             plan, scores = self._iterative(config, calibration_dataset, batch_size, progress)
         self.scores, self.plan, self.pruning_config = scores, plan, config
-        apply_plan(self.model, plan)
+        if config.bias_compensation and config.sparsity > 0:
+            apply_plan(self.model, plan, scores.mlp_input_mean, scores.attention_input_mean)
+        else:
+            apply_plan(self.model, plan)
         self.prune_time_s = time.perf_counter() - start
         if save_dir is not None:
             self.save_pretrained(save_dir, overwrite=overwrite)
@@ -321,7 +324,10 @@ class RKUPruner(OptimumQuantizer):
             if regenerate and step > 1:
                 dataset, summary = self._resolve_calibration(calibration_dataset, config, masks=masks)
                 summary["regenerated_per_iteration"] = True
+            previous = scores
             scores = compute_scores(self.model, step_config, dataset, batch_size, masks, summary, progress)
+            if config.bias_compensation and previous is not None:
+                _keep_means_of_removed(scores, previous, masks)
             plan = allocate(scores, step_config, prunable)
             masks = combine_masks(masks, plan_masks(self.model, plan))
         return plan, scores
@@ -350,14 +356,17 @@ class RKUPruner(OptimumQuantizer):
 
     def _check_config(self, pruning_config) -> RKUConfig:
         if pruning_config is None:
-            return RKUConfig()
-        if isinstance(pruning_config, dict):
-            return RKUConfig.from_dict(pruning_config)
-        if not isinstance(pruning_config, RKUConfig):
+            pruning_config = RKUConfig()
+        elif isinstance(pruning_config, dict):
+            pruning_config = RKUConfig.from_dict(pruning_config)
+        elif not isinstance(pruning_config, RKUConfig):
             raise TypeError(
                 f"pruning_config must be an RKUConfig, a dict or None, got {type(pruning_config).__name__}."
             )
         pruning_config.validate()
+        if pruning_config.bias_compensation:
+            parts = ["ffn"] * pruning_config.prunes_mlp + ["attn"] * pruning_config.prunes_attention
+            check_output_bias(self.model.config, parts)
         for layer in pruning_config.protected_layers:
             if layer >= len(self.dense_widths):
                 raise ValueError(
@@ -368,6 +377,11 @@ class RKUPruner(OptimumQuantizer):
     def _check_scores(self, scores: PruningScores, config: RKUConfig) -> None:
         if not isinstance(scores, PruningScores):
             raise TypeError(f"scores must be PruningScores, got {type(scores).__name__}.")
+        if config.bias_compensation and (scores.mlp_input_mean is None or scores.attention_input_mean is None):
+            raise ValueError(
+                "bias_compensation=True needs scores that hold calibration input means; compute them with "
+                "compute_scores(RKUConfig(..., bias_compensation=True))."
+            )
         if scores.widths != self.dense_widths:
             raise ValueError("These scores were computed on a model with other layer widths than this pruner's model.")
         if scores.attention_granularity != config.attention_granularity:
@@ -490,6 +504,18 @@ class RKUPruner(OptimumQuantizer):
                 commit_message=commit_message,
                 create_pr=create_pr,
             )
+
+
+def _keep_means_of_removed(scores: PruningScores, previous: PruningScores, masks: dict) -> None:
+    """Masked channels read zero in a later scoring pass: keep their means from the pass before they were masked."""
+    for index in range(scores.num_layers):
+        for part, new, old in (
+            ("ffn", scores.mlp_input_mean, previous.mlp_input_mean),
+            ("attn", scores.attention_input_mean, previous.attention_input_mean),
+        ):
+            mask = masks.get((index, part))
+            if mask is not None:
+                new[index] = torch.where(mask.bool().cpu(), new[index], old[index])
 
 
 def _check_batch_size(batch_size: Any) -> None:

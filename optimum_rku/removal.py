@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from optimum_rku.allocation import PruningPlan
-from optimum_rku.architectures import BlockView, blocks, head_dim_of, set_attention_heads
+from optimum_rku.architectures import BlockView, blocks, enable_output_biases, head_dim_of, set_attention_heads
 from optimum_rku.scoring import layer_widths
 
 
@@ -46,14 +46,38 @@ def _check_plan(block: BlockView, plan) -> None:
             raise ValueError(f"Layer {block.index}: query head {h} is kept but its KV head {h // group} is not.")
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
-    """Replace every block's projections by their kept rows/columns, in place; return the model."""
+def _removed_output(linear: nn.Linear, kept: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """W[:, removed] @ mean[removed]: the average output the removed input channels contributed (FLAP)."""
+    removed = torch.ones(linear.in_features, dtype=torch.bool)
+    removed[kept] = False
+    weight = linear.weight.detach().float()[:, removed.to(linear.weight.device)]
+    return weight @ mean.float().to(weight.device)[removed.to(weight.device)]
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: PruningPlan,
+    mlp_input_mean: list[torch.Tensor] | None = None,
+    attention_input_mean: list[torch.Tensor] | None = None,
+) -> nn.Module:
+    """Replace every block's projections by their kept rows/columns, in place; return the model.
+
+    With per-layer input means of down_proj / o_proj (bias compensation), the removed channels' mean contribution is
+    added to that projection's bias, created (and switched on in the config) where the family allows it.
+    """
     views = blocks(model)
     if len(views) != len(plan.layers):
         raise ValueError(f"Plan has {len(plan.layers)} layers but the model has {len(views)}.")
     head_dim = head_dim_of(model.config)
+    compensation: dict[str, dict[int, torch.Tensor]] = {"ffn": {}, "attn": {}}
     for block, layer_plan in zip(views, plan.layers):
         _check_plan(block, layer_plan)
+        if mlp_input_mean is not None and layer_plan.intermediate_size != block.intermediate_size:
+            kept = torch.tensor(layer_plan.kept_channels, dtype=torch.long)
+            compensation["ffn"][block.index] = _removed_output(block.down_proj, kept, mlp_input_mean[block.index])
+        if attention_input_mean is not None and layer_plan.num_heads != block.num_heads:
+            kept = _head_channels(layer_plan.kept_heads, head_dim)
+            compensation["attn"][block.index] = _removed_output(block.o_proj, kept, attention_input_mean[block.index])
         mlp, attn = block.mlp, block.attn
         if layer_plan.intermediate_size != block.intermediate_size:
             keep = torch.tensor(layer_plan.kept_channels, dtype=torch.long)
@@ -70,6 +94,15 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             attn.v_proj = _slice_linear(attn.v_proj, rows=kv_rows)
             attn.o_proj = _slice_linear(attn.o_proj, cols=q_rows)
             set_attention_heads(attn, layer_plan.num_heads, layer_plan.num_kv_heads)
+    for part, deltas in compensation.items():
+        if not deltas:
+            continue
+        enable_output_biases(model, part)
+        views = blocks(model)
+        for index, delta in deltas.items():
+            linear = views[index].down_proj if part == "ffn" else views[index].o_proj
+            with torch.no_grad():
+                linear.bias += delta.to(device=linear.bias.device, dtype=linear.bias.dtype)
     update_config(model)
     return model
 

@@ -47,6 +47,9 @@ def prunable_parameters(model: torch.nn.Module) -> int:
     return total
 
 
+_TENSOR_LISTS = ("mlp", "attention", "mlp_raw", "attention_raw", "mlp_input_mean", "attention_input_mean")
+
+
 @dataclass
 class PruningScores:
     """Per-layer scores (normalized and raw) and parameter cost per structure; reusable across sparsities."""
@@ -63,6 +66,9 @@ class PruningScores:
     attention_cost: list[int]
     widths: list[dict[str, int]]
     calibration: dict[str, Any] = field(default_factory=dict)
+    #: per layer, the calibration mean of each down_proj / o_proj input channel (only with bias_compensation)
+    mlp_input_mean: list[torch.Tensor] | None = None
+    attention_input_mean: list[torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -72,8 +78,8 @@ class PruningScores:
         """JSON-ready dict (tensors become lists)."""
         out: dict[str, Any] = {}
         for key, value in self.__dict__.items():
-            if key in ("mlp", "attention", "mlp_raw", "attention_raw"):
-                out[key] = [t.tolist() for t in value]
+            if key in _TENSOR_LISTS:
+                out[key] = None if value is None else [t.tolist() for t in value]
             else:
                 out[key] = value
         return out
@@ -81,8 +87,9 @@ class PruningScores:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningScores:
         data = dict(data)
-        for key in ("mlp", "attention", "mlp_raw", "attention_raw"):
-            data[key] = [torch.tensor(v, dtype=torch.float32) for v in data[key]]
+        for key in _TENSOR_LISTS:
+            if data.get(key) is not None:
+                data[key] = [torch.tensor(v, dtype=torch.float32) for v in data[key]]
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -94,8 +101,9 @@ class PruningScores:
             tensors = {}
             meta = {}
             for key, value in self.__dict__.items():
-                if key in ("mlp", "attention", "mlp_raw", "attention_raw"):
-                    for i, t in enumerate(value):
+                if key in _TENSOR_LISTS:
+                    meta[f"has_{key}"] = value is not None
+                    for i, t in enumerate(value or []):
                         tensors[f"{key}.{i}"] = t.contiguous()
                 else:
                     meta[key] = value
@@ -115,8 +123,9 @@ class PruningScores:
             with safe_open(str(path), framework="pt") as handle:
                 meta = json.loads(handle.metadata()["rku_scores"])
                 layers = len(meta["widths"])
-                for key in ("mlp", "attention", "mlp_raw", "attention_raw"):
-                    meta[key] = [handle.get_tensor(f"{key}.{i}") for i in range(layers)]
+                for key in _TENSOR_LISTS:
+                    present = meta.pop(f"has_{key}", True)
+                    meta[key] = [handle.get_tensor(f"{key}.{i}") for i in range(layers)] if present else None
             return cls(**meta)
         if path.suffix == ".json":
             return cls.from_dict(json.loads(path.read_text()))
@@ -137,9 +146,16 @@ def layer_widths(model: torch.nn.Module) -> list[dict[str, int]]:
 class StatsCollector:
     """Hooks on every down_proj / o_proj input: accumulate activation and gradient statistics, apply masks."""
 
-    def __init__(self, model: torch.nn.Module, importance: Importance, masks: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        importance: Importance,
+        masks: dict | None = None,
+        extra_stats: frozenset[str] = frozenset(),
+    ):
         self.blocks = blocks(model)
         self.importance = importance
+        self.wanted = importance.activation_stats | extra_stats
         self.stats = [BlockStats() for _ in self.blocks]
         self.masks = masks or {}
         self.token_mask: torch.Tensor | None = None
@@ -157,7 +173,7 @@ class StatsCollector:
         self.handles.clear()
 
     def _hook(self, block: BlockView, stats: BlockStats, part: str):
-        wanted = self.importance.activation_stats
+        wanted = self.wanted
         want_grad = self.importance.needs_activation_gradients
         mask = self.masks.get((block.index, part))
 
@@ -249,8 +265,12 @@ def collect_stats(
     batch_size: int = 1,
     masks: dict | None = None,
     progress: bool = True,
+    extra_stats: frozenset[str] = frozenset(),
 ) -> tuple[list[BlockStats], int]:
-    """Run the calibration set once; return per-block statistics and the number of tokens seen."""
+    """Run the calibration set once; return per-block statistics and the number of tokens seen.
+
+    `extra_stats` adds activation statistics the importance itself does not need (e.g. "sum" for bias compensation).
+    """
     pad_id = 0
     device = next(model.parameters()).device
     weights = []
@@ -270,7 +290,7 @@ def collect_stats(
 
     handle = embed.register_forward_hook(leaf_hook)
     try:
-        with frozen_weights(model, weights), StatsCollector(model, importance, masks) as collector:
+        with frozen_weights(model, weights), StatsCollector(model, importance, masks, extra_stats) as collector:
             total = (len(dataset) + batch_size - 1) // batch_size
             bar = tqdm(
                 iter_batches(dataset, batch_size, pad_id, device),
@@ -316,7 +336,8 @@ def compute_scores(
         if dataset is None or len(dataset) == 0:
             raise ValueError(f"The calibration set is empty: importance {config.importance!r} needs calibration data.")
         objective = importance.objective or config.objective
-        stats, tokens = collect_stats(model, dataset, importance, objective, batch_size, masks, progress)
+        extra = frozenset({"sum"}) if getattr(config, "bias_compensation", False) else frozenset()
+        stats, tokens = collect_stats(model, dataset, importance, objective, batch_size, masks, progress, extra)
     else:
         stats, tokens = [BlockStats() for _ in views], 0
     mlp, attention, mlp_raw, attention_raw, mlp_cost, attention_cost = [], [], [], [], [], []
@@ -342,6 +363,10 @@ def compute_scores(
                     scores[~kept] = float("-inf")
     summary = dict(calibration_summary or {})
     summary["num_tokens"] = tokens
+    mlp_mean = attention_mean = None
+    if getattr(config, "bias_compensation", False):
+        mlp_mean = [s.ffn["sum"].float().cpu() / max(tokens, 1) for s in stats]
+        attention_mean = [s.attn["sum"].float().cpu() / max(tokens, 1) for s in stats]
     return PruningScores(
         importance=config.importance,
         objective=(importance.objective or config.objective)
@@ -357,6 +382,8 @@ def compute_scores(
         attention_cost=attention_cost,
         widths=layer_widths(model),
         calibration=summary,
+        mlp_input_mean=mlp_mean,
+        attention_input_mean=attention_mean,
     )
 
 

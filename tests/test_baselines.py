@@ -251,3 +251,85 @@ def test_end_to_end_grid(method, allocation, granularity):
 @pytest.mark.parametrize("method", ["wanda", "taylor"])
 def test_every_family(family, method):
     _prune_and_check(family, method, "global", "query_head" if method == "wanda" else "kv_group")
+
+
+# ------------------------------------------------------------------------------------------- FLAP bias compensation
+def _down_proj_inputs(model, dataset, layer=0):
+    """Non-padding inputs and outputs of one layer's down_proj over a calibration set (hand-collected)."""
+    inputs, outputs = [], []
+    down = blocks(model)[layer].down_proj
+
+    def hook(module, args, out):
+        inputs.append(args[0][0])
+        outputs.append(out[0])
+
+    handle = down.register_forward_hook(hook)
+    with torch.no_grad():
+        for row in dataset:
+            model(input_ids=torch.tensor([row["input_ids"]]))
+    handle.remove()
+    return torch.cat(inputs), torch.cat(outputs)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_flap_bias_compensation_known_answer(allocation, tmp_path):
+    from copy import deepcopy
+
+    from optimum_rku import RKUModelForCausalLM
+
+    dense = tiny_model("llama")
+    data = token_dataset()
+    cfg = RKUConfig(sparsity=0.4, importance="flap", bias_compensation=True, allocation=allocation, targets="mlp")
+    scores = RKUPruner(dense).compute_scores(cfg, calibration_dataset=data, progress=False)
+    x, y_dense = _down_proj_inputs(dense, data)
+    assert torch.allclose(scores.mlp_input_mean[0], x.mean(0), atol=1e-5)  # mean over every calibration token
+
+    pruner = RKUPruner(deepcopy(dense))
+    pruned = pruner.prune(cfg, scores=scores, progress=False)
+    assert pruned.config.mlp_bias is True
+    for dense_block, block, layer in zip(blocks(dense), blocks(pruned), pruner.plan.layers):
+        removed = sorted(set(range(dense_block.intermediate_size)) - set(layer.kept_channels))
+        expected = dense_block.down_proj.weight[:, removed] @ scores.mlp_input_mean[block.index][removed]
+        assert torch.allclose(block.down_proj.bias, expected, atol=1e-5)
+        assert not block.gate_proj.bias.any() and not block.up_proj.bias.any()
+    # layer 0 sees the same inputs as the dense model (attention untouched): its mean output is preserved exactly
+    _, y_pruned = _down_proj_inputs(pruned, data)
+    assert torch.allclose(y_pruned.mean(0), y_dense.mean(0), atol=1e-5)
+    assert not torch.allclose(y_pruned, y_dense, atol=1e-3)
+
+    pruner.save_pretrained(tmp_path / "ckpt")
+    reloaded = RKUModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, pruned(ids).logits, atol=1e-5)
+
+
+def test_flap_bias_compensation_attention_and_iterations():
+    model = tiny_model("llama")
+    cfg = RKUConfig(sparsity=0.4, importance="flap", bias_compensation=True, allocation="uniform", num_iterations=2)
+    pruned = RKUPruner(model).prune(cfg, calibration_dataset=token_dataset(), progress=False)
+    assert pruned.config.attention_bias is True and pruned.config.mlp_bias is True
+    assert all(b.o_proj.bias.abs().sum() > 0 and b.down_proj.bias.abs().sum() > 0 for b in blocks(pruned))
+    assert all(not b.q_proj.bias.any() and not b.k_proj.bias.any() for b in blocks(pruned))
+    with torch.no_grad():
+        assert torch.isfinite(pruned(torch.tensor([[5, 6, 7, 8]])).logits).all()
+
+
+def test_bias_compensation_errors():
+    with pytest.raises(ValueError, match="data-free"):
+        RKUConfig(importance="magnitude", bias_compensation=True)
+    with pytest.raises(TypeError, match="bias_compensation"):
+        RKUConfig(bias_compensation="yes")
+    for family, targets in (("qwen2", "mlp"), ("mistral", "attention"), ("qwen3", "both"), ("gemma2", "mlp")):
+        cfg = RKUConfig(importance="flap", bias_compensation=True, targets=targets)
+        with pytest.raises(ValueError, match=f"model_type='{family}'"):
+            RKUPruner(tiny_model(family)).prune(cfg, calibration_dataset=token_dataset(), progress=False)
+    # attention-only compensation is possible on Qwen3 (attention_bias)
+    cfg = RKUConfig(importance="flap", bias_compensation=True, targets="attention", allocation="uniform")
+    pruned = RKUPruner(tiny_model("qwen3")).prune(cfg, calibration_dataset=token_dataset(), progress=False)
+    assert pruned.config.attention_bias is True
+    # scores computed without the means cannot be compensated
+    model = tiny_model("llama")
+    plain = RKUPruner(model).compute_scores(RKUConfig(importance="flap"), token_dataset(), progress=False)
+    with pytest.raises(ValueError, match="input means"):
+        RKUPruner(model).prune(RKUConfig(importance="flap", bias_compensation=True), scores=plain, progress=False)
