@@ -61,12 +61,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch-size", type=int, default=100)
     p.add_argument("--score-batch-size", type=int, default=16)
     p.add_argument(
-        "--ood-sparsities", nargs="+", type=float, default=None, help="sparsities evaluated on OOD (default: all)"
+        "--ood-sparsities",
+        nargs="+",
+        type=float,
+        default=[0.4],
+        help="sparsities also evaluated on the OOD split (default: 0.4, the claim's sparsity; keeps the run <= 60 min)",
     )
     p.add_argument("--ablation-sparsities", nargs="+", type=float, default=[0.4])
     p.add_argument("--ablation-calibration", default="self", choices=CALIBRATIONS)
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning reference")
+    p.add_argument(
+        "--torch-pruning-only", action="store_true", help="only the dense model and the Torch-Pruning reference"
+    )
     p.add_argument("--quick", action="store_true", help="small grid for a smoke run (a few minutes)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out-dir", default=str(REPO / "docs"), help="where quality.json / .md / .png go")
@@ -501,11 +508,17 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------------ TP ref
+TP_RUNS = ("magnitude", "taylor", "magnitude-mlp", "taylor-mlp")
+
+
 def torch_pruning_reference(runner: Runner, sparsity: float = 0.4, timeout_s: float = 300.0) -> dict[str, Any]:
     """Torch-Pruning (benchmark extra) on the same model at `sparsity`, magnitude and Taylor importance.
 
-    Each run happens in a child process (this script with `--tp-child`) under a time limit, so a hang inside
-    Torch-Pruning is reported, with where it was stuck, instead of blocking the benchmark.
+    Torch-Pruning prunes locally (the same widths in every layer), so it runs twice per importance: KV groups + FFN
+    channels ("both"), and FFN channels only ("-mlp"). Beside it, optimum-rku's own magnitude / taylor under the same
+    constraints (allocation="uniform", targets both / mlp) are scored, so the two implementations can be compared
+    like for like. Each Torch-Pruning run happens in a child process (this script with `--tp-child`) under a time
+    limit, so a hang inside Torch-Pruning is reported instead of blocking the benchmark.
     """
     import subprocess
     import tempfile
@@ -517,10 +530,11 @@ def torch_pruning_reference(runner: Runner, sparsity: float = 0.4, timeout_s: fl
         out["error"] = f"torch-pruning is not installed ({err}); pip install torch-pruning"
         return out
     out["version"] = getattr(tp, "__version__", "unknown")
-    for name in ("magnitude", "taylor"):
+    for name in TP_RUNS:
         with tempfile.TemporaryDirectory() as tmp:
             result = Path(tmp) / "tp.json"
-            command = [sys.executable, __file__, *sys.argv[1:], "--tp-child", name, "--tp-out", str(result)]
+            argv = _without(_without(sys.argv[1:], "--workers"), "--threads")
+            command = [sys.executable, __file__, *argv, "--threads", "1", "--tp-child", name, "--tp-out", str(result)]
             command += ["--tp-timeout", str(timeout_s)]
             try:
                 subprocess.run(command, timeout=timeout_s + 120, check=False, capture_output=True)
@@ -532,20 +546,26 @@ def torch_pruning_reference(runner: Runner, sparsity: float = 0.4, timeout_s: fl
                 entry = {"error": f"the Torch-Pruning child process gave no result within {timeout_s + 120:.0f}s"}
         out[name] = entry
         runner.log(f"torch-pruning {name}: {_one_line(json.dumps(entry))[:400]}")
+    calibration = runner.args.calibrations[0] if "questions+gold" not in runner.args.calibrations else "questions+gold"
+    for method in ("magnitude", "taylor"):
+        for targets in ("both", "mlp"):
+            overrides = {"allocation": "uniform", "targets": targets}
+            variant = f"uniform, targets={targets}"
+            runner.run_scored("reference", method, calibration, runner.args.seeds[0], [sparsity], overrides, variant)
     return out
 
 
 def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_path: str) -> None:
-    """Prune a copy of the dense model with Torch-Pruning (FFN channels and heads only) and evaluate it."""
+    """Prune a copy of the dense model with Torch-Pruning (benchmarks/torch_pruning_reference.py) and evaluate it."""
     import io
     import signal
     import traceback
 
-    import torch_pruning as tp
-
-    from optimum_rku.architectures import blocks, set_attention_heads
-    from optimum_rku.removal import update_config
+    from optimum_rku.architectures import blocks
     from optimum_rku.scoring import prunable_parameters
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torch_pruning_reference import run_torch_pruning
 
     stage = {"now": "setup"}
 
@@ -559,48 +579,14 @@ def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_
     entry: dict[str, Any] = {}
     try:
         model = copy.deepcopy(runner.dense)
-        start = time.perf_counter()
         problems = runner.problems.calibration_problems(runner.args.seeds[0])
         texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in problems]
-        example = runner.tokenizer(texts[0], return_tensors="pt")["input_ids"]
-        views = blocks(model)
-        num_heads = {b.q_proj: b.num_heads for b in views}
-        num_heads.update({b.k_proj: b.num_kv_heads for b in views})
-        num_heads.update({b.v_proj: b.num_kv_heads for b in views})
-        importance = (
-            tp.importance.GroupMagnitudeImportance(p=2)
-            if name == "magnitude"
-            else tp.importance.GroupTaylorImportance()
+        importance, _, targets = name.partition("-")
+        stage["now"] = "Torch-Pruning"
+        entry.update(
+            run_torch_pruning(model, runner.tokenizer, texts, importance, sparsity, targets=targets or "both")
         )
-        stage["now"] = "BasePruner construction (dependency graph and pruning groups)"
-        # like optimum-rku: FFN channels and attention heads only; the hidden size (embeddings, norms) is kept
-        ignored = [model.lm_head, decoder_embed(model)]
-        pruner = tp.pruner.BasePruner(
-            model,
-            example_inputs=example,
-            importance=importance,
-            pruning_ratio=sparsity,
-            ignored_layers=ignored,
-            num_heads=num_heads,
-            prune_num_heads=True,
-            prune_head_dims=False,
-            head_pruning_ratio=sparsity,
-            global_pruning=False,
-            output_transform=lambda output: output.logits,
-        )
-        if name == "taylor":
-            stage["now"] = "Taylor gradients"
-            model.zero_grad()
-            for text in texts:
-                ids = runner.tokenizer(text, return_tensors="pt")["input_ids"]
-                model(input_ids=ids, labels=ids).loss.backward()
-        stage["now"] = "pruner.step()"
-        pruner.step()
-        for view in blocks(model):
-            set_attention_heads(view.attn, view.num_heads, view.num_kv_heads)
-        update_config(model)
         model.zero_grad(set_to_none=True)
-        entry["time_s"] = round(time.perf_counter() - start, 2)
         entry["achieved_sparsity"] = 1 - prunable_parameters(model) / runner.dense_prunable
         entry["widths"] = [[b.intermediate_size, b.num_heads, b.num_kv_heads] for b in blocks(model)]
         stage["now"] = "evaluation"
@@ -610,12 +596,6 @@ def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_
         entry["error"] = f"{type(err).__name__}: {err}"
     signal.alarm(0)
     Path(out_path).write_text(json.dumps(entry))
-
-
-def decoder_embed(model) -> torch.nn.Module:
-    from optimum_rku.architectures import decoder
-
-    return decoder(model).embed_tokens
 
 
 # ------------------------------------------------------------------------------------------------------------ report
@@ -694,17 +674,26 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += ["", f"**Torch-Pruning {tp_ref.get('version', '')} reference at {tp_ref['sparsity']:.0%}**", ""]
         if "error" in tp_ref:
             lines.append(f"- not run: {tp_ref['error']}")
-        for name in ("magnitude", "taylor"):
+        for name in TP_RUNS:
             entry = tp_ref.get(name)
             if not entry:
                 continue
             if "error" in entry:
-                lines.append(f"- {name}: failed: {_one_line(entry['error'])}")
+                lines.append(f"- Torch-Pruning {name}: failed: {_one_line(entry['error'])}")
             else:
+                widths = ", ".join(f"{w[0]}/{w[1]}/{w[2]}" for w in entry["widths"])
                 lines.append(
-                    f"- {name}: test {entry['acc_test']:.3f}, OOD {entry.get('acc_ood', float('nan')):.3f}, "
+                    f"- Torch-Pruning {name}: test {entry['acc_test']:.3f}, OOD {entry.get('acc_ood', float('nan')):.3f}, "
                     f"ppl {entry['ppl_gold']:.2f}, removed {entry['achieved_sparsity']:.3f} of prunable parameters, "
-                    f"pruning time {entry['time_s']}s"
+                    f"widths {widths}, pruning time {entry['time_s']}s"
+                )
+        for r in results:
+            if r["group"] == "reference":
+                widths = ", ".join(f"{w[0]}/{w[1]}/{w[2]}" for w in r["widths"])
+                lines.append(
+                    f"- optimum-rku {r['method']} ({r['variant']}, {r['calibration']}): test {r['acc_test']:.3f}, "
+                    f"ppl {r['ppl_gold']:.2f}, removed {r['achieved_sparsity']:.3f}, widths {widths}, "
+                    f"scoring {r['score_time_s']}s"
                 )
     return "\n".join(lines) + "\n"
 
@@ -755,11 +744,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.workers > 1 and args.worker_claims is None and not args.tp_child:
+    if args.workers > 1 and args.worker_claims is None and not args.tp_child and not args.torch_pruning_only:
         payload = run_workers(args, _without(argv, "--workers"))
         if not args.no_torch_pruning:
             runner = Runner(args)
             payload["torch_pruning"] = torch_pruning_reference(runner)
+            payload["results"] += runner.results  # optimum-rku under Torch-Pruning's constraints
         return write_report(payload, Path(args.out_dir), args.name)
     runner = Runner(args)
     if args.tp_child:  # internal: one Torch-Pruning run in a child process
@@ -769,7 +759,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if claims is None or _claim(claims, "dense"):
         runner.log(f"{len(runner.problems.test)} test, {len(runner.problems.ood or [])} OOD problems")
         runner.dense_record()
-    run_jobs(runner, all_jobs(args), claims)
+    if not args.torch_pruning_only:
+        run_jobs(runner, all_jobs(args), claims)
     if not args.no_torch_pruning:
         runner.torch_pruning = torch_pruning_reference(runner)
     runner.save()

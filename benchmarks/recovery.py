@@ -11,9 +11,11 @@ train split) and evaluates again. Results go to a JSON file and a markdown table
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,11 +50,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calibration-samples", type=int, default=64)
     parser.add_argument("--generation-tokens", type=int, default=128, help="self-generated calibration answer length")
     parser.add_argument("--train-problems", type=int, default=2000, help="testbed train-split problems for LoRA")
-    parser.add_argument("--lora-steps", type=int, default=20)
-    parser.add_argument("--lora-lr", type=float, default=2e-3)
+    parser.add_argument("--lora-steps", type=int, default=300)
+    parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora-batch-size", type=int, default=8)
-    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--lora-rank", type=int, default=32)
     parser.add_argument("--seed", type=int, default=2016)
+    parser.add_argument(
+        "--lora-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="LoRA seeds (adapter init + data order), each from the same pruned model (default: --seed)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="docs/recovery.json", help="where to write the results")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
@@ -110,8 +119,8 @@ def write_results(results: dict, args, start: float) -> Path:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
     results["total_time_s"] = round(time.perf_counter() - start, 1)
-    results["lora_total_time_s"] = round(sum(r["lora"]["time_s"] for r in results["runs"]), 1)
-    results["lora_total_cpu_s"] = round(sum(r["lora"]["cpu_s"] for r in results["runs"]), 1)
+    results["lora_total_time_s"] = round(sum(x["time_s"] for r in results["runs"] for x in r["lora_runs"]), 1)
+    results["lora_total_cpu_s"] = round(sum(x["cpu_s"] for r in results["runs"] for x in r["lora_runs"]), 1)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
@@ -161,13 +170,28 @@ def run(args) -> dict:
             prune_s = time.perf_counter() - start
             meta = pruner.metadata()
             pruned_eval = evaluate(model, pruner.tokenizer, test, args)
-            cpu = time.process_time()
-            pruner.recover(
-                train, lora_config=lora, training_args=training_args, progress=args.progress, seed=args.seed
-            )
-            lora_cpu = time.process_time() - cpu
-            summary = pruner.recovery_summary
-            recovered_eval = evaluate(pruner.model, pruner.tokenizer, test, args)
+            pruned_model = copy.deepcopy(model)
+            lora_runs = []
+            for lora_seed in args.lora_seeds or [args.seed]:
+                pruner.model = copy.deepcopy(pruned_model)  # every LoRA seed starts from the same pruned model
+                cpu = time.process_time()
+                pruner.recover(
+                    train,
+                    lora_config=lora,
+                    training_args={**training_args, "seed": lora_seed},
+                    progress=args.progress,
+                    seed=lora_seed,
+                )
+                lora_cpu = time.process_time() - cpu
+                summary = pruner.recovery_summary
+                recovered_eval = evaluate(pruner.model, pruner.tokenizer, test, args)
+                lora_runs.append(
+                    {"seed": lora_seed, "recovered": recovered_eval, "cpu_s": round(lora_cpu, 1)}
+                    | {k: summary[k] for k in ("loss_before", "loss_after", "time_s")}
+                )
+            accuracies = [run["recovered"]["exact_match_strict"] for run in lora_runs]
+            recovered_eval = dict(lora_runs[0]["recovered"], exact_match_strict=statistics.mean(accuracies))
+            recovered_eval["exact_match_strict_std"] = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
             row = {
                 "sparsity": sparsity,
                 "variant": name,
@@ -179,8 +203,15 @@ def run(args) -> dict:
                 "prune_time_s": round(prune_s, 2),
                 "pruned": pruned_eval,
                 "recovered": recovered_eval,
-                "lora": {k: summary[k] for k in ("steps", "rank", "alpha", "learning_rate", "loss_before")}
-                | {"loss_after": summary["loss_after"], "time_s": summary["time_s"], "cpu_s": round(lora_cpu, 1)},
+                "lora": {k: summary[k] for k in ("steps", "rank", "alpha", "learning_rate")}
+                | {
+                    "loss_before": lora_runs[0]["loss_before"],
+                    "loss_after": statistics.mean(run["loss_after"] for run in lora_runs),
+                    "time_s": round(statistics.mean(run["time_s"] for run in lora_runs), 1),
+                    "cpu_s": round(statistics.mean(run["cpu_s"] for run in lora_runs), 1),
+                    "seeds": [run["seed"] for run in lora_runs],
+                },
+                "lora_runs": lora_runs,
             }
             results["runs"].append(row)
             write_results(results, args, start_all)
@@ -200,16 +231,20 @@ def markdown(results: dict) -> str:
     lines = [
         f"Dense: **{dense:.1%}** strict exact match ({results['dense']['eval']['num_samples']} test problems).",
         "",
-        "| sparsity | method | calibration | params | pruned | pruned + LoRA | LoRA / dense | LoRA time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sparsity | method | calibration | params | pruned | pruned + LoRA | LoRA / dense | LoRA seeds | LoRA time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         pruned = r["pruned"]["exact_match_strict"]
         rec = r["recovered"]["exact_match_strict"]
+        std = r["recovered"].get("exact_match_strict_std", 0.0)
+        seeds = r["lora"].get("seeds", [None])
+        shown = f"{rec:.1%} ± {std:.1%}" if len(seeds) > 1 else f"{rec:.1%}"
         ratio = rec / dense if dense else float("nan")
         lines.append(
             f"| {r['sparsity']:.0%} | {r['importance']} | {CALIBRATION_LABELS[r['variant']]} | "
-            f"{r['parameters'] / 1e6:.2f}M | {pruned:.1%} | {rec:.1%} | {ratio:.1%} | {r['lora']['time_s']:.0f}s |"
+            f"{r['parameters'] / 1e6:.2f}M | {pruned:.1%} | {shown} | {ratio:.1%} | {len(seeds)} | "
+            f"{r['lora']['time_s']:.0f}s |"
         )
     return "\n".join(lines)
 
@@ -222,8 +257,8 @@ def main(argv=None) -> int:
         results["runs"] = [r for part in parts for r in part["runs"]]
         results["complete"] = all(part.get("complete") for part in parts)
         results["total_time_s"] = max(part["total_time_s"] for part in parts)
-        results["lora_total_time_s"] = round(sum(r["lora"]["time_s"] for r in results["runs"]), 1)
-        results["lora_total_cpu_s"] = round(sum(r["lora"]["cpu_s"] for r in results["runs"]), 1)
+        results["lora_total_time_s"] = round(sum(x["time_s"] for r in results["runs"] for x in r["lora_runs"]), 1)
+        results["lora_total_cpu_s"] = round(sum(x["cpu_s"] for r in results["runs"] for x in r["lora_runs"]), 1)
         results["combined_from"] = [part["config"] for part in parts]
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(markdown(results))

@@ -22,12 +22,15 @@ Three things are needed to make Torch-Pruning 1.6 work on transformers 5.x; none
   of `group_size * head_dim` channels of q_proj (num_heads[q_proj] = num_heads[k/v_proj] = num_kv_heads), so TP
   removes whole KV groups through its ordinary multi-head path. The expand mapping of `repeat_kv` lists each k/v
   channel once per query head, and `DependencyGraph.check_pruning_group` counts those duplicates as separate
-  channels and rejects the group; the pruner's graph gets a check that counts distinct channels instead (the
-  pruning functions already de-duplicate indices).
+  channels and rejects the group; the pruner's graph gets a check that counts distinct channels instead. The
+  pruning functions de-duplicate the indices of the weights but subtract the duplicates from `out_features`, so
+  `in_features` / `out_features` of every Linear are re-read from its weight afterwards.
 
 The attention and FFN ratios are chosen so that the removed q/k/v/o + gate/up/down parameters are `sparsity` of
 them (as close as whole KV groups and whole channels allow): round(sparsity * num_kv_heads) KV groups per layer,
-the remaining budget from FFN channels.
+the remaining budget from FFN channels. `targets="mlp"` leaves attention alone and takes the whole budget from FFN
+channels. TP prunes locally (the same widths in every layer); removing even one KV group per layer this way
+collapses the testbed's accuracy (like optimum-rku's allocation=uniform ablation).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def _check_distinct(graph):
     return check
 
 
-def _plan(model: nn.Module, sparsity: float) -> tuple[int, int]:
+def _plan(model: nn.Module, sparsity: float, targets: str = "both") -> tuple[int, int]:
     """(KV groups to remove per layer, FFN channels to remove over all layers) for `sparsity` of q/k/v/o + MLP."""
     views = blocks(model)
     hidden = views[0].hidden_size
@@ -101,7 +104,7 @@ def _plan(model: nn.Module, sparsity: float) -> tuple[int, int]:
     num_kv = views[0].num_kv_heads
     if any(v.num_kv_heads != num_kv or v.num_heads != views[0].num_heads for v in views):
         raise ValueError("run_torch_pruning expects the same number of heads in every layer")
-    kv_removed = min(max(round(sparsity * num_kv), 0), num_kv - 1)
+    kv_removed = min(max(round(sparsity * num_kv), 0), num_kv - 1) if targets == "both" else 0
     prunable = 0
     attention_removed = 0
     for view in views:
@@ -114,7 +117,13 @@ def _plan(model: nn.Module, sparsity: float) -> tuple[int, int]:
 
 
 def run_torch_pruning(
-    model: nn.Module, tokenizer, calibration_texts: list[str], importance: str, sparsity: float = 0.4
+    model: nn.Module,
+    tokenizer,
+    calibration_texts: list[str],
+    importance: str,
+    sparsity: float = 0.4,
+    *,
+    targets: str = "both",
 ) -> dict[str, Any]:
     """Prune `model` in place with Torch-Pruning and leave it a consistent transformers model.
 
@@ -124,6 +133,8 @@ def run_torch_pruning(
         calibration_texts: texts whose LM-loss gradients feed GroupTaylorImportance (unused for "magnitude").
         importance: "magnitude" (GroupMagnitudeImportance(p=2)) or "taylor" (GroupTaylorImportance).
         sparsity: fraction of the q/k/v/o + gate/up/down parameters to remove.
+        targets: "both" (KV groups and FFN channels) or "mlp" (FFN channels only, attention untouched; the FFN
+            then carries the whole `sparsity` of the prunable parameters).
 
     Returns:
         dict with "time_s" (wall time of tracing, gradients and pruning), "scope" (what was pruned and how),
@@ -134,10 +145,15 @@ def run_torch_pruning(
 
     if importance not in ("magnitude", "taylor"):
         raise ValueError(f"importance must be 'magnitude' or 'taylor', not {importance!r}")
+    if targets not in ("both", "mlp"):
+        raise ValueError(f"targets must be 'both' or 'mlp', not {targets!r}")
     start = time.perf_counter()
     views = blocks(model)
     num_kv = views[0].num_kv_heads
-    kv_removed, ffn_removed = _plan(model, sparsity)
+    kv_removed, ffn_removed = _plan(model, sparsity, targets)
+    if kv_removed and not ffn_removed:
+        # TP only visits the attention groups of a scope whose (FFN) pruning_ratio removes something
+        raise ValueError(f"sparsity={sparsity} removes KV groups but no FFN channel; TP would prune nothing")
     total_channels = sum(v.intermediate_size for v in views)
     # TP removes ceil(head_ratio * heads) heads and `n - int(n * (1 - ratio))` channels per layer: the half-unit
     # offsets make both land exactly on the planned integers
@@ -148,9 +164,16 @@ def run_torch_pruning(
     for view in views:
         for linear in (view.q_proj, view.k_proj, view.v_proj):
             num_heads[linear] = view.num_kv_heads
-    imp = tp.importance.GroupMagnitudeImportance(p=2) if importance == "magnitude" else tp.importance.GroupTaylorImportance()
+    imp = (
+        tp.importance.GroupMagnitudeImportance(p=2)
+        if importance == "magnitude"
+        else tp.importance.GroupTaylorImportance()
+    )
     example = tokenizer(calibration_texts[0] if calibration_texts else "Question:", return_tensors="pt")["input_ids"]
     example = example[:, :8].to(next(model.parameters()).device)
+    ignored = [model.lm_head, decoder(model).embed_tokens]
+    if targets == "mlp":
+        ignored += [linear for view in views for linear in view.attn_linears()]
     was_training = model.training
     model.eval()
     with torch.enable_grad(), _traceable(model):
@@ -159,7 +182,7 @@ def run_torch_pruning(
             example_inputs=example,
             importance=imp,
             pruning_ratio=ffn_ratio,
-            ignored_layers=[model.lm_head, decoder(model).embed_tokens],
+            ignored_layers=ignored,
             num_heads=num_heads,
             prune_num_heads=kv_removed > 0,
             prune_head_dims=False,
@@ -177,6 +200,10 @@ def run_torch_pruning(
     pruner.step()
     model.zero_grad(set_to_none=True)
     del pruner
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            # TP subtracts len(idxs) including the repeat_kv duplicates; the weights themselves are pruned right
+            module.out_features, module.in_features = module.weight.shape
     for view in blocks(model):
         set_attention_heads(view.attn, view.num_heads, view.num_kv_heads)
     update_config(model)
@@ -185,14 +212,19 @@ def run_torch_pruning(
     widths = blocks(model)
     removed_channels = total_channels - sum(v.intermediate_size for v in widths)
     removed_kv = num_kv - widths[0].num_kv_heads
+    if removed_kv:
+        attention = (
+            f"{removed_kv} of {num_kv} GQA KV groups (k/v head + its {views[0].group_size} query heads: q/k/v rows, "
+            f"o_proj columns; TP num_heads = KV heads, head_pruning_ratio={head_ratio:.4f}) and "
+        )
+    else:
+        attention = "no attention head (attention untouched) and "
     scope = (
         f"Torch-Pruning {tp.__version__} BasePruner (local, {type(imp).__name__}) pruned per decoder layer "
-        f"{removed_kv} of {num_kv} GQA KV groups (k/v head + its {views[0].group_size} query heads: q/k/v rows, "
-        f"o_proj columns; TP num_heads = KV heads, head_pruning_ratio={head_ratio:.4f}) and "
-        f"{removed_channels // len(widths)} of {views[0].intermediate_size} FFN channels (gate/up rows, down_proj "
-        f"columns; pruning_ratio={ffn_ratio:.4f}); hidden size, embeddings, norms and lm_head kept. Traced with "
-        "eager attention and identity rotary (rotate_half makes TP's group search loop forever), k/v duplicates of "
-        "repeat_kv de-duplicated in TP's group check."
+        f"{attention}{removed_channels // len(widths)} of {views[0].intermediate_size} FFN channels (gate/up rows, "
+        f"down_proj columns; pruning_ratio={ffn_ratio:.4f}); hidden size, embeddings, norms and lm_head kept. "
+        "Traced with eager attention and identity rotary (rotate_half makes TP's group search loop forever), "
+        "k/v duplicates of repeat_kv de-duplicated in TP's group check."
     )
     return {
         "time_s": round(elapsed, 2),

@@ -458,7 +458,7 @@ def recover_with_lora(
     `base_checkpoint` when given, else the un-recovered pruned model written to `<save_dir>/pruned_base/`.
     """
     from peft import get_peft_model
-    from transformers import PreTrainedModel, Trainer
+    from transformers import PreTrainedModel, Trainer, set_seed
     from transformers.trainer_callback import PrinterCallback
 
     # ---- every check before any heavy work ----
@@ -508,6 +508,7 @@ def recover_with_lora(
             if save_adapter and base_path is None:  # the adapter's base: the pruned, un-recovered model
                 save_checkpoint(model, tokenizer, staging / PRUNED_BASE_DIR, meta, overwrite=True)
         model.train()
+        set_seed(args.seed)  # the LoRA A matrices are drawn here: same seed, same adapters, whatever ran before
         peft_model = get_peft_model(model, lora)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         trainer = Trainer(

@@ -157,6 +157,17 @@ def test_unmerged_result_matches_its_merge(single_thread):
     assert not torch.allclose(logits(merged), logits(tiny_model("qwen2")), atol=1e-4)
 
 
+def test_same_seed_same_result_whatever_ran_before(single_thread):
+    args = {"max_steps": 2, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
+    results = []
+    for noise in (0, 5):
+        model = tiny_model("llama")  # (seeds the global RNG itself)
+        torch.rand(noise)  # consume the global RNG differently before each run
+        model = recover_with_lora(model, make_tokenizer(), pairs(8), training_args=args, progress=False)
+        results.append(logits(model))
+    assert torch.equal(results[0], results[1])
+
+
 # ------------------------------------------------------------------------------------------------------- data
 def test_prompt_tokens_are_masked():
     tok = make_tokenizer()
