@@ -478,7 +478,8 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         claims.mkdir()
         children = []
         for k in range(args.workers):
-            command = [sys.executable, __file__, *argv, "--workers", "1", "--worker-claims", str(claims)]
+            command = [sys.executable, __file__, *_without(argv, "--workers"), "--workers", "1"]
+            command += ["--worker-claims", str(claims)]
             command += ["--threads", "1", "--no-torch-pruning", "--out-dir", tmp, "--name", f"worker{k}"]
             log = open(Path(tmp) / f"worker{k}.log", "w")
             children.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, k))
@@ -624,7 +625,12 @@ def markdown(payload: dict[str, Any]) -> str:
     lines.append(
         f"Model: {payload['model']}; data: {payload['data']}; {payload['num_test']} test / {payload['num_ood']} OOD "
         f"problems (0-shot, greedy, strict exact match); {payload['num_calibration_samples']} calibration samples; "
-        f"seeds {payload['seeds']}; {payload['elapsed_s'] / 60:.1f} min on {payload['torch_threads']} threads."
+        f"seeds {payload['seeds']}; {payload['elapsed_s'] / 60:.1f} min wall, "
+        + (
+            f"{payload['workers']} worker processes x 1 torch thread."
+            if payload.get("workers", 1) > 1
+            else f"{payload['torch_threads']} torch threads."
+        )
     )
     if dense:
         lines.append(
@@ -709,32 +715,64 @@ def _order(key: tuple) -> tuple:
     return (m, c)
 
 
+METHOD_COLORS = {"rku": "tab:green", "magnitude": "tab:red", "wanda": "tab:purple", "flap": "tab:olive"}
+METHOD_COLORS.update({"taylor": "tab:blue", "random": "tab:gray"})
+CALIBRATION_STYLES = {"self": "-", "questions+gold": "--", "questions": ":", "none": "-."}
+
+
 def plot(payload: dict[str, Any], path: Path) -> None:
-    """Accuracy vs sparsity per (method, calibration), mean ± std over seeds; dense as a dashed line."""
+    """Test accuracy vs sparsity per (method, calibration) (mean ± std over seeds) and OOD accuracy as bars.
+
+    Colour = method, line style = calibration set; dense is the dashed black line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results = payload["results"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, metric, title in ((axes[0], "acc_test", "test"), (axes[1], "acc_ood", "OOD")):
-        table = summarize(results, "main", metric)
-        for (method, _variant, calibration), by_sparsity in sorted(table.items(), key=lambda kv: _order(kv[0])):
-            xs = sorted(by_sparsity)
-            ys = [statistics.mean(by_sparsity[x]) for x in xs]
-            es = [statistics.stdev(by_sparsity[x]) if len(by_sparsity[x]) > 1 else 0.0 for x in xs]
-            label = method if calibration == "none" else f"{method} ({calibration})"
-            style = "-" if method == "rku" else "--" if calibration == "none" else ":"
-            ax.errorbar(xs, ys, yerr=es, label=label, linestyle=style, marker="o", capsize=2, linewidth=1.2)
-        dense = next((r for r in results if r["group"] == "dense"), None)
-        if dense and metric in dense:
-            ax.axhline(dense[metric], color="black", linestyle="--", linewidth=0.8, label="dense")
-        ax.set_title(f"{title} exact match vs sparsity")
-        ax.set_xlabel("sparsity (fraction of prunable parameters removed)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("strict exact match")
-    axes[1].legend(fontsize=7, loc="upper right")
+    dense = next((r for r in results if r["group"] == "dense"), None)
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    table = sorted(summarize(results, "main", "acc_test").items(), key=lambda kv: _order(kv[0]))
+    for (method, _variant, calibration), by_sparsity in table:
+        xs = sorted(by_sparsity)
+        ys = [statistics.mean(by_sparsity[x]) for x in xs]
+        es = [statistics.stdev(by_sparsity[x]) if len(by_sparsity[x]) > 1 else 0.0 for x in xs]
+        label = method if calibration == "none" else f"{method} ({calibration})"
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=es,
+            label=label,
+            color=METHOD_COLORS.get(method),
+            linestyle=CALIBRATION_STYLES.get(calibration, "-"),
+            marker="o",
+            markersize=3,
+            capsize=2,
+            linewidth=2.0 if method == "rku" else 1.2,
+        )
+    if dense:
+        ax.axhline(dense["acc_test"], color="black", linestyle="--", linewidth=0.8, label="dense")
+    ax.set_title("test exact match vs sparsity (colour = method, style = calibration)")
+    ax.set_xlabel("sparsity (fraction of prunable parameters removed)")
+    ax.set_ylabel("strict exact match")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    ood = sorted(summarize(results, "main", "acc_ood").items(), key=lambda kv: _order(kv[0]))
+    labels, heights, colors = [], [], []
+    for (method, _variant, calibration), by_sparsity in ood:
+        for sparsity in sorted(by_sparsity):
+            labels.append(f"{method} ({calibration}) {sparsity:.0%}")
+            heights.append(statistics.mean(by_sparsity[sparsity]))
+            colors.append(METHOD_COLORS.get(method, "tab:gray"))
+    bars.bar(range(len(heights)), heights, color=colors)
+    bars.set_xticks(range(len(labels)), labels, fontsize=6, rotation=60, ha="right")
+    if dense and "acc_ood" in dense:
+        bars.axhline(dense["acc_ood"], color="black", linestyle="--", linewidth=0.8, label="dense")
+        bars.legend(fontsize=7)
+    bars.set_ylim(0, max([0.05, *heights, dense.get("acc_ood", 0) if dense else 0]) * 1.1)
+    bars.set_title("OOD exact match")
+    bars.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -745,7 +783,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.workers > 1 and args.worker_claims is None and not args.tp_child and not args.torch_pruning_only:
-        payload = run_workers(args, _without(argv, "--workers"))
+        payload = run_workers(args, argv)
         if not args.no_torch_pruning:
             runner = Runner(args)
             payload["torch_pruning"] = torch_pruning_reference(runner)

@@ -101,6 +101,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         config = RKUConfig(
             sparsity=args.sparsity,
             importance=method,
+            bias_compensation=method == "flap",  # FLAP as published (the testbed is a Llama: the bias reloads)
             allocation=args.allocation,
             num_calibration_samples=args.calibration_samples,
             seed=args.seed,

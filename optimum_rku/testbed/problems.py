@@ -213,17 +213,7 @@ def format_example(question: str, answer: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """Return the number after the first ``#### `` in a completion, or None, for exact-match scoring."""
-    idx = text.find("#### ")
-    if idx < 0:
-        return None
-    tail = text[idx + 5 :].strip()
-    num = ""
-    for ch in tail:
-        if ch.isdigit() or (ch == "-" and not num):
-            num += ch
-        elif ch == "," and num:
-            continue
-        else:
-            break
-    return num or None
+    """The number after the first ``#### `` in a completion, or None (the evaluator's strict extraction)."""
+    from optimum_rku.evaluation.gsm8k import extract_answer as strict_answer
+
+    return strict_answer(text, "strict")

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from .problems import extract_answer, format_prompt, make_problems
+from .problems import format_prompt, make_problems
 from .tokenizer import build_tokenizer
 
 
@@ -61,37 +61,6 @@ def _collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-@torch.no_grad()
-def generate_answers(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    questions: list[str],
-    batch_size: int = 32,
-    max_new_tokens: int = 256,
-) -> list[str]:
-    """Greedy-decode 0-shot completions for questions in left-padded batches; cut at eos or a new "Question:"."""
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    outs: list[str] = []
-    try:
-        for start in range(0, len(questions), batch_size):
-            prompts = [format_prompt(q) for q in questions[start : start + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = model.generate(
-                **enc,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            outs.extend(t.split("Question:")[0] for t in texts)
-    finally:
-        tokenizer.padding_side = old_side
-    return outs
-
-
 def quick_accuracy(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -99,12 +68,21 @@ def quick_accuracy(
     batch_size: int = 32,
     max_new_tokens: int = 256,
 ) -> float:
-    """Return exact-match accuracy of the number after the first "#### " under greedy 0-shot decoding."""
+    """Strict exact match under greedy 0-shot decoding, through the library's GSM8K evaluator."""
     if not problems:
         return 0.0
-    completions = generate_answers(model, tokenizer, [p["question"] for p in problems], batch_size, max_new_tokens)
-    correct = sum(extract_answer(c) == extract_answer(p["answer"]) for c, p in zip(completions, problems))
-    return correct / len(problems)
+    from optimum_rku.evaluation import evaluate_gsm8k
+
+    result = evaluate_gsm8k(
+        model,
+        tokenizer,
+        dataset=problems,
+        num_fewshot=0,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=False,
+    )
+    return result.exact_match_strict
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
