@@ -32,6 +32,8 @@ VARIANTS = {
     "magnitude": ("magnitude", "dataset", "self_nll"),
 }
 
+VALIDATION_SEED = 9001  # train-split problems with a seed no other part of the benchmark uses
+
 CALIBRATION_LABELS = {
     "rku-questions": "questions only (self_nll)",
     "rku-self-generated": "self-generated (decode_nll)",
@@ -45,6 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.4, 0.5])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--limit", type=int, default=200, help="test-split problems evaluated (>= 200 for reports)")
+    parser.add_argument(
+        "--eval-split",
+        default="test",
+        choices=("test", "validation"),
+        help="test split (reported numbers) or validation problems (train distribution, unused seed) for tuning",
+    )
     parser.add_argument("--eval-batch-size", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--calibration-samples", type=int, default=64)
@@ -132,7 +140,10 @@ def run(args) -> dict:
     from optimum_rku.testbed import make_problems
 
     torch.set_num_threads(args.threads)
-    test = make_problems(args.limit, seed=0, split="test")
+    if args.eval_split == "test":
+        test = make_problems(args.limit, seed=0, split="test")
+    else:  # held-out train-distribution problems for choosing the LoRA budget without touching the test split
+        test = make_problems(args.limit, seed=VALIDATION_SEED, split="train")
     calibration = [p["question"] for p in make_problems(args.calibration_samples, seed=args.seed, split="train")]
     train = make_problems(args.train_problems, seed=args.seed + 1, split="train")
     training_args = {
