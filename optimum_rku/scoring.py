@@ -104,7 +104,7 @@ class PruningScores:
                 if key in _TENSOR_LISTS:
                     meta[f"has_{key}"] = value is not None
                     for i, t in enumerate(value or []):
-                        tensors[f"{key}.{i}"] = t.contiguous()
+                        tensors[f"{key}.{i}"] = t.contiguous().clone()  # methods may share raw and normalized
                 else:
                     meta[key] = value
             save_file(tensors, str(path), metadata={"rku_scores": json.dumps(meta)})

@@ -333,3 +333,28 @@ def test_bias_compensation_errors():
     plain = RKUPruner(model).compute_scores(RKUConfig(importance="flap"), token_dataset(), progress=False)
     with pytest.raises(ValueError, match="input means"):
         RKUPruner(model).prune(RKUConfig(importance="flap", bias_compensation=True), scores=plain, progress=False)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".safetensors"])
+def test_scores_with_input_means_round_trip(tmp_path, suffix):
+    from optimum_rku import PruningScores
+
+    model = tiny_model("llama")
+    cfg = RKUConfig(importance="wanda", bias_compensation=True)
+    scores = RKUPruner(model).compute_scores(cfg, token_dataset(), progress=False)
+    loaded = PruningScores.load(scores.save(tmp_path / f"s{suffix}"))
+    for a, b in zip(
+        scores.mlp_input_mean + scores.attention_input_mean, loaded.mlp_input_mean + loaded.attention_input_mean
+    ):
+        assert torch.allclose(a, b)
+    plain = RKUPruner(model).compute_scores(RKUConfig(importance="wanda"), token_dataset(), progress=False)
+    assert plain.mlp_input_mean is None
+    assert PruningScores.load(plain.save(tmp_path / f"p{suffix}")).attention_input_mean is None
+    # the loaded means drive the same compensation as the fresh ones
+    a = RKUPruner(tiny_model("llama")).prune(
+        RKUConfig(importance="wanda", bias_compensation=True), scores=scores, progress=False
+    )
+    b = RKUPruner(tiny_model("llama")).prune(
+        RKUConfig(importance="wanda", bias_compensation=True), scores=loaded, progress=False
+    )
+    assert all(torch.allclose(x.down_proj.bias, y.down_proj.bias, atol=1e-6) for x, y in zip(blocks(a), blocks(b)))
