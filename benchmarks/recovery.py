@@ -1,6 +1,6 @@
 """Recovery benchmark: GSM8K-style accuracy of the testbed dense / pruned / pruned + LoRA, for RKU and magnitude.
 
-For each sparsity it prunes the bundled reasoning testbed with RKU (questions-only calibration, `self_nll`), RKU
+For each sparsity it prunes the bundled reasoning testbed with RKU (questions-only calibration), RKU
 (self-generated calibration, `decode_nll`) and magnitude, evaluates 0-shot exact match on the testbed test split
 with `optimum_rku.evaluation.evaluate_gsm8k`, then runs a fixed small LoRA budget (`RKUPruner.recover` on the testbed
 train split) and evaluates again. Results go to a JSON file and a markdown table on stdout.
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 VARIANTS = {
     # name: (importance, calibration, objective)
-    "rku-questions": ("rku", "dataset", "self_nll"),
+    "rku-questions": ("rku", "dataset", "decode_nll"),  # on plain questions decode_nll is the NLL of every token
     "rku-self-generated": ("rku", "self_generated", "decode_nll"),
     "magnitude": ("magnitude", "dataset", "self_nll"),
 }
@@ -35,7 +35,7 @@ VARIANTS = {
 VALIDATION_SEED = 9001  # train-split problems with a seed no other part of the benchmark uses
 
 CALIBRATION_LABELS = {
-    "rku-questions": "questions only (self_nll)",
+    "rku-questions": "questions only (decode_nll = nll)",
     "rku-self-generated": "self-generated (decode_nll)",
     "magnitude": "none (weights only)",
 }
