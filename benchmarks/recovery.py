@@ -119,7 +119,7 @@ def load_pruner(args):
 
 def write_results(results: dict, args, start: float) -> Path:
     """Write the JSON (after every run, so an interrupted benchmark still leaves its finished rows)."""
-    results["config"] = vars(args)
+    results["config"] = {**vars(args), "json": Path(args.json).name}  # no machine paths in shared results
     results["environment"] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
