@@ -346,9 +346,8 @@ class Runner:
         if self.args.flap_bias_compensation == "on":
             return True
         config = RKUConfig(**{k: v for k, v in overrides.items() if k != "bias_compensation"})
-        parts = ["ffn"] * config.prunes_mlp + ["attn"] * config.prunes_attention
         try:
-            check_output_bias(self.dense.config, parts)
+            check_output_bias(self.dense.config, config.target_parts)
         except ValueError:
             return False
         return True

@@ -26,6 +26,16 @@ def _local_builder(data_files: Any) -> str:
     return _LOCAL_FORMATS[suffix]
 
 
+def load_local_files(data_files: Any, purpose: str = "Calibration"):
+    """Local json/jsonl/parquet/csv file(s) as one `datasets.Dataset` split; a missing single path is a clear error."""
+    import datasets
+
+    if isinstance(data_files, (str, os.PathLike)) and not Path(data_files).exists():
+        raise FileNotFoundError(f"{purpose} data file {str(data_files)!r} does not exist.")
+    data_files = str(data_files) if isinstance(data_files, os.PathLike) else data_files
+    return datasets.load_dataset(_local_builder(data_files), data_files=data_files, split="train")
+
+
 class CalibrationTexts(list):
     """A list of calibration texts that remembers where it came from (dataset, split, column, seed)."""
 
@@ -60,10 +70,7 @@ def load_texts(
     import datasets
 
     if data_files is not None:
-        if isinstance(data_files, (str, os.PathLike)) and not Path(data_files).exists():
-            raise FileNotFoundError(f"Calibration data file {str(data_files)!r} does not exist.")
-        data_files = str(data_files) if isinstance(data_files, os.PathLike) else data_files
-        ds = datasets.load_dataset(_local_builder(data_files), data_files=data_files, split="train")
+        ds = load_local_files(data_files)
         source = str(data_files)
     else:
         if not isinstance(dataset_name, str) or not dataset_name:

@@ -411,29 +411,20 @@ def run_prune(args: argparse.Namespace) -> int:
         dataset_config = args.dataset_config or ("main" if dataset == GSM8K and not data_files else None)
         columns = args.text_column[0] if len(args.text_column) == 1 else list(args.text_column)
         files = data_files[0] if data_files and len(data_files) == 1 else data_files
+        source = dict(
+            num_samples=config.num_calibration_samples,
+            dataset_config_name=dataset_config,
+            dataset_split=args.dataset_split,
+            text_column=columns,
+            data_files=files,
+            seed=config.seed,
+        )
         if config.calibration == "self_generated":  # the pruner generates answers from plain texts
             from optimum_rku.calibration import load_texts
 
-            calibration, _ = load_texts(
-                dataset,
-                num_samples=config.num_calibration_samples,
-                dataset_config_name=dataset_config,
-                dataset_split=args.dataset_split,
-                text_column=columns,
-                data_files=files,
-                seed=config.seed,
-            )
+            calibration, _ = load_texts(dataset, **source)
         else:
-            calibration = pruner.get_calibration_dataset(
-                dataset,
-                num_samples=config.num_calibration_samples,
-                dataset_config_name=dataset_config,
-                dataset_split=args.dataset_split,
-                text_column=columns,
-                data_files=files,
-                seed=config.seed,
-                max_length=config.calibration_seq_len,
-            )
+            calibration = pruner.get_calibration_dataset(dataset, **source, max_length=config.calibration_seq_len)
     pruner.prune(
         config,
         save_dir=args.output,

@@ -121,6 +121,11 @@ class RKUConfig:
         """Whether attention heads / KV groups are candidates for removal."""
         return self.targets in ("both", "attention")
 
+    @property
+    def target_parts(self) -> list[str]:
+        """The prunable parts as scoring and removal name them: "ffn" and/or "attn"."""
+        return ["ffn"] * self.prunes_mlp + ["attn"] * self.prunes_attention
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view of the config."""
         return copy.deepcopy(asdict(self))

@@ -289,7 +289,7 @@ class RKUPruner(OptimumQuantizer):
         else:
             plan, scores = self._iterative(config, calibration_dataset, batch_size, progress)
         self.scores, self.plan, self.pruning_config = scores, plan, config
-        if config.bias_compensation and config.sparsity > 0:
+        if config.bias_compensation:  # (at sparsity 0 the plan removes nothing, so nothing is compensated)
             apply_plan(self.model, plan, scores.mlp_input_mean, scores.attention_input_mean)
         else:
             apply_plan(self.model, plan)
@@ -365,8 +365,7 @@ class RKUPruner(OptimumQuantizer):
             )
         pruning_config.validate()
         if pruning_config.bias_compensation:
-            parts = ["ffn"] * pruning_config.prunes_mlp + ["attn"] * pruning_config.prunes_attention
-            check_output_bias(self.model.config, parts)
+            check_output_bias(self.model.config, pruning_config.target_parts)
         for layer in pruning_config.protected_layers:
             if layer >= len(self.dense_widths):
                 raise ValueError(

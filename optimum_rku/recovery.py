@@ -106,12 +106,9 @@ def _default_pairs(is_testbed: bool, num_samples: int | None, seed: int, data_fi
     import datasets
 
     if data_files is not None:
-        from optimum_rku.calibration import _local_builder
+        from optimum_rku.calibration import load_local_files
 
-        if isinstance(data_files, (str, os.PathLike)) and not Path(data_files).exists():
-            raise FileNotFoundError(f"Recovery data file {str(data_files)!r} does not exist.")
-        data_files = str(data_files) if isinstance(data_files, os.PathLike) else data_files
-        ds = datasets.load_dataset(_local_builder(data_files), data_files=data_files, split="train")
+        ds = load_local_files(data_files, "Recovery")
         source = str(data_files)
     else:
         try:
