@@ -32,7 +32,8 @@ VARIANTS = {
     "magnitude": ("magnitude", "dataset", "self_nll"),
 }
 
-VALIDATION_SEED = 9001  # train-split problems with a seed no other part of the benchmark uses
+VALIDATION_SEED = 9001  # a seed no other part of the benchmark uses
+REPORTED_TEST_PROBLEMS = 1000  # validation excludes the first this many test problems (reports use at most these)
 
 CALIBRATION_LABELS = {
     "rku-questions": "questions only (decode_nll = nll)",
@@ -50,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--eval-split",
         default="test",
-        choices=("test", "validation"),
-        help="test split (reported numbers) or validation problems (train distribution, unused seed) for tuning",
+        choices=("test", "validation", "train-heldout"),
+        help="test split (reported numbers); validation: test-distribution problems with an unused seed and none of "
+        "the reported ones, for tuning; train-heldout: train-split problems with an unused seed",
     )
     parser.add_argument("--eval-batch-size", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=160)
@@ -62,6 +64,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora-batch-size", type=int, default=8)
     parser.add_argument("--lora-rank", type=int, default=32)
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="LoRA AdamW weight decay")
+    parser.add_argument("--train-norms", action="store_true", help="also train the RMSNorm weights (modules_to_save)")
+    parser.add_argument("--num-iterations", type=int, default=1, help="RKUConfig.num_iterations of the RKU rows")
+    parser.add_argument(
+        "--distill-alpha",
+        type=float,
+        default=0.0,
+        help="weight of KL to the dense model in the LoRA loss (0: plain cross-entropy; 1: pure distillation)",
+    )
+    parser.add_argument("--distill-temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=2016)
     parser.add_argument(
         "--lora-seeds",
@@ -80,9 +93,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="merge result files of parallel runs into --json and print the table",
     )
     args = parser.parse_args(argv)
-    for name in ("limit", "lora_steps", "lora_batch_size", "lora_rank", "train_problems", "calibration_samples"):
+    names = ("limit", "lora_steps", "lora_batch_size", "lora_rank", "train_problems", "calibration_samples")
+    for name in names + ("num_iterations",):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= args.distill_alpha <= 1:
+        parser.error(f"--distill-alpha {args.distill_alpha} must be in [0, 1]")
     for s in args.sparsities:
         if not 0 < s <= 0.9:
             parser.error(f"--sparsities value {s} must be in (0, 0.9]")
@@ -142,7 +158,11 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     if args.eval_split == "test":
         test = make_problems(args.limit, seed=0, split="test")
-    else:  # held-out train-distribution problems for choosing the LoRA budget without touching the test split
+    elif args.eval_split == "validation":  # test distribution, but none of the problems any report uses
+        reported = {p["question"] for p in make_problems(REPORTED_TEST_PROBLEMS, seed=0, split="test")}
+        pool = make_problems(args.limit + REPORTED_TEST_PROBLEMS, seed=VALIDATION_SEED, split="test")
+        test = [p for p in pool if p["question"] not in reported][: args.limit]
+    else:  # held-out train-distribution problems (the first way this benchmark chose its budget)
         test = make_problems(args.limit, seed=VALIDATION_SEED, split="train")
     calibration = [p["question"] for p in make_problems(args.calibration_samples, seed=args.seed, split="train")]
     train = make_problems(args.train_problems, seed=args.seed + 1, split="train")
@@ -151,11 +171,19 @@ def run(args) -> dict:
         "learning_rate": args.lora_lr,
         "per_device_train_batch_size": args.lora_batch_size,
         "logging_steps": max(1, args.lora_steps // 10),
+        "weight_decay": args.weight_decay,
         "seed": args.seed,
     }
-    lora = {"r": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "lora_dropout": 0.05}
+    lora = {"r": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "lora_dropout": args.lora_dropout}
+    if args.train_norms:
+        lora["modules_to_save"] = ["norm"]  # every *norm module (PEFT matches by name suffix)
 
     start_all = time.perf_counter()
+    teacher = None
+    if args.distill_alpha > 0:
+        teacher = load_pruner(args).model.eval()  # the dense model, distilled into every pruned one
+    distill = {"teacher": teacher, "distillation_alpha": args.distill_alpha}
+    distill["distillation_temperature"] = args.distill_temperature
     dense = load_pruner(args)
     dense.model.eval()
     results = {"dense": {"eval": evaluate(dense.model, dense.tokenizer, test, args)}, "runs": [], "complete": False}
@@ -174,6 +202,7 @@ def run(args) -> dict:
                 objective=objective,
                 num_calibration_samples=args.calibration_samples,
                 generation_max_new_tokens=args.generation_tokens,
+                num_iterations=args.num_iterations if importance == "rku" else 1,
                 seed=args.seed,
             )
             start = time.perf_counter()
@@ -192,6 +221,7 @@ def run(args) -> dict:
                     training_args={**training_args, "seed": lora_seed},
                     progress=args.progress,
                     seed=lora_seed,
+                    **distill,
                 )
                 lora_cpu = time.process_time() - cpu
                 summary = pruner.recovery_summary
@@ -221,6 +251,10 @@ def run(args) -> dict:
                     "time_s": round(statistics.mean(run["time_s"] for run in lora_runs), 1),
                     "cpu_s": round(statistics.mean(run["cpu_s"] for run in lora_runs), 1),
                     "seeds": [run["seed"] for run in lora_runs],
+                    "dropout": args.lora_dropout,
+                    "weight_decay": args.weight_decay,
+                    "distillation_alpha": args.distill_alpha,
+                    "distillation_temperature": args.distill_temperature,
                 },
                 "lora_runs": lora_runs,
             }

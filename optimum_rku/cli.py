@@ -90,7 +90,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number in [0, 1]")
+    return value
+
+
 _positive_int.__name__ = "positive integer"
+_unit_float.__name__ = "number in [0, 1]"
 _non_negative_int.__name__ = "non-negative integer"
 _positive_float.__name__ = "positive number"
 
@@ -238,6 +246,18 @@ def _add_recover(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=_positive_int, default=None, help="training examples to use")
     parser.add_argument("--max-length", type=_positive_int, default=512, help="tokens per example (default: 512)")
     parser.add_argument("--seed", type=_non_negative_int, default=None, help="training and data seed")
+    parser.add_argument(
+        "--teacher",
+        default=None,
+        help="distil a dense model into the pruned one: 'base' (the model the checkpoint was pruned from), a "
+        "directory or a Hub id; default: plain cross-entropy",
+    )
+    parser.add_argument(
+        "--distillation-alpha", type=_unit_float, default=0.5, help="weight of the KL term in [0, 1] (default: 0.5)"
+    )
+    parser.add_argument(
+        "--distillation-temperature", type=_positive_float, default=1.0, help="softmax temperature (default: 1.0)"
+    )
     parser.add_argument("--save-adapter", action="store_true", help="also save the LoRA adapter (and its base)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -567,6 +587,19 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- recover
+def _load_teacher(name: str, meta: dict[str, Any]):
+    """The dense teacher for `recover --teacher`: 'base' is the model the checkpoint was pruned from."""
+    if name == "base":
+        if meta.get("is_testbed"):
+            name = TESTBED
+        elif meta.get("base_model"):
+            name = str(meta["base_model"])
+        else:
+            raise CLIError("--teacher base: the checkpoint does not record its base model; pass its path or Hub id.")
+    teacher, _ = load_model(name, "float32")
+    return teacher
+
+
 def run_recover(args: argparse.Namespace) -> int:
     """LoRA recovery of a pruned checkpoint with `optimum_rku.recovery.recover_with_lora`; saves the merged model."""
     checkpoint = Path(args.checkpoint).expanduser()
@@ -606,6 +639,7 @@ def run_recover(args: argparse.Namespace) -> int:
             raise RuntimeError(
                 f"could not load --dataset {args.dataset!r} ({type(err).__name__}: {err}); offline? use --data-files."
             ) from None
+    teacher = _load_teacher(args.teacher, meta) if args.teacher is not None else None
     model, tokenizer = load_model(str(checkpoint), "float32")
     _, summary = recover_with_lora(
         model,
@@ -624,6 +658,9 @@ def run_recover(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         max_length=args.max_length,
         seed=args.seed,
+        teacher=teacher,
+        distillation_alpha=args.distillation_alpha,
+        distillation_temperature=args.distillation_temperature,
         progress=not args.quiet,
         return_summary=True,
     )

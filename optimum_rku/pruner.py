@@ -435,12 +435,17 @@ class RKUPruner(OptimumQuantizer):
         overwrite: bool = False,
         **kwargs: Any,
     ):
-        """LoRA fine-tune of the pruned model to recover accuracy; see `optimum_rku.recovery.recover_with_lora`."""
+        """LoRA fine-tune of the pruned model to recover accuracy; see `optimum_rku.recovery.recover_with_lora`.
+
+        `teacher="dense"` reloads the model this pruner started from and distils it into the pruned one.
+        """
         from optimum_rku.recovery import recover_with_lora
 
         meta = self.metadata()  # raises a clear error before any work if prune() has not run
         if self.pruning_config is not None:
             kwargs.setdefault("seed", self.pruning_config.seed)
+        if isinstance(kwargs.get("teacher"), str):
+            kwargs["teacher"] = self._dense_teacher(kwargs["teacher"])
         model, self.recovery_summary = recover_with_lora(
             self.model,
             self._require_tokenizer(),
@@ -459,6 +464,21 @@ class RKUPruner(OptimumQuantizer):
         if merge:
             self.model = model
         return model
+
+    def _dense_teacher(self, name: str):
+        """`teacher="dense"`: reload the model this pruner started from, to distil it into the pruned one."""
+        if name != "dense":
+            raise ValueError(
+                f"teacher={name!r} is not supported; allowed: 'dense' (reload the model this pruner was created "
+                "from) or a loaded transformers PreTrainedModel."
+            )
+        if self.source is None:
+            raise ValueError(
+                "teacher='dense' needs the pruner's source (a Hub id or directory) to reload the dense model; this "
+                "pruner was built from an in-memory model, so pass teacher=<the dense PreTrainedModel>."
+            )
+        dtype = next(self.model.parameters()).dtype
+        return type(self).from_pretrained(self.source, tokenizer=self.tokenizer, torch_dtype=dtype).model.eval()
 
     def save_pretrained(self, save_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save the pruned model, tokenizer and `rku_config.json` atomically into `save_dir`."""

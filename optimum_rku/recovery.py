@@ -381,6 +381,85 @@ def response_loss(model, dataset, batch_size: int = 8, pad_token_id: int = 0) ->
     return total / max(count, 1)
 
 
+def _check_distillation(model, teacher, alpha: Any, temperature: Any) -> None:
+    """Validate the distillation arguments before any work: a causal LM teacher with the student's vocabulary."""
+    from transformers import PreTrainedModel
+
+    if teacher is None:
+        return
+    if not isinstance(teacher, PreTrainedModel):
+        raise TypeError(
+            f"teacher must be a transformers PreTrainedModel (the dense model), got {type(teacher).__name__}."
+        )
+    if teacher is model:
+        raise ValueError("teacher is the model being recovered; pass the dense (unpruned) model as the teacher.")
+    for name, value, low, high in (
+        ("distillation_alpha", alpha, 0.0, 1.0),
+        ("distillation_temperature", temperature, 1e-3, 100.0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [{low}, {high}].")
+    student_vocab = model.get_output_embeddings().weight.shape[0]
+    teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
+    if student_vocab != teacher_vocab:
+        raise ValueError(
+            f"teacher has a vocabulary of {teacher_vocab} tokens and the student {student_vocab}; distillation needs "
+            "the same tokenizer (the dense model the student was pruned from)."
+        )
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Mean over response tokens of (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T).
+
+    Logits are [batch, seq, vocab] and predict the next token; labels are the input ids with -100 on the prompt.
+    """
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    student = student_logits[:, :-1][mask].float()
+    count = max(int(mask.sum()), 1)
+    loss = student.new_zeros(())
+    if alpha < 1:
+        loss = loss + (1 - alpha) * torch.nn.functional.cross_entropy(student, targets[mask], reduction="sum")
+    if alpha > 0:
+        teacher = teacher_logits[:, :-1][mask].float()
+        kl = torch.nn.functional.kl_div(
+            torch.log_softmax(student / temperature, dim=-1),
+            torch.log_softmax(teacher / temperature, dim=-1),
+            log_target=True,
+            reduction="sum",
+        )
+        loss = loss + alpha * temperature**2 * kl
+    return loss / count
+
+
+def _distillation_trainer(teacher, alpha: float, temperature: float, **trainer_kwargs):
+    """A `Trainer` whose loss distils the frozen dense teacher into the student on the response tokens."""
+    from transformers import Trainer
+
+    class DistillationTrainer(Trainer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            # the loss below is a per-batch mean: let Trainer divide it by the gradient-accumulation steps
+            self.model_accepts_loss_kwargs = False
+            self.teacher = teacher.to(self.args.device).eval()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            features = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+            outputs = model(**features)
+            with torch.no_grad():
+                teacher_logits = self.teacher(**features).logits
+            loss = distillation_loss(outputs.logits, teacher_logits, inputs["labels"], alpha, temperature)
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillationTrainer(**trainer_kwargs)
+
+
 def _default_metadata(model, source: Any) -> dict[str, Any]:
     from optimum_rku import __version__
 
@@ -444,6 +523,9 @@ def recover_with_lora(
     num_samples: int | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     seed: int | None = None,
+    teacher=None,
+    distillation_alpha: float = 0.5,
+    distillation_temperature: float = 1.0,
     progress: bool = True,
     return_summary: bool = False,
 ):
@@ -453,6 +535,8 @@ def recover_with_lora(
     With `save_dir`, writes the merged checkpoint (same formats as `prune`, `rku_config.json` gains a "recovery"
     section); with `save_adapter=True` also `<save_dir>/adapter/` whose `base_model_name_or_path` is
     `base_checkpoint` when given, else the un-recovered pruned model written to `<save_dir>/pruned_base/`.
+    With `teacher` (the dense model, same tokenizer) the loss is knowledge distillation on the response tokens:
+    `(1 - distillation_alpha) * CE + distillation_alpha * T^2 * KL(teacher || student)` at temperature T.
     """
     from peft import get_peft_model
     from transformers import PreTrainedModel, Trainer, set_seed
@@ -478,6 +562,7 @@ def recover_with_lora(
     target = check_save_dir(save_dir, source, overwrite) if save_dir is not None else None
     base_path = _check_base_checkpoint(base_checkpoint)
     lora = _resolve_lora_config(lora_config)
+    _check_distillation(model, teacher, distillation_alpha, distillation_temperature)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}.")
     meta = copy.deepcopy(metadata) if metadata is not None else _default_metadata(model, source)
@@ -508,12 +593,16 @@ def recover_with_lora(
         set_seed(args.seed)  # the LoRA A matrices are drawn here: same seed, same adapters, whatever ran before
         peft_model = get_peft_model(model, lora)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        trainer = Trainer(
-            model=peft_model,
-            args=args,
-            train_dataset=dataset,
-            data_collator=RecoveryCollator(pad_id),
-        )
+        trainer_kwargs = {
+            "model": peft_model,
+            "args": args,
+            "train_dataset": dataset,
+            "data_collator": RecoveryCollator(pad_id),
+        }
+        if teacher is None:
+            trainer = Trainer(**trainer_kwargs)
+        else:
+            trainer = _distillation_trainer(teacher, distillation_alpha, distillation_temperature, **trainer_kwargs)
         if args.disable_tqdm and not progress:  # silent means silent: no per-step log dicts printed either
             trainer.remove_callback(PrinterCallback)
         # a cheap before/after loss on fixed rows, on the training device (fresh LoRA is a no-op: B = 0); skipped
@@ -550,6 +639,12 @@ def recover_with_lora(
             "time_s": round(time.perf_counter() - start, 3),
             "merged": merge,
         }
+        if teacher is not None:
+            summary["distillation"] = {
+                "teacher": str(getattr(teacher.config, "_name_or_path", "") or teacher.config.model_type),
+                "alpha": float(distillation_alpha),
+                "temperature": float(distillation_temperature),
+            }
         adapter_base = None
         if save_adapter and staging is not None:
             adapter_base = base_path if base_path is not None else target / PRUNED_BASE_DIR

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from optimum_rku.architectures import BlockView, blocks, decoder
 from optimum_rku.calibration import iter_batches
 from optimum_rku.importance import BlockStats, Importance, get_importance
+from optimum_rku.offload import stream_offloaded_weights
 
 
 def structure_costs(block: BlockView, granularity: str) -> tuple[int, int]:
@@ -290,7 +291,11 @@ def collect_stats(
 
     handle = embed.register_forward_hook(leaf_hook)
     try:
-        with frozen_weights(model, weights), StatsCollector(model, importance, masks, extra_stats) as collector:
+        with (
+            frozen_weights(model, weights),
+            StatsCollector(model, importance, masks, extra_stats) as collector,
+            stream_offloaded_weights(model),  # offloaded weights are reloaded in backward, not kept alive
+        ):
             total = (len(dataset) + batch_size - 1) // batch_size
             bar = tqdm(
                 iter_batches(dataset, batch_size, pad_id, device),

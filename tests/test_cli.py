@@ -309,12 +309,13 @@ def test_recover_and_benchmark_commands(workspace, tmp_path, capsys):
         [
             *("recover", "--checkpoint", str(out), "--output", str(recovered), "--max-steps", "2", "--lora-r", "4"),
             *("--data-files", str(workspace / "train.jsonl"), "--num-samples", "4", "--batch-size", "2"),
-            *("--max-length", "160", "--quiet"),
+            *("--max-length", "160", "--teacher", "base", "--distillation-alpha", "0.25", "--quiet"),
         ]
     )
     assert code == 0
     recovery = json.loads((recovered / "rku_config.json").read_text())["recovery"]
     assert recovery["steps"] == 2 and recovery["rank"] == 4 and recovery["merged"] is True
+    assert recovery["distillation"]["alpha"] == 0.25 and recovery["distillation"]["temperature"] == 1.0
     card = (recovered / "README.md").read_text()
     assert "## Recovery" in card and "- lora" in card and "| LoRA rank / alpha / dropout | 4 / 8 / " in card
     assert f"saved to {recovered.resolve()}" in capsys.readouterr().out

@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import tiny_model, token_dataset  # noqa: E402
@@ -84,3 +86,56 @@ def test_prune_offloaded_raises_before_work_and_scores_transfer(saved):
 
 def prunable_shapes(model) -> list[torch.Size]:
     return [lin.weight.shape for b in blocks(model) for lin in b.attn_linears() + b.mlp_linears()]
+
+
+def _streamed_weights_alive_after_forward(model, streaming: bool) -> tuple[int, int]:
+    """(disk-offloaded weight storages still alive after the forward pass, how many were streamed in)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from optimum_rku.offload import offload_hooks, stream_offloaded_weights
+
+    refs, originals = [], []
+    for module, hook in offload_hooks(model):
+        if not hasattr(hook.weights_map.dataset, "index"):  # only disk-offloaded modules load fresh copies
+            continue
+
+        def spy(module, *args, _pre=hook.pre_forward, **kwargs):
+            out = _pre(module, *args, **kwargs)
+            refs.extend(StorageWeakRef(p.untyped_storage()) for p in module.parameters())
+            return out
+
+        originals.append((hook, hook.pre_forward))
+        hook.pre_forward = spy
+    try:
+        ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        with stream_offloaded_weights(model) if streaming else contextlib.nullcontext():
+            loss = model(inputs_embeds=embeds).logits.float().logsumexp(-1).sum()
+            alive = sum(not ref.expired() for ref in refs)
+            loss.backward()  # reloads what it needs from the offload store
+    finally:
+        for hook, pre in originals:
+            hook.pre_forward = pre
+    assert embeds.grad is not None and torch.isfinite(embeds.grad).all()
+    return alive, len(refs)
+
+
+def test_streaming_frees_offloaded_weights_before_backward(saved):
+    offloaded, reference, _ = saved
+    for p in offloaded.parameters():
+        p.requires_grad_(False)
+    kept, streamed = _streamed_weights_alive_after_forward(offloaded, streaming=False)
+    assert streamed >= 15 and kept >= 15  # plain offload: autograd holds every streamed-in projection weight
+    freed, streamed = _streamed_weights_alive_after_forward(offloaded, streaming=True)
+    assert streamed >= 15 and freed == 0
+    # the gradients are the same as without offload
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    grads = []
+    for model in (offloaded, reference):
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        from optimum_rku.offload import stream_offloaded_weights
+
+        with stream_offloaded_weights(model):
+            model(inputs_embeds=embeds).logits.float().logsumexp(-1).sum().backward()
+        grads.append(embeds.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)

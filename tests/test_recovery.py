@@ -21,6 +21,7 @@ from optimum_rku.recovery import (  # noqa: E402
     IGNORE_INDEX,
     RecoveryCollator,
     default_lora_config,
+    distillation_loss,
     prepare_recovery_dataset,
     recover_with_lora,
     resolve_training_args,
@@ -166,6 +167,104 @@ def test_same_seed_same_result_whatever_ran_before(single_thread):
         model = recover_with_lora(model, make_tokenizer(), pairs(8), training_args=args, progress=False)
         results.append(logits(model))
     assert torch.equal(results[0], results[1])
+
+
+# --------------------------------------------------------------------------------------------- distillation
+def test_distillation_loss_known_answers():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[:, :2] = IGNORE_INDEX  # the prompt
+    targets, mask = labels[:, 1:], labels[:, 1:] != IGNORE_INDEX
+    s, t = student[:, :-1][mask], teacher[:, :-1][mask]
+    ce = torch.nn.functional.cross_entropy(s, targets[mask])
+    assert torch.allclose(distillation_loss(student, teacher, labels, 0.0, 1.0), ce)
+    # KL(p_t || p_s) per token at temperature 2, written out, times T^2
+    p_t = torch.softmax(t / 2, -1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(s / 2, -1))).sum(-1).mean() * 4
+    assert torch.allclose(distillation_loss(student, teacher, labels, 1.0, 2.0), kl, atol=1e-6)
+    assert torch.allclose(distillation_loss(student, teacher, labels, 0.25, 2.0), 0.75 * ce + 0.25 * kl, atol=1e-6)
+    assert float(distillation_loss(student, student.clone(), labels, 1.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_pulls_student_toward_teacher(single_thread):
+    """alpha=1: the recovered student's next-token distribution on the response moves toward the dense teacher's."""
+    tok = make_tokenizer()
+    texts = [p["prompt"] + p["response"] for p in pairs(8)]
+    args = {"max_steps": 30, "learning_rate": 2e-2, "per_device_train_batch_size": 8, "logging_steps": 1}
+    # the teacher: the dense model fine-tuned on the texts, so its predictions are sharp and far from the student's
+    teacher = recover_with_lora(tiny_model("llama", seed=0), tok, texts, training_args=args, progress=False)
+    pruner = RKUPruner(tiny_model("llama", seed=0), tok)
+    pruner.prune(RKUConfig(sparsity=0.4, min_keep=0.25), calibration_dataset=token_dataset(), progress=False)
+    rows = [torch.tensor([tok(t)["input_ids"]]) for t in texts]
+
+    def gap(model):  # mean KL(teacher || student) per token over the training texts
+        with torch.no_grad():
+            kls = []
+            for ids in rows:
+                p_t = torch.log_softmax(teacher(ids).logits, -1)
+                p_s = torch.log_softmax(model(ids).logits, -1)
+                kls.append((p_t.exp() * (p_t - p_s)).sum(-1).mean())
+        return float(torch.stack(kls).mean())
+
+    before = gap(pruner.model)
+    model = pruner.recover(
+        texts,
+        training_args=args,
+        teacher=teacher,
+        distillation_alpha=1.0,
+        distillation_temperature=1.0,
+        progress=False,
+    )
+    assert gap(model) < 0.5 * before
+    summary = pruner.recovery_summary
+    assert summary["steps"] == 30
+    assert summary["distillation"]["alpha"] == 1.0 and summary["distillation"]["temperature"] == 1.0
+
+
+def test_teacher_dense_reloads_the_source(single_thread, tmp_path, monkeypatch):
+    tiny_model("llama").save_pretrained(tmp_path / "dense")
+    make_tokenizer().save_pretrained(tmp_path / "dense")
+    pruner = RKUPruner.from_pretrained(str(tmp_path / "dense"), torch_dtype=torch.float32)
+    pruner.prune(RKUConfig(sparsity=0.3, min_keep=0.25), calibration_dataset=token_dataset(), progress=False)
+    seen = {}
+
+    def spy(model, tokenizer, *args, teacher=None, **kwargs):
+        seen["teacher"] = teacher
+        return model, {"method": "lora"}
+
+    import optimum_rku.recovery as recovery
+
+    monkeypatch.setattr(recovery, "recover_with_lora", spy)
+    pruner.recover(["a b"], teacher="dense")
+    dense = tiny_model("llama")
+    assert seen["teacher"] is not pruner.model and torch.allclose(logits(seen["teacher"]), logits(dense), atol=1e-5)
+    with pytest.raises(ValueError, match="teacher='student'.*allowed: 'dense'"):
+        pruner.recover(["a b"], teacher="student")
+    in_memory = RKUPruner(tiny_model("llama"), make_tokenizer())  # built from a model: no source to reload
+    in_memory.prune(RKUConfig(sparsity=0.3, min_keep=0.25), calibration_dataset=token_dataset(), progress=False)
+    with pytest.raises(ValueError, match="in-memory model"):
+        in_memory.recover(["a b"], teacher="dense")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"teacher": "dense"}, TypeError, "teacher must be a transformers PreTrainedModel"),
+        ({"teacher": tiny_model("llama", vocab_size=120)}, ValueError, "vocabulary of 120 tokens.*student 96"),
+        ({"teacher": tiny_model("llama"), "distillation_alpha": 1.5}, ValueError, "distillation_alpha=1.5"),
+        ({"teacher": tiny_model("llama"), "distillation_temperature": 0}, ValueError, "distillation_temperature=0"),
+    ],
+)
+def test_bad_distillation_arguments_raise_before_training(no_training, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        recover_with_lora(tiny_model("llama"), make_tokenizer(), ["a b"], progress=False, **kwargs)
+
+
+def test_teacher_must_not_be_the_student(no_training):
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="teacher is the model being recovered"):
+        recover_with_lora(model, make_tokenizer(), ["a b"], teacher=model, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------------- data
