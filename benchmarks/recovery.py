@@ -68,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.0, help="LoRA AdamW weight decay")
     parser.add_argument("--train-norms", action="store_true", help="also train the RMSNorm weights (modules_to_save)")
     parser.add_argument("--num-iterations", type=int, default=1, help="RKUConfig.num_iterations of the RKU rows")
+    parser.add_argument("--min-keep", type=float, default=0.1, help="RKUConfig.min_keep (per-layer floor)")
+    parser.add_argument(
+        "--bias-compensation", action="store_true", help="RKUConfig.bias_compensation for the calibrated rows"
+    )
     parser.add_argument(
         "--distill-alpha",
         type=float,
@@ -203,6 +207,8 @@ def run(args) -> dict:
                 num_calibration_samples=args.calibration_samples,
                 generation_max_new_tokens=args.generation_tokens,
                 num_iterations=args.num_iterations if importance == "rku" else 1,
+                min_keep=args.min_keep,
+                bias_compensation=args.bias_compensation and importance != "magnitude",
                 seed=args.seed,
             )
             start = time.perf_counter()

@@ -17,6 +17,7 @@ NORMALIZATIONS = ("fisher_trace", "none")
 ALLOCATIONS = ("global", "uniform")
 ATTENTION_GRANULARITIES = ("kv_group", "query_head")
 CALIBRATIONS = ("dataset", "self_generated")
+GENERATION_CHAT_TEMPLATES = ("auto", "on", "off")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -39,7 +40,9 @@ class RKUConfig:
     `sparsity` is the fraction of prunable decoder parameters (q/k/v/o and gate/up/down of every block) removed.
     Defaults follow the quality benchmark (docs/benchmarks.md): the model answers the calibration questions itself
     (`calibration="self_generated"`) and RKU is scored with `decode_nll`, the NLL of those answer tokens (on plain
-    `calibration="dataset"` text, `decode_nll` is the NLL of every text token, i.e. `nll`).
+    `calibration="dataset"` text, `decode_nll` is the NLL of every text token, i.e. `nll`). Self-generated questions
+    are asked through the tokenizer's chat template when it has one (`generation_chat_template="auto"`; "on" requires
+    one, "off" always uses the plain `Question: q\nAnswer:` prompt).
     `bias_compensation=True` adds the calibration-mean output of removed channels / heads to the down_proj / o_proj
     bias (FLAP's compensation); only families whose config can build those biases accept it (see architectures).
     """
@@ -63,6 +66,7 @@ class RKUConfig:
     generation_do_sample: bool = False
     generation_temperature: float = 0.7
     generation_top_p: float = 0.95
+    generation_chat_template: str = "auto"
     bias_compensation: bool = False
 
     def __post_init__(self) -> None:
@@ -80,6 +84,7 @@ class RKUConfig:
         _choice("allocation", self.allocation, ALLOCATIONS)
         _choice("attention_granularity", self.attention_granularity, ATTENTION_GRANULARITIES)
         _choice("calibration", self.calibration, CALIBRATIONS)
+        _choice("generation_chat_template", self.generation_chat_template, GENERATION_CHAT_TEMPLATES)
         _number("min_keep", self.min_keep, 0.0, 1.0)
         _number("round_to", self.round_to, 1, 1 << 20, integer=True)
         _number("num_calibration_samples", self.num_calibration_samples, 1, 1 << 30, integer=True)

@@ -222,13 +222,15 @@ class RKUPruner(OptimumQuantizer):
             summary["num_tokens"] = count_tokens(calibration_dataset)
             return calibration_dataset, summary
         if config.calibration == "self_generated":
-            from optimum_rku.self_calibration import self_generated_dataset
+            from optimum_rku.self_calibration import self_generated_dataset, uses_chat_template
 
-            dataset = self_generated_dataset(self.model, self._require_tokenizer(), texts, config, masks=masks)
+            tokenizer = self._require_tokenizer()
+            dataset = self_generated_dataset(self.model, tokenizer, texts, config, masks=masks)
             summary = {
                 **summary,
                 "calibration": "self_generated",
                 "generation": "greedy" if not config.generation_do_sample else "sampled",
+                "chat_template": uses_chat_template(tokenizer, config.generation_chat_template),
             }
         else:
             dataset = tokenize_texts(self._require_tokenizer(), texts, config.calibration_seq_len)
@@ -366,6 +368,10 @@ class RKUPruner(OptimumQuantizer):
         pruning_config.validate()
         if pruning_config.bias_compensation:
             check_output_bias(self.model.config, pruning_config.target_parts)
+        if pruning_config.calibration == "self_generated" and pruning_config.generation_chat_template == "on":
+            from optimum_rku.self_calibration import uses_chat_template
+
+            uses_chat_template(self._require_tokenizer(), "on")  # no template: a clear error before any work
         for layer in pruning_config.protected_layers:
             if layer >= len(self.dense_widths):
                 raise ValueError(

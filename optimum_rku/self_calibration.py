@@ -21,6 +21,25 @@ PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 STOP_STRINGS = ("Question:", "</s>", "<|im_end|>")
 
 
+def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
+    """Whether questions go through the tokenizer's chat template: "auto" when it has one, "on" (required), "off"."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has_template:
+        raise ValueError(
+            "RKUConfig.generation_chat_template='on' but the tokenizer has no chat_template; allowed here: 'auto' "
+            "or 'off' (plain 'Question: q\\nAnswer:' prompts), or set tokenizer.chat_template."
+        )
+    return mode != "off" and has_template
+
+
+def question_prompt(tokenizer, question: str, chat: bool) -> str:
+    """The text the model answers: a user turn of its chat template (generation prompt added), or the plain prompt."""
+    if not chat:
+        return PROMPT_TEMPLATE.format(question=question)
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 @contextmanager
 def masked_model(model, masks: dict | None) -> Iterator[None]:
     """Zero the masked channels at every down_proj / o_proj input (the removal masks of `plan_masks`) while active."""
@@ -54,8 +73,12 @@ def generate_answers(
     batch_size: int = 16,
     progress: bool = True,
     masks: dict | None = None,
+    add_special_tokens: bool = True,
 ) -> list[str]:
-    """Greedy (or sampled, per config) continuations of `prompts`, cut at the first stop string."""
+    """Greedy (or sampled, per config) continuations of `prompts`, cut at the first stop string.
+
+    `add_special_tokens=False` for prompts that already carry them (chat-templated text starts with its own BOS).
+    """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -71,7 +94,9 @@ def generate_answers(
                 range(0, len(prompts), batch_size), desc="self-generating calibration", disable=not progress
             ):
                 chunk = list(prompts[start : start + batch_size])
-                enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(
+                    device
+                )
                 kwargs = {"do_sample": config.generation_do_sample}
                 if config.generation_do_sample:
                     kwargs.update(temperature=config.generation_temperature, top_p=config.generation_top_p)
@@ -93,21 +118,26 @@ def generate_answers(
 def self_generated_dataset(
     model, tokenizer, questions: Sequence[str], config, progress: bool = True, masks: dict | None = None
 ):
-    """Tokenized dataset of `Question: q\\nAnswer: <model's own answer>` with a loss mask on the answer tokens.
+    """Tokenized dataset of question prompt + the model's own answer, with a loss mask on the answer tokens.
 
-    `masks` (channel masks of already-removed structures) make the partially pruned model answer instead of the
-    dense one.
+    The prompt is `Question: q\\nAnswer:`, or a user turn of the tokenizer's chat template (see
+    `RKUConfig.generation_chat_template`). `masks` (channel masks of already-removed structures) make the partially
+    pruned model answer instead of the dense one.
     """
     import datasets
 
     if not questions:
         raise ValueError("The calibration set is empty: no questions to answer.")
-    prompts = [PROMPT_TEMPLATE.format(question=q) for q in questions]
-    answers = generate_answers(model, tokenizer, prompts, config, progress=progress, masks=masks)
+    chat = uses_chat_template(tokenizer, config.generation_chat_template)
+    prompts = [question_prompt(tokenizer, q, chat) for q in questions]
+    answers = generate_answers(
+        model, tokenizer, prompts, config, progress=progress, masks=masks, add_special_tokens=not chat
+    )
     rows = {"input_ids": [], "attention_mask": [], "loss_mask": []}
     for prompt, answer in zip(prompts, answers):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        full_ids = tokenizer(prompt + " " + answer if answer else prompt)["input_ids"][: config.calibration_seq_len]
+        prompt_ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        text = prompt + (answer if chat else " " + answer) if answer else prompt
+        full_ids = tokenizer(text, add_special_tokens=not chat)["input_ids"][: config.calibration_seq_len]
         shared = 0
         while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
             shared += 1

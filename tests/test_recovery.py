@@ -397,8 +397,8 @@ def test_self_generated_traces_are_regenerated_each_iteration(monkeypatch):
     calls = []
     original = self_calibration.generate_answers
 
-    def spy(model, tokenizer, prompts, config, batch_size=16, progress=True, masks=None):
-        answers = original(model, tokenizer, prompts, config, batch_size, progress, masks)
+    def spy(model, tokenizer, prompts, config, batch_size=16, progress=True, masks=None, **kwargs):
+        answers = original(model, tokenizer, prompts, config, batch_size, progress, masks, **kwargs)
         calls.append({"masks": masks, "answers": answers})
         return answers
 
@@ -441,3 +441,41 @@ def test_self_generated_calibration_with_every_calibrated_importance(importance)
     assert pruner.scores.calibration["calibration"] == "self_generated" and pruner.scores.calibration["num_tokens"] > 0
     assert all(torch.isfinite(s).all() for s in pruner.scores.mlp_raw + pruner.scores.attention_raw)
     assert torch.isfinite(logits(pruned)).all()
+
+
+CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
+
+
+def test_self_generated_calibration_uses_the_chat_template(monkeypatch):
+    seen = []
+
+    def spy(model, tokenizer, prompts, config, **kwargs):
+        seen.append((list(prompts), kwargs.get("add_special_tokens", True)))
+        return ["4 apples" for _ in prompts]
+
+    monkeypatch.setattr(self_calibration, "generate_answers", spy)
+    tok = make_tokenizer()
+    tok.chat_template = CHAT
+    config = RKUConfig(calibration="self_generated", generation_max_new_tokens=4)
+    row = self_calibration.self_generated_dataset(tiny_model("llama"), tok, ["2+2?"], config, progress=False)[0]
+    assert seen[-1] == (["<|user|>2+2?<|bot|>"], False)  # "auto": the template's user turn, its own special tokens
+    prompt_len = len(tok("<|user|>2+2?<|bot|>", add_special_tokens=False)["input_ids"])
+    assert row["loss_mask"] == [0] * prompt_len + [1] * (len(row["input_ids"]) - prompt_len)
+    assert tok.decode([i for i, m in zip(row["input_ids"], row["loss_mask"]) if m]).strip() == "4 apples"
+
+    off = RKUConfig(calibration="self_generated", generation_chat_template="off")
+    self_calibration.self_generated_dataset(tiny_model("llama"), tok, ["2+2?"], off, progress=False)
+    assert seen[-1] == (["Question: 2+2?\nAnswer:"], True)
+
+    pruner = RKUPruner(tiny_model("llama"), tok)
+    pruner.compute_scores(config, calibration_dataset=["2+2?", "3+4?"], progress=False)
+    assert pruner.scores.calibration["chat_template"] is True
+
+    calls = len(seen)
+    plain = RKUPruner(tiny_model("llama"), make_tokenizer())  # no chat template
+    on = RKUConfig(calibration="self_generated", generation_chat_template="on")
+    with pytest.raises(ValueError, match="generation_chat_template='on' but the tokenizer has no chat_template"):
+        plain.prune(on, calibration_dataset=["2+2?"], progress=False)
+    assert len(seen) == calls  # refused before generating anything
+    with pytest.raises(ValueError, match="generation_chat_template='yes'.*'auto', 'on', 'off'"):
+        RKUConfig(generation_chat_template="yes")
