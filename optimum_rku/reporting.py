@@ -456,6 +456,16 @@ def _recovery_section(recovery: Mapping[str, Any]) -> str:
     add("final training loss", lambda: f"{r['final_loss']:.4f}", "final_loss")
     used.add("train_loss")
     add("time", lambda: f"{r['time_s']:.1f} s", "time_s")
+    distillation = r.get("distillation")
+    if isinstance(distillation, Mapping):
+        described.append(
+            (
+                "distillation",
+                f"from {_source_label(distillation.get('teacher', 'the dense model'))}: loss (1 - alpha) CE + alpha "
+                f"T^2 KL, alpha {distillation.get('alpha')}, T {distillation.get('temperature')}",
+            )
+        )
+    used.add("distillation")
     for key, value in r.items():  # anything else recorded, scalars only
         if key not in used and isinstance(value, (str, int, float, bool)):
             described.append((key.replace("_", " "), value))

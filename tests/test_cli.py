@@ -318,6 +318,7 @@ def test_recover_and_benchmark_commands(workspace, tmp_path, capsys):
     assert recovery["distillation"]["alpha"] == 0.25 and recovery["distillation"]["temperature"] == 1.0
     card = (recovered / "README.md").read_text()
     assert "## Recovery" in card and "- lora" in card and "| LoRA rank / alpha / dropout | 4 / 8 / " in card
+    assert "| distillation | from " in card and "alpha 0.25, T 1.0 |" in card
     assert f"saved to {recovered.resolve()}" in capsys.readouterr().out
 
     code = main(
