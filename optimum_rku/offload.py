@@ -45,6 +45,17 @@ def offload_hooks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, Any]]:
     return found
 
 
+def check_no_weight_gradients(model: torch.nn.Module, importance) -> None:
+    """Weight-gradient importances (Taylor) cannot run on offloaded weights: each forward loads fresh copies."""
+    if importance.needs_weight_gradients and offload_hooks(model):
+        raise ValueError(
+            f"importance {importance.name!r} needs weight gradients, which an accelerate-offloaded model cannot keep "
+            "(its offloaded weights are reloaded for every forward and dropped after it); allowed with offload: "
+            "importances without weight gradients (e.g. 'rku', 'wanda', 'flap', 'magnitude'), or load the model "
+            "without offload."
+        )
+
+
 @contextmanager
 def stream_offloaded_weights(model: torch.nn.Module):
     """Inside this context, autograd saves offloaded frozen weights as handles and reloads them in backward.

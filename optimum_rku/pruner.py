@@ -368,6 +368,10 @@ class RKUPruner(OptimumQuantizer):
         pruning_config.validate()
         if pruning_config.bias_compensation:
             check_output_bias(self.model.config, pruning_config.target_parts)
+        from optimum_rku.importance import get_importance
+        from optimum_rku.offload import check_no_weight_gradients
+
+        check_no_weight_gradients(self.model, get_importance(pruning_config.importance))  # before any scoring
         if pruning_config.calibration == "self_generated" and pruning_config.generation_chat_template == "on":
             from optimum_rku.self_calibration import uses_chat_template
 

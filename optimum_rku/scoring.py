@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from optimum_rku.architectures import BlockView, blocks, decoder
 from optimum_rku.calibration import iter_batches
 from optimum_rku.importance import BlockStats, Importance, get_importance
-from optimum_rku.offload import stream_offloaded_weights
+from optimum_rku.offload import check_no_weight_gradients, stream_offloaded_weights
 
 
 def structure_costs(block: BlockView, granularity: str) -> tuple[int, int]:
@@ -272,6 +272,7 @@ def collect_stats(
 
     `extra_stats` adds activation statistics the importance itself does not need (e.g. "sum" for bias compensation).
     """
+    check_no_weight_gradients(model, importance)
     pad_id = 0
     device = next(model.parameters()).device
     weights = []

@@ -139,3 +139,18 @@ def test_streaming_frees_offloaded_weights_before_backward(saved):
             model(inputs_embeds=embeds).logits.float().logsumexp(-1).sum().backward()
         grads.append(embeds.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_weight_gradient_importance_refused_on_offloaded_model(saved, monkeypatch):
+    import optimum_rku.scoring as scoring
+
+    offloaded, _, _ = saved
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scoring started before the bad input was reported")
+
+    monkeypatch.setattr(scoring, "iter_batches", no_scoring)
+    with pytest.raises(ValueError, match="importance 'taylor' needs weight gradients.*allowed with offload"):
+        RKUPruner(offloaded).compute_scores(RKUConfig(importance="taylor"), token_dataset(), progress=False)
+    with pytest.raises(ValueError, match="importance 'taylor' needs weight gradients"):
+        scoring.collect_stats(offloaded, token_dataset(), scoring.get_importance("taylor"), "self_nll")
