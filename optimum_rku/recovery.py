@@ -3,7 +3,9 @@
 `recover_with_lora` wraps a (pruned) causal LM in PEFT LoRA adapters on every attention and MLP projection, trains
 them with `transformers.Trainer` on prompt/response data (loss on the response tokens only), then merges them back
 so the result is a plain model of the pruned shape. Because training runs through `Trainer`, `accelerate launch`
-(DDP, FSDP, DeepSpeed) works unchanged.
+(DDP, FSDP, DeepSpeed) works unchanged. With `teacher=` (the dense model) the loss distils the teacher's next-token
+distribution into the pruned model on the response tokens; the teacher is frozen and placed on each training device
+(not sharded under FSDP / DeepSpeed).
 
 Defaults (every one can be overridden through `lora_config` / `training_args`):
 
