@@ -99,8 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="merge result files of parallel runs into --json and print the table",
     )
     args = parser.parse_args(argv)
-    names = ("limit", "lora_steps", "lora_batch_size", "lora_rank", "train_problems", "calibration_samples")
-    for name in names + ("num_iterations",):
+    positive = ("limit", "lora_steps", "lora_batch_size", "lora_rank", "train_problems", "calibration_samples")
+    for name in (*positive, "num_iterations"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 <= args.distill_alpha <= 1:
@@ -185,11 +185,12 @@ def run(args) -> dict:
         lora["modules_to_save"] = ["norm"]  # every *norm module (PEFT matches by name suffix)
 
     start_all = time.perf_counter()
-    teacher = None
-    if args.distill_alpha > 0:
-        teacher = load_pruner(args).model.eval()  # the dense model, distilled into every pruned one
-    distill = {"teacher": teacher, "distillation_alpha": args.distill_alpha}
-    distill["distillation_temperature"] = args.distill_temperature
+    distill = {
+        # the dense model, distilled into every pruned one
+        "teacher": load_pruner(args).model.eval() if args.distill_alpha > 0 else None,
+        "distillation_alpha": args.distill_alpha,
+        "distillation_temperature": args.distill_temperature,
+    }
     dense = load_pruner(args)
     dense.model.eval()
     results = {"dense": {"eval": evaluate(dense.model, dense.tokenizer, test, args)}, "runs": [], "complete": False}

@@ -34,14 +34,14 @@ class _WeightHandle:
         return weight.as_strided(self.size, self.stride, self.offset)
 
 
-def offload_hooks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, Any]]:
-    """(module, accelerate hook) pairs whose weights are offloaded and streamed in per forward."""
+def offload_hooks(model: torch.nn.Module) -> list[Any]:
+    """The accelerate hooks of `model` whose module weights are offloaded and streamed in per forward."""
     found = []
     for module in model.modules():
         hook = getattr(module, "_hf_hook", None)
         for one in getattr(hook, "hooks", None) or [hook]:  # SequentialHook holds several
             if getattr(one, "offload", False) and getattr(one, "weights_map", None) is not None:
-                found.append((module, one))
+                found.append(one)
     return found
 
 
@@ -62,8 +62,8 @@ def stream_offloaded_weights(model: torch.nn.Module):
 
     A no-op for models without offload. Weights that require grad are saved as usual (their gradient needs them).
     """
-    pairs = offload_hooks(model)
-    if not pairs:
+    hooks = offload_hooks(model)
+    if not hooks:
         yield
         return
     loaded: dict[int, tuple[Any, str]] = {}  # storage address of a streamed-in weight -> (store, name)
@@ -102,7 +102,7 @@ def stream_offloaded_weights(model: torch.nn.Module):
     def unpack(saved):
         return saved.load() if isinstance(saved, _WeightHandle) else saved
 
-    for _module, hook in pairs:
+    for hook in hooks:
         wrap(hook)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):

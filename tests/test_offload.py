@@ -95,7 +95,7 @@ def _streamed_weights_alive_after_forward(model, streaming: bool) -> tuple[int, 
     from optimum_rku.offload import offload_hooks, stream_offloaded_weights
 
     refs, originals = [], []
-    for module, hook in offload_hooks(model):
+    for hook in offload_hooks(model):
         if not hasattr(hook.weights_map.dataset, "index"):  # only disk-offloaded modules load fresh copies
             continue
 
