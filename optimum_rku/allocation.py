@@ -3,6 +3,15 @@
 Within a layer, structures are removed weakest first as "units": single FFN channels (or chunks, so kept widths stay
 multiples of `round_to`), KV groups, or (query_head granularity under GQA) slots of one query head per KV group.
 `global` ranks all units of all layers in one pool; `uniform` keeps the same widths in every layer.
+
+How the global pool compares units of different layers and types is `RKUConfig.ranking`:
+- ``score``: the importance's normalized score of the unit (the mean over its structures);
+- ``per_parameter``: the unit's summed score divided by the parameters it removes;
+- ``standardized``: scores z-scored per structure type over all layers (FLAP's way), so neither type's scale wins;
+- ``expected_loss``: RKU's diagonal-Fisher estimate of the loss increase, K_s^2 = A_s^2 F_s (raw, before the
+  block normalization, which would change its unit), summed over the unit and divided by the parameters it removes;
+- ``measured_loss``: 1/2 mean_t (g_s . y_s)^2, the Fisher of a multiplicative mask on the structure (no independence
+  assumption between |y| and |g| inside a head's slice), summed over the unit and divided by its parameters.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ class PruningPlan:
     target_sparsity: float
     allocation: str
     notes: list[str] = field(default_factory=list)
+    ranking: str = "score"
 
     @property
     def achieved_sparsity(self) -> float:
@@ -65,6 +75,7 @@ class PruningPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "allocation": self.allocation,
+            "ranking": self.ranking if self.allocation == "global" else None,
             "target_sparsity": self.target_sparsity,
             "achieved_sparsity": self.achieved_sparsity,
             "prunable_before": self.prunable_before,
@@ -98,26 +109,82 @@ class _Units:
     removed: int = 0
 
 
+def ranking_keys(scores: PruningScores, config) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-structure values the global pool compares (FFN channels, attention structures), by `config.ranking`.
+
+    Structures removed in an earlier iteration carry -inf in the normalized scores and keep it here.
+    """
+    ranking = config.resolved_ranking
+    mlp, attention = scores.mlp, scores.attention
+    if ranking == "expected_loss":
+        if scores.importance != "rku":
+            raise ValueError(
+                f"ranking='expected_loss' needs RKU scores, but these come from importance={scores.importance!r}."
+            )
+
+        def loss(raw: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
+            return torch.where(torch.isneginf(normalized), normalized, raw.clamp_min(0).pow(2))
+
+        return [loss(r, n) for r, n in zip(scores.mlp_raw, mlp)], [
+            loss(r, n) for r, n in zip(scores.attention_raw, attention)
+        ]
+    if ranking == "measured_loss":
+        if scores.mlp_loss is None or scores.attention_loss is None:
+            raise ValueError(
+                "ranking='measured_loss' needs scores that hold per-structure loss estimates (RKU scores computed by "
+                "this version); recompute them, or use ranking 'expected_loss'."
+            )
+        return [torch.where(torch.isneginf(n), n, v) for v, n in zip(scores.mlp_loss, mlp)], [
+            torch.where(torch.isneginf(n), n, v) for v, n in zip(scores.attention_loss, attention)
+        ]
+    if ranking == "standardized":
+        return _standardize_pooled(mlp), _standardize_pooled(attention)
+    return mlp, attention
+
+
+def _standardize_pooled(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(s - mean) / std over every finite score of one structure type in all layers; constant scores become 0."""
+    pooled = torch.cat([v.flatten() for v in values]) if values else torch.zeros(0)
+    finite = pooled[torch.isfinite(pooled)]
+    if finite.numel() < 2 or not float(finite.std()) > 0:
+        return [torch.where(torch.isfinite(v), torch.zeros_like(v), v) for v in values]
+    mean, std = finite.mean(), finite.std()
+    return [torch.where(torch.isfinite(v), (v - mean) / std, v) for v in values]
+
+
+def _unit_keys(members: list[list[int]], values: torch.Tensor, costs: list[int], per_parameter: bool) -> list[float]:
+    """One key per unit (mean member value, or summed value per parameter), made non-decreasing along the prefix.
+
+    A layer's units must leave weakest first, so a key may not drop below the one before it (this only matters for
+    the smaller first chunk under `round_to`, where a mean and a per-parameter sum can disagree by a rounding).
+    """
+    keys = []
+    for unit, cost in zip(members, costs):
+        chunk = values[unit]
+        key = float(chunk.sum()) / cost if per_parameter else float(chunk.mean())
+        keys.append(max(key, keys[-1]) if keys else key)
+    return keys
+
+
 def _min_kept(count: int, min_keep: float) -> int:
     return min(count, max(1, math.ceil(min_keep * count - 1e-9)))
 
 
-def _mlp_units(layer: int, scores: torch.Tensor, cost: int, config, protected: bool) -> _Units:
+def _mlp_units(layer: int, scores: torch.Tensor, cost: int, config, protected: bool, per_parameter: bool) -> _Units:
     order = torch.argsort(scores, stable=True).tolist()
     total = len(order)
     step = config.round_to
     first = total % step if step > 1 else 1
     sizes = ([first] if first else []) + [step] * ((total - first) // step) if step > 1 else [1] * total
-    ranked = scores[order]
     if step == 1:
         members = [[i] for i in order]
-        unit_scores = ranked.tolist()
     else:
         members, start = [], 0
         for size in sizes:
             members.append(order[start : start + size])
             start += size
-        unit_scores = [float(chunk.mean()) for chunk in torch.split(ranked, sizes)]
+    unit_costs = [cost * len(m) for m in members]
+    unit_scores = _unit_keys(members, scores, unit_costs, per_parameter)
     keep = _min_kept(total, config.min_keep)
     if step > 1:
         keep = min(total, math.ceil(keep / step) * step) if keep > 0 else 0
@@ -127,11 +194,18 @@ def _mlp_units(layer: int, scores: torch.Tensor, cost: int, config, protected: b
             break
         removed_structures += len(m)
         max_units += 1
-    return _Units(layer, "mlp", unit_scores, [cost * len(m) for m in members], members, 0 if protected else max_units)
+    return _Units(layer, "mlp", unit_scores, unit_costs, members, 0 if protected else max_units)
 
 
 def _attention_units(
-    layer: int, scores: torch.Tensor, cost: int, width: dict[str, int], granularity: str, config, protected: bool
+    layer: int,
+    scores: torch.Tensor,
+    cost: int,
+    width: dict[str, int],
+    granularity: str,
+    config,
+    protected: bool,
+    per_parameter: bool,
 ) -> _Units:
     heads, kv_heads = width["num_attention_heads"], width["num_key_value_heads"]
     group = heads // kv_heads
@@ -144,8 +218,8 @@ def _attention_units(
         order = torch.argsort(scores, stable=True).tolist()
         members = [[i] for i in order]
         count = len(order)
-    unit_scores = [float(scores[m].mean()) for m in members]
-    keep = _min_kept(count, config.min_keep)
+    unit_scores = _unit_keys(members, scores, [cost] * count, per_parameter)
+    keep = _min_kept(count, getattr(config, "attention_floor", config.min_keep))
     max_units = 0 if protected else count - keep
     return _Units(layer, "attention", unit_scores, [cost] * count, members, max_units)
 
@@ -153,17 +227,20 @@ def _attention_units(
 def _build_units(scores: PruningScores, config) -> list[_Units]:
     units = []
     protected = set(config.protected_layers)
+    mlp_keys, attention_keys = ranking_keys(scores, config)
+    per_parameter = config.resolved_ranking in ("per_parameter", "expected_loss", "measured_loss")
     for layer in range(scores.num_layers):
         is_protected = layer in protected
-        mlp = _mlp_units(layer, scores.mlp[layer], scores.mlp_cost[layer], config, is_protected)
+        mlp = _mlp_units(layer, mlp_keys[layer], scores.mlp_cost[layer], config, is_protected, per_parameter)
         attn = _attention_units(
             layer,
-            scores.attention[layer],
+            attention_keys[layer],
             scores.attention_cost[layer],
             scores.widths[layer],
             scores.attention_granularity,
             config,
             is_protected,
+            per_parameter,
         )
         if not config.prunes_mlp:
             mlp.max_units = 0
@@ -277,7 +354,14 @@ def allocate(scores: PruningScores, config, prunable_before: int) -> PruningPlan
             kept_heads = [h for h in range(heads) if h // group in kept_kv]
         kept_channels = [c for c in range(width["intermediate_size"]) if c not in gone_channels]
         layers.append(LayerPlan(kept_channels, kept_heads, kept_kv))
-    plan = PruningPlan(layers, prunable_before, int(removed), config.sparsity, config.allocation)
+    plan = PruningPlan(
+        layers,
+        prunable_before,
+        int(removed),
+        config.sparsity,
+        config.allocation,
+        ranking=config.resolved_ranking,
+    )
     gap = abs(plan.achieved_sparsity - config.sparsity)
     if gap > TOLERANCE:
         note = (

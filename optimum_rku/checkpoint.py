@@ -20,8 +20,13 @@ def check_save_dir(save_dir: str | os.PathLike, source: str | os.PathLike | None
     """Validate an output directory before any heavy work: never the source model, never a non-empty dir silently."""
     target = Path(save_dir).expanduser().resolve()
     if source is not None and Path(source).expanduser().exists():
-        if Path(source).expanduser().resolve() == target:
-            raise ValueError(f"save_dir {str(save_dir)!r} is the source model directory; choose another directory.")
+        source_path = Path(source).expanduser().resolve()
+        if source_path.is_file():  # a GGUF file: its directory holds the source
+            source_path = source_path.parent
+        if source_path == target or source_path.is_relative_to(target):
+            raise ValueError(
+                f"save_dir {str(save_dir)!r} is (or holds) the source model directory; choose another directory."
+            )
     if target.exists():
         if not target.is_dir():
             raise ValueError(f"save_dir {str(save_dir)!r} exists and is not a directory.")
@@ -128,13 +133,16 @@ def load_rku_config(path: str | os.PathLike):
     return CONFIG_CLASSES[model_type].from_pretrained(path)
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
-    """`AutoTokenizer.from_pretrained`, also for checkpoints whose config only optimum-rku's classes accept."""
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
+    """`AutoTokenizer.from_pretrained`, also for checkpoints whose config only optimum-rku's classes accept.
+
+    `kwargs` (e.g. `gguf_file`, `revision`, `token`) go to `AutoTokenizer.from_pretrained`.
+    """
     from transformers import AutoTokenizer
 
-    if is_rku_checkpoint(path):
-        return AutoTokenizer.from_pretrained(str(path), config=load_rku_config(path))
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if not kwargs.get("gguf_file") and is_rku_checkpoint(path):
+        return AutoTokenizer.from_pretrained(str(path), config=load_rku_config(path), **kwargs)
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
 
 
 def read_metadata(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:

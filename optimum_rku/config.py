@@ -18,6 +18,12 @@ ALLOCATIONS = ("global", "uniform")
 ATTENTION_GRANULARITIES = ("kv_group", "query_head")
 CALIBRATIONS = ("dataset", "self_generated")
 GENERATION_CHAT_TEMPLATES = ("auto", "on", "off")
+#: how `allocation="global"` compares units of different layers and types (docs/design.md, "Ranking")
+RANKINGS = ("auto", "score", "per_parameter", "standardized", "expected_loss", "measured_loss")
+#: what `ranking="auto"` means per importance (chosen on SmolLM2-135M-Instruct, docs/benchmarks.md); others: "score"
+AUTO_RANKING = {"rku": "expected_loss"}
+#: RKU's activity term A_s: mean |y| (L2 over a head's slice), or the spread around the calibration mean
+ACTIVITIES = ("abs", "centered")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -44,7 +50,9 @@ class RKUConfig:
     are asked through the tokenizer's chat template when it has one (`generation_chat_template="auto"`; "on" requires
     one, "off" always uses the plain `Question: q\nAnswer:` prompt).
     `bias_compensation=True` adds the calibration-mean output of removed channels / heads to the down_proj / o_proj
-    bias (FLAP's compensation); only families whose config can build those biases accept it (see architectures).
+    bias (FLAP's compensation); only families whose config can build those biases accept it (see architectures);
+    "auto" turns it on exactly there (off by default: on SmolLM2 its gain with RKU was within noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: its Fisher
+    loss estimate per parameter, `expected_loss`), chosen on a real pretrained model (docs/benchmarks.md).
     """
 
     sparsity: float = 0.4
@@ -53,8 +61,10 @@ class RKUConfig:
     objective: str = "decode_nll"
     normalization: str = "fisher_trace"
     allocation: str = "global"
+    ranking: str = "auto"
     attention_granularity: str = "kv_group"
     min_keep: float = 0.1
+    min_keep_attention: float | None = None
     protected_layers: list[int] = field(default_factory=list)
     round_to: int = 1
     num_calibration_samples: int = 128
@@ -67,7 +77,8 @@ class RKUConfig:
     generation_temperature: float = 0.7
     generation_top_p: float = 0.95
     generation_chat_template: str = "auto"
-    bias_compensation: bool = False
+    bias_compensation: bool | str = False
+    activity: str = "abs"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,10 +93,19 @@ class RKUConfig:
         _choice("objective", self.objective, OBJECTIVES)
         _choice("normalization", self.normalization, NORMALIZATIONS)
         _choice("allocation", self.allocation, ALLOCATIONS)
+        _choice("ranking", self.ranking, RANKINGS)
+        _choice("activity", self.activity, ACTIVITIES)
         _choice("attention_granularity", self.attention_granularity, ATTENTION_GRANULARITIES)
         _choice("calibration", self.calibration, CALIBRATIONS)
         _choice("generation_chat_template", self.generation_chat_template, GENERATION_CHAT_TEMPLATES)
         _number("min_keep", self.min_keep, 0.0, 1.0)
+        if self.min_keep_attention is not None:
+            _number("min_keep_attention", self.min_keep_attention, 0.0, 1.0)
+        if self.ranking in ("expected_loss", "measured_loss") and self.importance != "rku":
+            raise ValueError(
+                f"RKUConfig.ranking={self.ranking!r} needs RKU's Fisher statistics, but importance={self.importance!r}; "
+                "allowed: importance='rku', or ranking 'score', 'per_parameter' or 'standardized'."
+            )
         _number("round_to", self.round_to, 1, 1 << 20, integer=True)
         _number("num_calibration_samples", self.num_calibration_samples, 1, 1 << 30, integer=True)
         _number("calibration_seq_len", self.calibration_seq_len, 2, 1 << 20, integer=True)
@@ -94,10 +114,14 @@ class RKUConfig:
         _number("generation_max_new_tokens", self.generation_max_new_tokens, 1, 1 << 16, integer=True)
         _number("generation_temperature", self.generation_temperature, 1e-6, 100.0)
         _number("generation_top_p", self.generation_top_p, 1e-6, 1.0)
-        for name in ("generation_do_sample", "bias_compensation"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"RKUConfig.{name} must be a bool, got {getattr(self, name)!r}.")
-        if self.bias_compensation:
+        if not isinstance(self.generation_do_sample, bool):
+            raise TypeError(f"RKUConfig.generation_do_sample must be a bool, got {self.generation_do_sample!r}.")
+        if not isinstance(self.bias_compensation, bool) and self.bias_compensation != "auto":
+            raise TypeError(
+                f"RKUConfig.bias_compensation must be a bool or 'auto', got {self.bias_compensation!r}; allowed: True, False or "
+                "'auto' (on where the family can hold an output bias and the importance is calibration-based)."
+            )
+        if self.bias_compensation is True:
             from optimum_rku.importance import get_importance
 
             if not get_importance(self.importance).needs_calibration:
@@ -125,6 +149,16 @@ class RKUConfig:
     def prunes_attention(self) -> bool:
         """Whether attention heads / KV groups are candidates for removal."""
         return self.targets in ("both", "attention")
+
+    @property
+    def resolved_ranking(self) -> str:
+        """The global ranking actually used: `ranking`, or for "auto" the importance's entry in `AUTO_RANKING`."""
+        return AUTO_RANKING.get(self.importance, "score") if self.ranking == "auto" else self.ranking
+
+    @property
+    def attention_floor(self) -> float:
+        """The fraction of each layer's heads / KV groups always kept (`min_keep_attention`, else `min_keep`)."""
+        return self.min_keep if self.min_keep_attention is None else self.min_keep_attention
 
     @property
     def target_parts(self) -> list[str]:

