@@ -16,6 +16,7 @@ from problems to report on (`--split test`). Writes JSON, a markdown table and a
 
     python benchmarks/real_model.py --quick                                  # < 15 min on 2 cores
     python benchmarks/real_model.py --output docs/real_model/full            # the full grid
+    python benchmarks/real_model.py --summarize docs/real_model/select_*.json   # best variant per method
 """
 
 from __future__ import annotations
@@ -506,7 +507,27 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def summarize(paths: list[str]) -> str:
+    """Best variant (lowest gold NLL) per method and sparsity over one or more result files."""
+    best: dict[tuple[str, float], dict] = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["rows"][1:]:
+            key = (row["method"], row["sparsity"])
+            if key not in best or row["nll"] < best[key]["nll"]:
+                best[key] = row
+    lines = ["| method | sparsity | best variant | gold NLL | KV bytes/token reduction |", "|---|---|---|---|---|"]
+    for (method, sparsity), row in sorted(best.items()):
+        lines.append(
+            f"| {method} | {sparsity:.0%} | {_label(row)} | {row['nll']:.3f} | {100 * row['kv_reduction']:.0f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--summarize":
+        print(summarize(argv[1:]))
+        return 0
     args = parse_args(argv)
     result = run(args)
     out = Path(args.output)
