@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,6 @@ class PruningScores:
                 for key in _TENSOR_LISTS:
                     present = meta.pop(f"has_{key}", f"{key}.0" in handle.keys())
                     meta[key] = [handle.get_tensor(f"{key}.{i}") for i in range(layers)] if present else None
-                meta = {k: v for k, v in meta.items() if k in {f.name for f in fields(cls)}}
             return cls(**meta)
         if path.suffix == ".json":
             return cls.from_dict(json.loads(path.read_text()))
@@ -215,7 +214,9 @@ class StatsCollector:
                     stats.add(part, "slice_norm_head", torch.einsum("bth,bt->h", heads, m))
                     stats.add(part, "slice_norm_group", torch.einsum("btg,bt->g", groups, m))
             if want_grad and y.requires_grad:
-                y_seen = y.detach()  # a reference (the projection keeps its input for backward anyway)
+                # the mask gradient needs y in backward; frozen projections do not keep their input, so hold it
+                # only when that statistic is asked for
+                y_seen = y.detach() if "mask_sq" in wanted else None
 
                 def grad_hook(grad):
                     with torch.no_grad():
