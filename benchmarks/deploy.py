@@ -140,9 +140,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from optimum_rku import RKUPruner
-    from optimum_rku.architectures import blocks
     from optimum_rku.config import RKUConfig
-    from optimum_rku.pruner import kv_cache_bytes_per_token
+    from optimum_rku.models.architectures import blocks
+    from optimum_rku.models.geometry import kv_cache_bytes_per_token
 
     dense = build(name)
     dense.generation_config.eos_token_id = None  # random/untrained models: never stop early

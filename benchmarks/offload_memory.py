@@ -2,7 +2,7 @@
 
 A random Llama (default: the 110M config of scoring_cost.py) is saved once, then each variant runs in a fresh
 subprocess: `resident` (loaded normally), `offload` (every decoder layer on "disk" via `device_map`, scores computed
-with autograd keeping each streamed-in weight, i.e. `optimum_rku.offload.stream_offloaded_weights` disabled) and
+with autograd keeping each streamed-in weight, i.e. `optimum_rku.scoring.offload.stream_offloaded_weights` disabled) and
 `offload+stream` (the library default: saved weights are handles, reloaded from disk in backward). It reports the
 peak resident memory above the level before scoring (VmRSS, which includes mapped offload-file pages, and RssAnon,
 sampled every 2 ms), the scoring wall time, and checks that the scores are identical across variants.
@@ -77,7 +77,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     from transformers import AutoModelForCausalLM
 
-    import optimum_rku.scoring as scoring
+    import optimum_rku.scoring.collect as scoring
     from optimum_rku import RKUConfig, RKUPruner
 
     torch.set_num_threads(args.threads)

@@ -168,8 +168,8 @@ def calibration_set(kind: str, seed: int, problems: Problems, model, tokenizer, 
     key = (kind, seed)
     if key in cache:
         return cache[key]
-    from optimum_rku.calibration import tokenize_texts
     from optimum_rku.config import RKUConfig
+    from optimum_rku.data.calibration import tokenize_texts
 
     rows = problems.calibration_problems(seed)
     if kind == "questions":
@@ -177,7 +177,7 @@ def calibration_set(kind: str, seed: int, problems: Problems, model, tokenizer, 
     elif kind == "questions+gold":
         dataset = tokenize_texts(tokenizer, [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows], 256)
     else:
-        from optimum_rku.self_calibration import self_generated_dataset
+        from optimum_rku.data.self_generated import self_generated_dataset
 
         config = RKUConfig(calibration="self_generated", seed=seed, generation_max_new_tokens=args.max_new_tokens)
         dataset = self_generated_dataset(model, tokenizer, [r["question"] for r in rows], config, progress=False)
@@ -224,7 +224,7 @@ def gold_perplexity(model, tokenizer, problems: list[dict[str, str]], batch_size
 def evaluate(model, tokenizer, problems: Problems, args, ood: bool = True) -> dict[str, Any]:
     """Strict exact match on test (and OOD), gold perplexity, parameter count."""
     from optimum_rku.evaluation import evaluate_gsm8k
-    from optimum_rku.scoring import prunable_parameters
+    from optimum_rku.models.geometry import prunable_parameters
 
     start = time.perf_counter()
     common = dict(num_fewshot=0, batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, progress=False)
@@ -245,7 +245,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace):
         from optimum_rku import RKUPruner
-        from optimum_rku.scoring import prunable_parameters
+        from optimum_rku.models.geometry import prunable_parameters
 
         self.args = args
         if args.threads:
@@ -341,7 +341,7 @@ class Runner:
     def _flap_can_compensate(self, overrides: dict) -> bool:
         """Whether FLAP's bias compensation is used: always with "on" (errors if impossible), else where it loads."""
         from optimum_rku import RKUConfig
-        from optimum_rku.architectures import check_output_bias
+        from optimum_rku.models.architectures import check_output_bias
 
         if self.args.flap_bias_compensation == "on":
             return True
@@ -355,7 +355,7 @@ class Runner:
     def dense_record(self) -> None:
         record = {"group": "dense", "method": "dense", "variant": "default", "calibration": "none", "seed": 0}
         record.update({"sparsity": 0.0, "achieved_sparsity": 0.0, "score_time_s": 0.0})
-        from optimum_rku.architectures import blocks
+        from optimum_rku.models.architectures import blocks
 
         record["widths"] = [[b.intermediate_size, b.num_heads, b.num_kv_heads] for b in blocks(self.dense)]
         record.update(evaluate(self.dense, self.tokenizer, self.problems, self.args))
@@ -561,8 +561,8 @@ def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_
     import signal
     import traceback
 
-    from optimum_rku.architectures import blocks
-    from optimum_rku.scoring import prunable_parameters
+    from optimum_rku.models.architectures import blocks
+    from optimum_rku.models.geometry import prunable_parameters
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from torch_pruning_reference import run_torch_pruning

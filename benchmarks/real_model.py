@@ -39,11 +39,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
-from optimum_rku.architectures import output_bias_flag  # noqa: E402
-from optimum_rku.calibration import tokenize_texts  # noqa: E402
+from optimum_rku.data.calibration import tokenize_texts  # noqa: E402
+from optimum_rku.data.prompts import question_prompt, uses_chat_template  # noqa: E402
+from optimum_rku.data.self_generated import self_generated_dataset  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
-from optimum_rku.pruner import kv_cache_bytes_per_token  # noqa: E402
-from optimum_rku.self_calibration import question_prompt, self_generated_dataset, uses_chat_template  # noqa: E402
+from optimum_rku.models.architectures import output_bias_flag  # noqa: E402
+from optimum_rku.models.geometry import kv_cache_bytes_per_token  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_GSM8K = ROOT.parent / "shared" / "gsm8k"
@@ -267,7 +268,7 @@ def exact_match(model, tokenizer, problems: list[dict], args) -> dict:
 
 
 def shape_summary(model, dense_kv: int) -> dict:
-    from optimum_rku.scoring import layer_widths
+    from optimum_rku.models.geometry import layer_widths
 
     widths = layer_widths(model)
     return {

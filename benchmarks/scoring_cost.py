@@ -76,9 +76,10 @@ def token_dataset(num_seqs: int, seq_len: int, vocab: int = VOCAB, seed: int = 0
 
 def run_floor(model, dataset, batch_size: int) -> None:
     """Physical floor: frozen weights, embedding output as the grad leaf, self_nll forward + backward, no hooks."""
-    from optimum_rku.architectures import decoder
-    from optimum_rku.calibration import iter_batches
-    from optimum_rku.scoring import frozen_weights, objective_value
+    from optimum_rku.data.calibration import iter_batches
+    from optimum_rku.models.architectures import decoder
+    from optimum_rku.scoring.collect import frozen_weights
+    from optimum_rku.scoring.objectives import objective_value
 
     def leaf(module, args, output):
         return output.detach().requires_grad_(True)
@@ -293,8 +294,9 @@ def saved_bytes_per_token(
     """Bytes autograd keeps for backward per calibration token (bf16): RKU's pass, or Taylor's (projection grads)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from optimum_rku.architectures import blocks, decoder
-    from optimum_rku.scoring import frozen_weights, objective_value
+    from optimum_rku.models.architectures import blocks, decoder
+    from optimum_rku.scoring.collect import frozen_weights
+    from optimum_rku.scoring.objectives import objective_value
 
     config = LlamaConfig(vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=False, **config_kwargs)
     config._attn_implementation = "sdpa"

@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from optimum_rku.architectures import blocks, decoder, set_attention_heads
-from optimum_rku.removal import update_config
+from optimum_rku.models.architectures import blocks, decoder, set_attention_heads
+from optimum_rku.pruning.removal import update_config
 
 
 class _LogitsOnly(nn.Module):

@@ -13,16 +13,16 @@ _EXPORTS = {
     "Importance": "optimum_rku.importance",
     "PruningScores": "optimum_rku.scoring",
     "RKUConfig": "optimum_rku.config",
-    "RKUModelForCausalLM": "optimum_rku.checkpoint",
+    "RKUModelForCausalLM": "optimum_rku.io.checkpoint",
     "RKUPruner": "optimum_rku.pruner",
     "available_importances": "optimum_rku.importance",
     "register_importance": "optimum_rku.importance",
 }
 
 if TYPE_CHECKING:
-    from optimum_rku.checkpoint import RKUModelForCausalLM
     from optimum_rku.config import RKUConfig
     from optimum_rku.importance import Importance, available_importances, register_importance
+    from optimum_rku.io.checkpoint import RKUModelForCausalLM
     from optimum_rku.pruner import RKUPruner
     from optimum_rku.scoring import PruningScores
 

@@ -14,36 +14,17 @@ import torch
 from optimum.quantization_base import OptimumQuantizer
 
 from optimum_rku import __version__
-from optimum_rku.allocation import PruningPlan, allocate
-from optimum_rku.architectures import blocks, check_output_bias, check_supported, head_dim_of, output_bias_flag
-from optimum_rku.calibration import DEFAULT_DATASET, count_tokens, load_texts, tokenize_texts
-from optimum_rku.checkpoint import check_save_dir, save_checkpoint
-from optimum_rku.config import RKUConfig
-from optimum_rku.removal import apply_plan, combine_masks, plan_masks
-from optimum_rku.scoring import PruningScores, compute_scores, layer_widths, prunable_parameters
+from optimum_rku.config import CONFIG_NAME, RKUConfig
+from optimum_rku.data.calibration import DEFAULT_DATASET, count_tokens, load_texts, tokenize_texts
+from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
+from optimum_rku.models.architectures import blocks, check_output_bias, check_supported, head_dim_of, output_bias_flag
+from optimum_rku.models.geometry import kv_cache_bytes_per_token, layer_widths, prunable_parameters, structure_costs
+from optimum_rku.pruning.allocation import PruningPlan, allocate
+from optimum_rku.pruning.removal import apply_plan, combine_masks, plan_masks
+from optimum_rku.scoring import PruningScores, compute_scores
+from optimum_rku.testbed import TESTBED_PATH, is_testbed_name
 
 logger = logging.getLogger(__name__)
-
-TESTBED = "testbed"
-
-
-def _is_testbed(name: Any) -> bool:
-    if name is None or name == TESTBED:
-        return True
-    try:
-        from optimum_rku.testbed import TESTBED_PATH
-    except ImportError:
-        return False
-    try:
-        return Path(str(name)).expanduser().resolve() == Path(TESTBED_PATH).resolve()
-    except OSError:
-        return False
-
-
-def kv_cache_bytes_per_token(model) -> int:
-    """Bytes of K and V cached per token over all layers at the model's dtype."""
-    element = next(model.parameters()).element_size()
-    return sum(2 * b.num_kv_heads * b.head_dim * element for b in blocks(model))
 
 
 def _check_not_offloaded(model) -> None:
@@ -114,28 +95,26 @@ class RKUPruner(OptimumQuantizer):
                 name = getattr(model_or_path.config, "_name_or_path", None)
                 if name and Path(name).is_dir():
                     try:
-                        from optimum_rku.checkpoint import load_tokenizer
+                        from optimum_rku.io.checkpoint import load_tokenizer
 
                         tokenizer = load_tokenizer(name)
                     except (OSError, ValueError):
                         tokenizer = None
             name = getattr(model_or_path.config, "_name_or_path", "") or ""
-            return cls(model_or_path, tokenizer, is_testbed=bool(name) and _is_testbed(name))
+            return cls(model_or_path, tokenizer, is_testbed=bool(name) and is_testbed_name(name))
         if model_or_path is not None and not isinstance(model_or_path, (str, os.PathLike)):
             raise TypeError(
                 f"model_or_path must be a Hub id, a directory, a PreTrainedModel or None, got {type(model_or_path).__name__}."
             )
-        from optimum_rku.sources import load_causal_lm, load_config, resolve_gguf
+        from optimum_rku.io.sources import load_causal_lm, load_config, resolve_gguf
 
         model_or_path, gguf_file = resolve_gguf(model_or_path, model_kwargs.pop("gguf_file", None))
-        testbed = gguf_file is None and _is_testbed(model_or_path)
+        testbed = gguf_file is None and is_testbed_name(model_or_path)
         if testbed:
-            from optimum_rku.testbed import TESTBED_PATH
-
             path = str(TESTBED_PATH)
         else:
             path = str(model_or_path)
-        from optimum_rku.checkpoint import RKUModelForCausalLM, is_rku_checkpoint, load_tokenizer
+        from optimum_rku.io.checkpoint import RKUModelForCausalLM, is_rku_checkpoint, load_tokenizer
 
         kwargs: dict[str, Any] = {"dtype": torch_dtype, **model_kwargs}
         if device_map is not None:
@@ -156,8 +135,8 @@ class RKUPruner(OptimumQuantizer):
         source = path if Path(path).exists() else model_or_path
         if gguf_file is not None:
             source = str(Path(path) / gguf_file) if Path(path).is_dir() else f"{path}:{gguf_file}"
-        if not testbed and gguf_file is None and (Path(path) / "rku_config.json").is_file():
-            from optimum_rku.checkpoint import read_metadata  # checkpoints pruned from the testbed
+        if not testbed and gguf_file is None and (Path(path) / CONFIG_NAME).is_file():
+            from optimum_rku.io.metadata import read_metadata  # checkpoints pruned from the testbed
 
             testbed = bool(read_metadata(path).get("is_testbed", False))
         return cls(model, tokenizer, source=source, is_testbed=testbed)
@@ -238,7 +217,8 @@ class RKUPruner(OptimumQuantizer):
             summary["num_tokens"] = count_tokens(calibration_dataset)
             return calibration_dataset, summary
         if config.calibration == "self_generated":
-            from optimum_rku.self_calibration import self_generated_dataset, uses_chat_template
+            from optimum_rku.data.prompts import uses_chat_template
+            from optimum_rku.data.self_generated import self_generated_dataset
 
             tokenizer = self._require_tokenizer()
             dataset = self_generated_dataset(self.model, tokenizer, texts, config, masks=masks)
@@ -353,7 +333,6 @@ class RKUPruner(OptimumQuantizer):
         return plan, scores
 
     def _zero_scores(self, config: RKUConfig) -> PruningScores:
-        from optimum_rku.scoring import structure_costs
 
         views = blocks(self.model)
         n_attn = [b.num_heads if config.attention_granularity == "query_head" else b.num_kv_heads for b in views]
@@ -401,11 +380,11 @@ class RKUPruner(OptimumQuantizer):
                 )
         if pruning_config.bias_compensation:
             check_output_bias(self.model.config, pruning_config.target_parts)
-        from optimum_rku.offload import check_no_weight_gradients
+        from optimum_rku.scoring.offload import check_no_weight_gradients
 
         check_no_weight_gradients(self.model, get_importance(pruning_config.importance))  # before any scoring
         if pruning_config.calibration == "self_generated" and pruning_config.generation_chat_template == "on":
-            from optimum_rku.self_calibration import uses_chat_template
+            from optimum_rku.data.prompts import uses_chat_template
 
             uses_chat_template(self._require_tokenizer(), "on")  # no template: a clear error before any work
         for layer in pruning_config.protected_layers:
@@ -528,7 +507,7 @@ class RKUPruner(OptimumQuantizer):
         meta = self.metadata()
         writers = []
         try:
-            from optimum_rku.reporting import checkpoint_writers
+            from optimum_rku.io.card import checkpoint_writers
         except ImportError:
             checkpoint_writers = None
         if checkpoint_writers is not None:
@@ -549,10 +528,10 @@ class RKUPruner(OptimumQuantizer):
         commit_message: str | None = None,
         create_pr: bool = False,
     ) -> str:
-        """Save to a temporary directory and upload it with `optimum_rku.hub.push_to_hub`; returns the commit URL."""
+        """Save to a temporary directory and upload it with `optimum_rku.io.hub.push_to_hub`; returns the commit URL."""
         import tempfile
 
-        from optimum_rku.hub import check_repo_id, push_to_hub
+        from optimum_rku.io.hub import check_repo_id, push_to_hub
 
         check_repo_id(repo_id)  # before the (possibly long) save
         with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as tmp:

@@ -93,3 +93,19 @@ def make_tokenizer(vocab: int = 96):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="<unk>"
     )
+
+
+def logits(model, ids=None):
+    """Logits of `model` on `ids` (default: `sample_inputs()`), without gradients."""
+    with torch.no_grad():
+        return model(sample_inputs() if ids is None else ids).logits
+
+
+def masked_logits(model, masks):
+    """Dense model with the removed structures zeroed at the down_proj / o_proj inputs."""
+    from optimum_rku.importance import get_importance
+    from optimum_rku.scoring.collect import StatsCollector
+
+    importance = get_importance("magnitude")  # a method that needs no statistics: hooks only apply the masks
+    with StatsCollector(model, importance, masks), torch.no_grad():
+        return model(sample_inputs()).logits

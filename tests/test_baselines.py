@@ -9,10 +9,12 @@ import torch  # noqa: E402
 from conftest import FAMILIES, tiny_model, token_dataset  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
-from optimum_rku.allocation import TOLERANCE  # noqa: E402
-from optimum_rku.architectures import blocks  # noqa: E402
 from optimum_rku.importance import BlockStats, available_importances, get_importance  # noqa: E402
-from optimum_rku.scoring import compute_scores, objective_value, prunable_parameters  # noqa: E402
+from optimum_rku.models.architectures import blocks  # noqa: E402
+from optimum_rku.models.geometry import prunable_parameters  # noqa: E402
+from optimum_rku.pruning.allocation import TOLERANCE  # noqa: E402
+from optimum_rku.scoring import compute_scores  # noqa: E402
+from optimum_rku.scoring.objectives import objective_value  # noqa: E402
 
 METHODS = ["magnitude", "wanda", "flap", "taylor", "random"]
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

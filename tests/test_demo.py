@@ -28,7 +28,7 @@ def test_testbed_scores_at_least_85_percent_through_evaluator():
 
 
 def test_demo_writes_table_json_and_chart(tmp_path, capsys):
-    from optimum_rku.demo import main
+    from optimum_rku.cli.demo import main
 
     code = main(
         [
@@ -59,7 +59,7 @@ def test_demo_writes_table_json_and_chart(tmp_path, capsys):
 
 
 def test_demo_rejects_bad_arguments(tmp_path):
-    from optimum_rku.demo import main
+    from optimum_rku.cli.demo import main
 
     with pytest.raises(ValueError, match="sparsity"):
         main(["--sparsity", "1.5", "--output-dir", str(tmp_path)])

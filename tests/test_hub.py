@@ -367,7 +367,7 @@ def test_checkpoint_gets_card_and_chart(checkpoints):
 def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
     from huggingface_hub import ModelCard
 
-    from optimum_rku.reporting import build_model_card
+    from optimum_rku.io.card import build_model_card
 
     meta = json.loads((checkpoints["global"] / "rku_config.json").read_text())
     meta["base_model"] = "someone/base-model"
@@ -399,7 +399,7 @@ def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
 
 
 def test_card_rejects_bad_inputs(checkpoints):
-    from optimum_rku.reporting import build_model_card, checkpoint_writers
+    from optimum_rku.io.card import build_model_card, checkpoint_writers
 
     meta = json.loads((checkpoints["uniform"] / "rku_config.json").read_text())
     with pytest.raises(TypeError, match="rku_config.json"):
@@ -416,7 +416,7 @@ def test_card_rejects_bad_inputs(checkpoints):
 
 # ------------------------------------------------------------------------------------------------ push_to_hub
 def test_push_uploads_checkpoint_with_results(checkpoints, online, caplog, capsys):
-    from optimum_rku.hub import push_to_hub
+    from optimum_rku.io.hub import push_to_hub
 
     caplog.set_level(logging.DEBUG)
     token = "hf_" + secrets.token_hex(16)
@@ -462,7 +462,7 @@ def test_push_uploads_checkpoint_with_results(checkpoints, online, caplog, capsy
 def test_push_defaults_to_checkpoint_eval_results_and_pr(checkpoints, online, tmp_path):
     import shutil
 
-    from optimum_rku.hub import push_to_hub
+    from optimum_rku.io.hub import push_to_hub
 
     path = Path(shutil.copytree(checkpoints["uniform"], tmp_path / "ckpt"))
     (path / "eval_results.json").write_text(json.dumps(gsm8k_result(0.25, 0.5).to_dict()))
@@ -485,7 +485,7 @@ def test_push_defaults_to_checkpoint_eval_results_and_pr(checkpoints, online, tm
 def test_push_keeps_hand_edited_card(checkpoints, online, tmp_path):
     import shutil
 
-    from optimum_rku.hub import push_to_hub
+    from optimum_rku.io.hub import push_to_hub
 
     path = Path(shutil.copytree(checkpoints["uniform"], tmp_path / "ckpt"))
     generated = (path / "README.md").read_text()
@@ -500,7 +500,7 @@ def test_push_keeps_hand_edited_card(checkpoints, online, tmp_path):
 
 
 def test_push_auth_failure_is_one_clear_line(checkpoints, online):
-    from optimum_rku.hub import HubAuthenticationError, push_to_hub
+    from optimum_rku.io.hub import HubAuthenticationError, push_to_hub
 
     path = checkpoints["uniform"]
     before = tree_digest(path)
@@ -518,7 +518,7 @@ def test_push_auth_failure_is_one_clear_line(checkpoints, online):
 
 
 def test_push_connection_refused_is_one_clear_line(checkpoints, online):
-    from optimum_rku.hub import HubPushError, push_to_hub
+    from optimum_rku.io.hub import HubPushError, push_to_hub
 
     path = checkpoints["uniform"]
     before = tree_digest(path)
@@ -537,7 +537,7 @@ def test_push_connection_refused_is_one_clear_line(checkpoints, online):
 def test_push_validates_before_network(checkpoints, online, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from optimum_rku.hub import HubPushError, push_to_hub
+    from optimum_rku.io.hub import HubPushError, push_to_hub
 
     with LoopbackHub() as hub:
         online.setenv("HF_ENDPOINT", hub.url)

@@ -9,8 +9,9 @@ import torch  # noqa: E402
 from conftest import tiny_model, token_dataset  # noqa: E402
 
 from optimum_rku import RKUPruner  # noqa: E402
-from optimum_rku.architectures import blocks  # noqa: E402
 from optimum_rku.config import RKUConfig  # noqa: E402
+from optimum_rku.importance import get_importance  # noqa: E402
+from optimum_rku.models.architectures import blocks  # noqa: E402
 from optimum_rku.scoring import PruningScores  # noqa: E402
 
 # Layers alternate between CPU RAM and disk; lm_head on disk too, so the objective itself runs through a hook.
@@ -92,7 +93,7 @@ def _streamed_weights_alive_after_forward(model, streaming: bool) -> tuple[int, 
     """(disk-offloaded weight storages still alive after the forward pass, how many were streamed in)."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
-    from optimum_rku.offload import offload_hooks, stream_offloaded_weights
+    from optimum_rku.scoring.offload import offload_hooks, stream_offloaded_weights
 
     refs, originals = [], []
     for hook in offload_hooks(model):
@@ -133,7 +134,7 @@ def test_streaming_frees_offloaded_weights_before_backward(saved):
     grads = []
     for model in (offloaded, reference):
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        from optimum_rku.offload import stream_offloaded_weights
+        from optimum_rku.scoring.offload import stream_offloaded_weights
 
         with stream_offloaded_weights(model):
             model(inputs_embeds=embeds).logits.float().logsumexp(-1).sum().backward()
@@ -142,7 +143,7 @@ def test_streaming_frees_offloaded_weights_before_backward(saved):
 
 
 def test_weight_gradient_importance_refused_on_offloaded_model(saved, monkeypatch):
-    import optimum_rku.scoring as scoring
+    import optimum_rku.scoring.collect as scoring
 
     offloaded, _, _ = saved
 
@@ -153,4 +154,4 @@ def test_weight_gradient_importance_refused_on_offloaded_model(saved, monkeypatc
     with pytest.raises(ValueError, match="importance 'taylor' needs weight gradients.*allowed with offload"):
         RKUPruner(offloaded).compute_scores(RKUConfig(importance="taylor"), token_dataset(), progress=False)
     with pytest.raises(ValueError, match="importance 'taylor' needs weight gradients"):
-        scoring.collect_stats(offloaded, token_dataset(), scoring.get_importance("taylor"), "self_nll")
+        scoring.collect_stats(offloaded, token_dataset(), get_importance("taylor"), "self_nll")

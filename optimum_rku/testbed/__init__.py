@@ -14,13 +14,17 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TESTBED_PATH = Path(__file__).resolve().parent / "model"
+#: the name that stands for the bundled testbed wherever a model name is expected
+TESTBED = "testbed"
 
 __all__ = [
+    "TESTBED",
     "TESTBED_PATH",
     "build_tokenizer",
     "extract_answer",
     "format_example",
     "format_prompt",
+    "is_testbed_name",
     "load",
     "make_problems",
     "quick_accuracy",
@@ -36,6 +40,16 @@ def load(torch_dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Pre
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(TESTBED_PATH)
     return model, tokenizer
+
+
+def is_testbed_name(name: Any) -> bool:
+    """Whether a model name means the bundled testbed: None, "testbed", or the path of its directory."""
+    if name is None or name == TESTBED:
+        return True
+    try:
+        return Path(str(name)).expanduser().resolve() == TESTBED_PATH
+    except OSError:
+        return False
 
 
 def train_testbed(*args: Any, **kwargs: Any) -> dict:

@@ -193,3 +193,17 @@ def enable_output_biases(model: nn.Module, part: str) -> None:
             if linear.bias is None:
                 weight = linear.weight
                 linear.bias = nn.Parameter(weight.new_zeros(linear.out_features), requires_grad=weight.requires_grad)
+
+
+def stock_config_accepts(config) -> bool:
+    """Whether the family's stock config class (and so plain transformers, without remote code) can hold `config`."""
+    if getattr(config, "is_heterogeneous", False):
+        return False
+    from transformers import AutoConfig
+
+    stock = type(AutoConfig.for_model(config.model_type))
+    try:
+        stock.validate_architecture(config)
+    except (ValueError, TypeError):
+        return False
+    return True

@@ -15,35 +15,15 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from optimum_rku.data.prompts import STOP_STRINGS, question_prompt, uses_chat_template
+
 logger = logging.getLogger(__name__)
-
-PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-STOP_STRINGS = ("Question:", "</s>", "<|im_end|>")
-
-
-def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
-    """Whether questions go through the tokenizer's chat template: "auto" when it has one, "on" (required), "off"."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if mode == "on" and not has_template:
-        raise ValueError(
-            "RKUConfig.generation_chat_template='on' but the tokenizer has no chat_template; allowed here: 'auto' "
-            "or 'off' (plain 'Question: q\\nAnswer:' prompts), or set tokenizer.chat_template."
-        )
-    return mode != "off" and has_template
-
-
-def question_prompt(tokenizer, question: str, chat: bool) -> str:
-    """The text the model answers: a user turn of its chat template (generation prompt added), or the plain prompt."""
-    if not chat:
-        return PROMPT_TEMPLATE.format(question=question)
-    messages = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @contextmanager
 def masked_model(model, masks: dict | None) -> Iterator[None]:
     """Zero the masked channels at every down_proj / o_proj input (the removal masks of `plan_masks`) while active."""
-    from optimum_rku.architectures import blocks
+    from optimum_rku.models.architectures import blocks
 
     handles = []
     if masks:

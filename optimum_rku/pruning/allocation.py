@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from optimum_rku.scoring import PruningScores
+from optimum_rku.scoring.scores import PruningScores
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from optimum_rku.architectures import check_supported
-
-REMOTE_CODE_FILE = "modeling_rku.py"
-RKU_METADATA_FILE = "rku_config.json"
+from optimum_rku.config import CONFIG_NAME
+from optimum_rku.io.metadata import REMOTE_CODE_FILE
+from optimum_rku.models.architectures import check_supported
 
 
 def check_save_dir(save_dir: str | os.PathLike, source: str | os.PathLike | None, overwrite: bool) -> Path:
@@ -37,7 +36,7 @@ def check_save_dir(save_dir: str | os.PathLike, source: str | os.PathLike | None
 
 def needs_remote_code(config) -> bool:
     """Per-layer widths, or head counts the stock config class rejects, need `modeling_rku.py` to load."""
-    from optimum_rku.removal import stock_config_accepts
+    from optimum_rku.models.architectures import stock_config_accepts
 
     return not stock_config_accepts(config)
 
@@ -57,7 +56,7 @@ def _write_model(model, tokenizer, directory: Path) -> None:
     remote = needs_remote_code(config)
     model_type = check_supported(config)
     if remote:
-        from optimum_rku.modeling_rku import CONFIG_CLASSES, MODEL_CLASSES
+        from optimum_rku.models.modeling_rku import CONFIG_CLASSES, MODEL_CLASSES
 
         module = REMOTE_CODE_FILE[:-3]
         class_name = MODEL_CLASSES[model_type].__name__
@@ -77,7 +76,9 @@ def _write_model(model, tokenizer, directory: Path) -> None:
             config.auto_map = None
             config.architectures = [type(model).__name__]
     if remote:
-        shutil.copyfile(Path(__file__).with_name(REMOTE_CODE_FILE), directory / REMOTE_CODE_FILE)
+        from optimum_rku.models import modeling_rku
+
+        shutil.copyfile(modeling_rku.__file__, directory / REMOTE_CODE_FILE)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
@@ -102,7 +103,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _write_model(model, tokenizer, tmp)
-        (tmp / RKU_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
+        (tmp / CONFIG_NAME).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         for writer in writers or []:
@@ -124,7 +125,7 @@ def load_rku_config(path: str | os.PathLike):
     """The config of a local checkpoint, read with optimum-rku's relaxed config class for its family."""
     from transformers import PretrainedConfig
 
-    from optimum_rku.modeling_rku import CONFIG_CLASSES
+    from optimum_rku.models.modeling_rku import CONFIG_CLASSES
 
     raw, _ = PretrainedConfig.get_config_dict(str(path))
     model_type = raw.get("model_type")
@@ -145,21 +146,13 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **k
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
 
 
-def read_metadata(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
-    """The `rku_config.json` of a pruned checkpoint."""
-    path = Path(checkpoint_dir) / RKU_METADATA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(checkpoint_dir)!r} has no {RKU_METADATA_FILE}: not an optimum-rku checkpoint.")
-    return json.loads(path.read_text())
-
-
 class RKUModelForCausalLM:
     """Loads any optimum-rku checkpoint (uniform or per-layer widths) without remote code."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """Like `AutoModelForCausalLM.from_pretrained`, using optimum-rku's own classes for per-layer widths."""
-        from optimum_rku.modeling_rku import MODEL_CLASSES
+        from optimum_rku.models.modeling_rku import MODEL_CLASSES
 
         kwargs.pop("trust_remote_code", None)
         config = kwargs.pop("config", None) or load_rku_config(pretrained_model_name_or_path)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from optimum_rku.architectures import BlockView
-from optimum_rku.importance import BlockStats, Importance, StructureScores, group_slices, register_importance
+from optimum_rku.importance.base import BlockStats, Importance, StructureScores, group_slices
+from optimum_rku.importance.registry import register_importance
+from optimum_rku.models.architectures import BlockView
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

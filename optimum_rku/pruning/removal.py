@@ -9,9 +9,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from optimum_rku.allocation import PruningPlan
-from optimum_rku.architectures import BlockView, blocks, enable_output_biases, head_dim_of, set_attention_heads
-from optimum_rku.scoring import layer_widths
+from optimum_rku.models.architectures import (
+    BlockView,
+    blocks,
+    enable_output_biases,
+    head_dim_of,
+    set_attention_heads,
+    stock_config_accepts,
+)
+from optimum_rku.models.geometry import layer_widths
+from optimum_rku.pruning.allocation import PruningPlan
 
 
 def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -126,23 +133,9 @@ def update_config(model: nn.Module) -> None:
         config.serialize_explicit_per_layer_config = True
     if not stock_config_accepts(config):
         # e.g. Llama/Gemma2 configs insist hidden_size % num_attention_heads == 0, which pruning breaks
-        from optimum_rku.modeling_rku import CONFIG_CLASSES
+        from optimum_rku.models.modeling_rku import CONFIG_CLASSES
 
         config.__class__ = CONFIG_CLASSES[config.model_type]
-
-
-def stock_config_accepts(config) -> bool:
-    """Whether the family's stock config class (and so plain transformers, without remote code) can hold `config`."""
-    if getattr(config, "is_heterogeneous", False):
-        return False
-    from transformers import AutoConfig
-
-    stock = type(AutoConfig.for_model(config.model_type))
-    try:
-        stock.validate_architecture(config)
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 def plan_masks(model: nn.Module, plan: PruningPlan) -> dict[tuple[int, str], torch.Tensor]:

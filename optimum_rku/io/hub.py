@@ -15,18 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from optimum_rku.reporting import (
-    CARD_FILE,
-    CHART_FILE,
-    EVAL_RESULTS_FILE,
-    REMOTE_CODE_FILE,
-    build_model_card,
-    is_generated_card,
-    plot_allocation,
-    read_eval_results,
-    read_metadata,
-    result_dict,
-)
+from optimum_rku.io.card import CARD_FILE, build_model_card, is_generated_card
+from optimum_rku.io.chart import CHART_FILE, plot_allocation
+from optimum_rku.io.metadata import EVAL_RESULTS_FILE, REMOTE_CODE_FILE, read_eval_results, read_metadata, result_dict
 
 logger = logging.getLogger(__name__)
 

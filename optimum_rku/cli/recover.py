@@ -1,0 +1,132 @@
+"""`recover`: a short LoRA fine-tune (optionally distilling the dense model) of a pruned checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from optimum_rku.cli.args import GSM8K, TESTBED, CLIError, non_negative_int, positive_float, positive_int, unit_float
+from optimum_rku.cli.runtime import check_files, load_model, say
+from optimum_rku.config import CONFIG_NAME
+
+
+def add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory")
+    parser.add_argument("--output", required=True, help="directory of the recovered checkpoint")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="training steps (default: 200)")
+    parser.add_argument("--learning-rate", type=positive_float, default=None, help="learning rate (default: 2e-4)")
+    parser.add_argument("--lora-r", type=positive_int, default=None, help="LoRA rank (default: 16)")
+    parser.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha (default: 2 x rank)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="per-device batch size (default: 8)")
+    parser.add_argument(
+        "--dataset", default=None, help="Hub dataset id with question/answer, prompt/response or text columns"
+    )
+    parser.add_argument("--dataset-config", default=None, help="dataset config (default: 'main' for GSM8K)")
+    parser.add_argument("--dataset-split", default="train", help="dataset split (default: train)")
+    parser.add_argument("--data-files", nargs="+", default=None, help="local json/jsonl training files instead")
+    parser.add_argument("--num-samples", type=positive_int, default=None, help="training examples to use")
+    parser.add_argument("--max-length", type=positive_int, default=512, help="tokens per example (default: 512)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="training and data seed")
+    parser.add_argument(
+        "--teacher",
+        default=None,
+        help="distil a dense model into the pruned one: 'base' (the model the checkpoint was pruned from), a "
+        "directory or a Hub id; default: plain cross-entropy",
+    )
+    parser.add_argument(
+        "--distillation-alpha", type=unit_float, default=0.5, help="weight of the KL term in [0, 1] (default: 0.5)"
+    )
+    parser.add_argument(
+        "--distillation-temperature", type=positive_float, default=1.0, help="softmax temperature (default: 1.0)"
+    )
+    parser.add_argument("--save-adapter", action="store_true", help="also save the LoRA adapter (and its base)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# ------------------------------------------------------------------------------------------------- recover
+def _load_teacher(name: str, meta: dict[str, Any]):
+    """The dense teacher for `recover --teacher`: 'base' is the model the checkpoint was pruned from."""
+    if name == "base":
+        if meta.get("is_testbed"):
+            name = TESTBED
+        elif meta.get("base_model"):
+            name = str(meta["base_model"])
+        else:
+            raise CLIError("--teacher base: the checkpoint does not record its base model; pass its path or Hub id.")
+    teacher, _ = load_model(name, "float32")
+    return teacher
+
+
+def run(args: argparse.Namespace) -> int:
+    """LoRA recovery of a pruned checkpoint with `optimum_rku.recovery.recover_with_lora`; saves the merged model."""
+    checkpoint = Path(args.checkpoint).expanduser()
+    if not (checkpoint / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {args.checkpoint!r} is not an optimum-rku checkpoint (no {CONFIG_NAME})."
+        )
+    data_files = check_files(args.data_files, "--data-files")
+    if args.dataset and data_files:
+        raise CLIError("pass either --dataset or --data-files, not both.")
+    from optimum_rku.io.checkpoint import check_save_dir
+    from optimum_rku.io.metadata import read_metadata
+
+    check_save_dir(args.output, checkpoint, args.overwrite)
+    meta = read_metadata(checkpoint)
+    lora = {key: value for key, value in (("r", args.lora_r), ("lora_alpha", args.lora_alpha)) if value is not None}
+    if "r" in lora and "lora_alpha" not in lora:
+        lora["lora_alpha"] = 2 * lora["r"]
+    training = {
+        key: value
+        for key, value in (
+            ("max_steps", args.max_steps),
+            ("learning_rate", args.learning_rate),
+            ("per_device_train_batch_size", args.batch_size),
+        )
+        if value is not None
+    }
+    from optimum_rku.recovery import recover_with_lora
+
+    train_dataset = None
+    if args.dataset:
+        import datasets
+
+        config_name = args.dataset_config or ("main" if args.dataset == GSM8K else None)
+        try:
+            train_dataset = datasets.load_dataset(args.dataset, config_name, split=args.dataset_split)
+        except Exception as err:  # network, auth, missing dataset: one actionable line
+            raise RuntimeError(
+                f"could not load --dataset {args.dataset!r} ({type(err).__name__}: {err}); offline? use --data-files."
+            ) from None
+    teacher = _load_teacher(args.teacher, meta) if args.teacher is not None else None
+    model, tokenizer = load_model(str(checkpoint), "float32")
+    _, summary = recover_with_lora(
+        model,
+        tokenizer,
+        train_dataset,
+        lora or None,
+        training or None,
+        args.output,
+        True,
+        save_adapter=args.save_adapter,
+        overwrite=args.overwrite,
+        metadata=meta,
+        source=str(checkpoint),
+        is_testbed=bool(meta.get("is_testbed", False)),
+        data_files=data_files[0] if data_files and len(data_files) == 1 else data_files,
+        num_samples=args.num_samples,
+        max_length=args.max_length,
+        seed=args.seed,
+        teacher=teacher,
+        distillation_alpha=args.distillation_alpha,
+        distillation_temperature=args.distillation_temperature,
+        progress=not args.quiet,
+        return_summary=True,
+    )
+    say(
+        f"recovered with LoRA r={summary.get('rank')} for {summary.get('steps')} steps: response loss "
+        f"{summary.get('loss_before', float('nan')):.4f} -> {summary.get('loss_after', float('nan')):.4f}"
+    )
+    say(f"saved to {Path(args.output).expanduser().resolve()}")
+    return 0

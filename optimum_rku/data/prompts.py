@@ -1,0 +1,27 @@
+"""Prompts shared by calibration, recovery and evaluation: the `Question: ...\nAnswer:` format and its stop strings."""
+
+from __future__ import annotations
+
+#: the plain question prompt (lm-evaluation-harness gsm8k `doc_to_text`)
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+#: where a completion ends: the next question, or an end-of-turn token written out as text
+STOP_STRINGS: tuple[str, ...] = ("Question:", "</s>", "<|im_end|>")
+
+
+def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
+    """Whether questions go through the tokenizer's chat template: "auto" when it has one, "on" (required), "off"."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has_template:
+        raise ValueError(
+            "RKUConfig.generation_chat_template='on' but the tokenizer has no chat_template; allowed here: 'auto' "
+            "or 'off' (plain 'Question: q\\nAnswer:' prompts), or set tokenizer.chat_template."
+        )
+    return mode != "off" and has_template
+
+
+def question_prompt(tokenizer, question: str, chat: bool) -> str:
+    """The text the model answers: a user turn of its chat template (generation prompt added), or the plain prompt."""
+    if not chat:
+        return PROMPT_TEMPLATE.format(question=question)
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

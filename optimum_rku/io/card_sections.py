@@ -1,0 +1,219 @@
+"""The body sections of a model card (evaluation, per-layer table, calibration, recovery, usage), one function each."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from optimum_rku.io.labels import human_count, percent, source_label
+
+
+def benchmark_kind(result: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """Which problem set a result is on: 'gsm8k', 'testbed' or 'custom'."""
+    if result.get("benchmark") in ("gsm8k", "testbed", "custom"):
+        return result["benchmark"]
+    description = str(result.get("dataset", "")).lower()
+    if "gsm8k" in description:
+        return "gsm8k"
+    if "testbed" in description or (meta.get("is_testbed") and description.startswith("list")):
+        return "testbed"
+    return "custom"
+
+
+def layer_table(meta: Mapping[str, Any]) -> str:
+    protected = set(meta["pruning_config"].get("protected_layers") or [])
+    rows = [
+        "| layer | FFN channels kept | query heads kept | KV groups kept | note |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for lp, dense in zip(meta["plan"]["layers"], meta["dense_widths"]):
+        index = lp.get("layer", len(rows) - 2)
+
+        def cell(kept: int, total: int) -> str:
+            return f"{kept} / {total} ({100 * kept / total:.0f}%)" if total else f"{kept} / {total}"
+
+        rows.append(
+            f"| {index} | {cell(lp['intermediate_size'], dense['intermediate_size'])} | "
+            f"{cell(lp['num_attention_heads'], dense['num_attention_heads'])} | "
+            f"{cell(lp['num_key_value_heads'], dense['num_key_value_heads'])} | "
+            f"{'protected' if index in protected else ''} |"
+        )
+    return "\n".join(rows)
+
+
+def eval_section(
+    meta: Mapping[str, Any], pruned: Mapping[str, Any] | None, dense: Mapping[str, Any] | None, base_label: str
+) -> str:
+    if pruned is None and dense is None:
+        return (
+            "## Evaluation\n\nNot evaluated yet. `optimum-cli rku eval --model <this checkpoint>` runs GSM8K "
+            "(lm-evaluation-harness conventions) and stores the result in `eval_results.json`; the card picks it up."
+        )
+    rows = [
+        "| model | problems | split | n-shot | exact match, strict-match | exact match, flexible-extract |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for label, result in (("this model (pruned)", pruned), (f"dense base ({base_label})", dense)):
+        if result is None:
+            continue
+        kind = benchmark_kind(result, meta)
+        problems = {"gsm8k": "GSM8K", "testbed": "testbed (GSM8K format)"}.get(kind, "custom (GSM8K format)")
+        rows.append(
+            f"| {label} | {problems}, {result['num_samples']} problems | {result['split']} | "
+            f"{result['num_fewshot']} | {percent(float(result['exact_match_strict']), 2)} | "
+            f"{percent(float(result['exact_match_flexible']), 2)} |"
+        )
+    reference = pruned or dense
+    new_tokens = reference.get("max_new_tokens")
+    notes = (
+        "Greedy decoding, `Question: ... Answer:` prompts, generation stops at `Question:`; strict-match reads the "
+        "number after `####`, flexible-extract the last number of the completion (lm-evaluation-harness `gsm8k`)."
+    )
+    if new_tokens:
+        notes += f" At most {new_tokens} new tokens per problem."
+    return "## Evaluation\n\n" + "\n".join(rows) + "\n\n" + notes
+
+
+def calibration_section(meta: Mapping[str, Any]) -> str:
+    config = meta["pruning_config"]
+    calibration = meta.get("calibration") or {}
+    scoring = meta.get("scoring") or {}
+    source = calibration.get("dataset")
+    if not source and not calibration.get("num_samples"):
+        return (
+            f"## Calibration\n\nNone: `{config.get('importance')}` importance is data-free, so no calibration "
+            "data was used."
+        )
+    if meta.get("is_testbed") and not source:
+        source = "optimum-rku testbed (train split, questions only)"
+    items = [
+        ("importance", config.get("importance")),
+        ("objective", scoring.get("objective") or config.get("objective")),
+        ("normalization", config.get("normalization")),
+        ("calibration mode", config.get("calibration")),
+        ("dataset", source_label(source)),
+        ("dataset config / split", " / ".join(str(calibration[k]) for k in ("config", "split") if calibration.get(k))),
+        ("text column", calibration.get("text_column")),
+        ("samples", calibration.get("num_samples")),
+        ("tokens", calibration.get("num_tokens")),
+        ("max sequence length", calibration.get("max_length") or config.get("calibration_seq_len")),
+        ("seed", calibration.get("seed", config.get("seed"))),
+        ("scoring iterations", config.get("num_iterations")),
+        ("scoring time", f"{scoring['time_s']:.1f} s" if isinstance(scoring.get("time_s"), (int, float)) else None),
+    ]
+    lines = [f"- **{key}**: {value}" for key, value in items if value not in (None, "", [])]
+    text = "## Calibration\n\n" + "\n".join(lines)
+    if calibration.get("dataset") and "in-memory" in str(calibration["dataset"]):
+        text += "\n\nThe calibration texts were passed in memory; the exact set is not recorded in this checkpoint."
+    return text
+
+
+def recovery_data(recovery: Mapping[str, Any]) -> dict[str, Any]:
+    data = recovery.get("data")
+    return dict(data) if isinstance(data, Mapping) else {}
+
+
+def recovery_section(recovery: Mapping[str, Any]) -> str:
+    """Settings and outcome of the LoRA recovery, from the "recovery" section that `recover_with_lora` records."""
+    r = dict(recovery)
+    data = recovery_data(r)
+    described: list[tuple[str, Any]] = []
+
+    def add(label: str, value: Any, *keys: str) -> None:
+        if all(r.get(k) is not None for k in keys):
+            described.append((label, value() if callable(value) else value))
+        used.update(keys)
+
+    used: set[str] = {"data", "loss_history"}
+    add("method", lambda: "LoRA" if r["method"] == "lora" else r["method"], "method")
+    add(
+        "LoRA rank / alpha / dropout",
+        lambda: f"{r['rank']} / {r['alpha']} / {r['dropout']}",
+        "rank",
+        "alpha",
+        "dropout",
+    )
+    add("target modules", lambda: ", ".join(map(str, r["target_modules"])), "target_modules")
+    add("trainable parameters", lambda: human_count(r["trainable_parameters"]), "trainable_parameters")
+    add("steps (epochs)", lambda: f"{r['steps']} ({r.get('epochs', 'n/a')})", "steps")
+    used.add("epochs")
+    add(
+        "batch",
+        lambda: (
+            f"{r['per_device_batch_size']} per device x {r.get('gradient_accumulation_steps', 1)} accumulation "
+            f"x {r.get('world_size', 1)} device(s)"
+        ),
+        "per_device_batch_size",
+    )
+    used.update({"gradient_accumulation_steps", "world_size"})
+    add("learning rate", lambda: f"{r['learning_rate']} ({r.get('lr_scheduler', 'constant')})", "learning_rate")
+    used.add("lr_scheduler")
+    if data:
+        parts = [str(source_label(data.get("dataset", "custom")))]
+        if data.get("num_examples") is not None:
+            parts.append(f"{data['num_examples']} examples")
+        if data.get("num_response_tokens") is not None:
+            parts.append(f"{data['num_response_tokens']} response tokens")
+        described.append(("training data", ", ".join(parts)))
+    add(
+        "response-token loss before -> after",
+        lambda: f"{r['loss_before']:.4f} -> {r['loss_after']:.4f}",
+        "loss_before",
+        "loss_after",
+    )
+    add("final training loss", lambda: f"{r['final_loss']:.4f}", "final_loss")
+    used.add("train_loss")
+    add("time", lambda: f"{r['time_s']:.1f} s", "time_s")
+    distillation = r.get("distillation")
+    if isinstance(distillation, Mapping):
+        described.append(
+            (
+                "distillation",
+                f"from {source_label(distillation.get('teacher', 'the dense model'))}: loss (1 - alpha) CE + alpha "
+                f"T^2 KL, alpha {distillation.get('alpha')}, T {distillation.get('temperature')}",
+            )
+        )
+    used.add("distillation")
+    for key, value in r.items():  # anything else recorded, scalars only
+        if key not in used and isinstance(value, (str, int, float, bool)):
+            described.append((key.replace("_", " "), value))
+    rows = ["| setting | value |", "|---|---|"]
+    rows += [f"| {label} | {str(value).replace('|', '/')} |" for label, value in described]
+    merged = r.get("merged", True)
+    intro = (
+        "After pruning, accuracy was recovered with a short LoRA fine-tune"
+        + (" whose adapters were merged into the weights" if merged else "")
+        + " (architecture and layer widths unchanged)."
+    )
+    tail = "\n\nThe loss history is recorded in `rku_config.json`." if r.get("loss_history") else ""
+    return "## Recovery\n\n" + intro + "\n\n" + "\n".join(rows) + tail
+
+
+def usage_section(meta: Mapping[str, Any], repo: str, remote_code: bool) -> str:
+    auto_kwargs = ", trust_remote_code=True" if remote_code else ""
+    explanation = (
+        "Layers keep different widths, so `config.json` uses transformers' `per_layer_config` and the repository "
+        "ships a small self-contained `modeling_rku.py` (`auto_map`): load it with `trust_remote_code=True`, or "
+        "without remote code through optimum-rku."
+        if remote_code
+        else "All layers keep the same widths, so this is a stock transformers checkpoint (smaller "
+        "`intermediate_size` / head counts); optimum-rku is not needed to load it."
+    )
+    return f"""## How to use
+
+{explanation}
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{repo}"{auto_kwargs})
+tokenizer = AutoTokenizer.from_pretrained("{repo}"{auto_kwargs})
+```
+
+With optimum-rku installed (`pip install optimum-rku`), either format loads without remote code:
+
+```python
+from optimum_rku import RKUModelForCausalLM
+
+model = RKUModelForCausalLM.from_pretrained("{repo}")
+```"""

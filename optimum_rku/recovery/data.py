@@ -1,0 +1,236 @@
+"""Recovery data: prompt/response pairs from many layouts, tokenized with the loss on the response, and a collator."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from optimum_rku.data.prompts import PROMPT_TEMPLATE
+
+DEFAULT_NUM_TESTBED_PROBLEMS = 2000
+
+
+DEFAULT_MAX_LENGTH = 512
+
+
+GSM8K_DATASET = "openai/gsm8k"
+
+
+IGNORE_INDEX = -100
+
+
+def _pair_from_qa(question: Any, answer: Any) -> tuple[str, str]:
+    return PROMPT_TEMPLATE.format(question=str(question).strip()), " " + str(answer).strip()
+
+
+def _rows_to_pairs(rows: Sequence[Any], columns: Sequence[str], source: str) -> list[tuple[str | None, str]]:
+    """(prompt, response) pairs from rows with a `text`, `prompt`/`response` or `question`/`answer` layout."""
+    cols = set(columns)
+    if {"prompt", "response"} <= cols:
+        return [(str(r["prompt"]), str(r["response"])) for r in rows]
+    if {"question", "answer"} <= cols:
+        return [_pair_from_qa(r["question"], r["answer"]) for r in rows]
+    if "text" in cols:
+        return [(None, str(r["text"])) for r in rows]
+    raise ValueError(
+        f"Recovery data {source} has columns {sorted(cols)}; allowed layouts: a 'text' column, "
+        "'prompt' + 'response' columns, or 'question' + 'answer' columns."
+    )
+
+
+def _pairs_from_list(items: Sequence[Any]) -> list[tuple[str | None, str]]:
+    if all(isinstance(x, str) for x in items):
+        return [(None, x) for x in items]
+    if all(isinstance(x, Mapping) for x in items):
+        keys = set(items[0])
+        for x in items:
+            if set(x) != keys:
+                raise ValueError(f"Recovery rows must all have the same keys, got {sorted(keys)} and {sorted(x)}.")
+        return _rows_to_pairs(items, sorted(keys), "(list of dicts)")
+    kinds = sorted({type(x).__name__ for x in items})
+    raise TypeError(f"A recovery list must hold only strings or only dicts, got {kinds}.")
+
+
+def _default_pairs(is_testbed: bool, num_samples: int | None, seed: int, data_files: Any) -> tuple[list, dict]:
+    if is_testbed and data_files is None:
+        from optimum_rku.testbed import make_problems
+
+        n = num_samples or DEFAULT_NUM_TESTBED_PROBLEMS
+        problems = make_problems(n, seed=seed, split="train")
+        pairs = [_pair_from_qa(p["question"], p["answer"]) for p in problems]
+        return pairs, {"dataset": "optimum-rku testbed (train split, question + worked answer)", "seed": seed}
+    import datasets
+
+    if data_files is not None:
+        from optimum_rku.data.calibration import load_local_files
+
+        ds = load_local_files(data_files, "Recovery")
+        source = str(data_files)
+    else:
+        try:
+            ds = datasets.load_dataset(GSM8K_DATASET, "main", split="train")
+        except Exception as err:  # network, auth, missing dataset: one actionable message
+            raise RuntimeError(
+                f"Could not load the default recovery data {GSM8K_DATASET!r} ({type(err).__name__}: {err}). "
+                "Offline? Pass local files, e.g. data_files='gsm8k/train.jsonl', or train_dataset=[...]."
+            ) from None
+        source = GSM8K_DATASET
+    if len(ds) == 0:
+        raise ValueError(f"The recovery dataset {source!r} is empty.")
+    ds = ds.shuffle(seed=seed)
+    if num_samples is not None:
+        ds = ds.select(range(min(num_samples, len(ds))))
+    return _rows_to_pairs(ds, ds.column_names, repr(source)), {"dataset": source, "seed": seed}
+
+
+def _encode_pairs(tokenizer, pairs: list[tuple[str | None, str]], max_length: int) -> dict[str, list[list[int]]]:
+    """Tokenize prompt + response + eos; labels copy the response (and eos) and are -100 on the prompt."""
+    eos = tokenizer.eos_token_id
+    out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for prompt, response in pairs:
+        if prompt is None:
+            ids = list(tokenizer(response)["input_ids"])
+            start = 0
+        else:
+            prompt_ids = list(tokenizer(prompt)["input_ids"])
+            ids = prompt_ids + list(tokenizer(response, add_special_tokens=False)["input_ids"])
+            start = len(prompt_ids)
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        ids = ids[:max_length]
+        labels = [IGNORE_INDEX] * min(start, len(ids)) + ids[start:]
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            continue  # the prompt fills the whole window: nothing to learn from this row
+        out["input_ids"].append(ids)
+        out["attention_mask"].append([1] * len(ids))
+        out["labels"].append(labels)
+    return out
+
+
+def prepare_recovery_dataset(
+    tokenizer,
+    train_dataset: Any = None,
+    *,
+    is_testbed: bool = False,
+    data_files: Any = None,
+    num_samples: int | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    seed: int = 2016,
+):
+    """Tokenized recovery data (`input_ids`, `attention_mask`, `labels` with the prompt masked) and its summary.
+
+    `train_dataset` may be None (testbed train split / GSM8K train), a `datasets.Dataset` with a `text`,
+    `prompt`/`response` or `question`/`answer` layout (or already tokenized with `input_ids` and `labels`), a list of
+    strings (loss on every token), or a list of `{"prompt", "response"}` / `{"question", "answer"}` dicts. Prompt and
+    response are concatenated as given; question/answer rows use the `Question: q\\nAnswer: a` format.
+    """
+    import datasets
+
+    if tokenizer is None or not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}.")
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples={num_samples!r} must be a positive int or None.")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length={max_length!r} must be an int >= 2.")
+    if train_dataset is None:
+        pairs, summary = _default_pairs(is_testbed, num_samples, seed, data_files)
+    elif data_files is not None:
+        raise ValueError("Pass either train_dataset or data_files, not both.")
+    elif isinstance(train_dataset, datasets.Dataset):
+        if len(train_dataset) == 0:
+            raise ValueError("The recovery dataset is empty.")
+        columns = train_dataset.column_names
+        if "input_ids" in columns:
+            if "labels" not in columns:
+                raise ValueError(
+                    "A tokenized recovery dataset needs a 'labels' column (-100 on prompt tokens); "
+                    f"columns: {columns}."
+                )
+            keep = [c for c in ("input_ids", "attention_mask", "labels") if c in columns]
+            ds = train_dataset.select_columns(keep)
+            if "attention_mask" not in keep:
+                ds = ds.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
+            if num_samples is not None:
+                ds = ds.select(range(min(num_samples, len(ds))))
+            return ds, {"dataset": "user-provided tokenized dataset", "num_examples": len(ds)}
+        rows = (
+            train_dataset if num_samples is None else train_dataset.select(range(min(num_samples, len(train_dataset))))
+        )
+        pairs = _rows_to_pairs(rows, columns, "(datasets.Dataset)")
+        summary = {"dataset": "user-provided datasets.Dataset"}
+    elif isinstance(train_dataset, (list, tuple)):
+        if not train_dataset:
+            raise ValueError("The recovery dataset is empty: pass at least one example.")
+        pairs = _pairs_from_list(list(train_dataset))[:num_samples]
+        summary = {"dataset": "in-memory list"}
+    else:
+        raise TypeError(
+            "train_dataset must be None, a datasets.Dataset, a list of strings or a list of "
+            f"{{'prompt', 'response'}} dicts, got {type(train_dataset).__name__}."
+        )
+    if not pairs:
+        raise ValueError("The recovery dataset is empty.")
+    encoded = _encode_pairs(tokenizer, pairs, max_length)
+    if not encoded["input_ids"]:
+        raise ValueError(f"No recovery example has response tokens within max_length={max_length}.")
+    ds = datasets.Dataset.from_dict(encoded)
+    summary["num_examples"] = len(ds)
+    summary["num_response_tokens"] = int(sum(sum(x != IGNORE_INDEX for x in row) for row in encoded["labels"]))
+    summary["max_length"] = max_length
+    return ds, summary
+
+
+class RecoveryCollator:
+    """Right-pad `input_ids` (pad id), `attention_mask` (0) and `labels` (-100) to the longest row of a batch."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            mask[row, :n] = torch.as_tensor(f.get("attention_mask", [1] * n), dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def self_distillation_dataset(
+    dense_model,
+    tokenizer,
+    questions: Sequence[str] | Sequence[Mapping[str, Any]],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    seed: int = 2016,
+    progress: bool = True,
+):
+    """`datasets.Dataset` of `{prompt, response}` where the response is the *dense* model's own answer (distillation)."""
+    import datasets
+
+    from optimum_rku.config import RKUConfig
+    from optimum_rku.data.self_generated import generate_answers
+
+    if isinstance(questions, (str, bytes)) or not isinstance(questions, Sequence):
+        raise TypeError(f"questions must be a list of strings, got {type(questions).__name__}.")
+    texts = [q["question"] if isinstance(q, Mapping) else q for q in questions]
+    if not texts:
+        raise ValueError("questions is empty: nothing for the dense model to answer.")
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"questions must be strings (or {{'question': ...}} dicts), got {sorted(set(bad))}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
+    config = RKUConfig(generation_max_new_tokens=max_new_tokens, generation_do_sample=do_sample, seed=seed)
+    prompts = [PROMPT_TEMPLATE.format(question=q.strip()) for q in texts]
+    answers = generate_answers(dense_model, tokenizer, prompts, config, batch_size=batch_size, progress=progress)
+    return datasets.Dataset.from_dict({"prompt": prompts, "response": [" " + a.strip() for a in answers]})

@@ -1,0 +1,346 @@
+"""LoRA recovery training: PEFT adapters trained with `transformers.Trainer`, merged, saved like `prune` saves."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
+from optimum_rku.io.metadata import read_metadata
+from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
+from optimum_rku.recovery.losses import check_distillation, distillation_trainer, response_loss
+
+logger = logging.getLogger(__name__)
+
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "max_steps": 200,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "save_strategy": "no",
+    "report_to": "none",
+    "seed": 2016,
+    "remove_unused_columns": False,
+}
+ADAPTER_DIR = "adapter"
+PRUNED_BASE_DIR = "pruned_base"
+
+
+# ------------------------------------------------------------------------------------------------------ configs
+def default_lora_config(**overrides: Any):
+    """PEFT `LoraConfig` for causal LMs with adapters on every attention and MLP projection (q/k/v/o, gate/up/down)."""
+    from peft import LoraConfig
+
+    fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"Unknown LoraConfig field(s) {unknown}; see peft.LoraConfig for the allowed fields.")
+    kwargs: dict[str, Any] = {**DEFAULT_LORA, "target_modules": list(TARGET_MODULES), "task_type": "CAUSAL_LM"}
+    kwargs.update(overrides)
+    return LoraConfig(**kwargs)
+
+
+def _resolve_lora_config(lora_config: Any):
+    from peft import LoraConfig
+
+    if lora_config is None:
+        return default_lora_config()
+    if isinstance(lora_config, Mapping):
+        return default_lora_config(**dict(lora_config))
+    if isinstance(lora_config, LoraConfig):
+        return copy.deepcopy(lora_config)
+    raise TypeError(f"lora_config must be a peft.LoraConfig, a dict of its fields or None, got {type(lora_config)}.")
+
+
+def default_bf16() -> bool:
+    """Whether to train in bf16 by default: a CUDA device that supports it."""
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def resolve_training_args(training_args: Any = None, *, progress: bool = True, seed: int | None = None):
+    """`TrainingArguments` from None / a dict of its fields (merged over the defaults) / an instance (used as is).
+
+    Returns `(args, temp_output_dir)`; `temp_output_dir` is the temporary directory created for `output_dir` (or None)
+    so the caller can remove it after training.
+    """
+    from transformers import TrainingArguments
+
+    if isinstance(training_args, TrainingArguments):
+        return training_args, None
+    if training_args is not None and not isinstance(training_args, Mapping):
+        raise TypeError(
+            "training_args must be a transformers.TrainingArguments, a dict of its fields or None, "
+            f"got {type(training_args).__name__}."
+        )
+    user = dict(training_args or {})
+    allowed = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    unknown = sorted(set(user) - allowed)
+    if unknown:
+        hints = {name: difflib.get_close_matches(name, sorted(allowed), n=1) for name in unknown}
+        hint = "; ".join(f"{k!r}: did you mean {v[0]!r}?" for k, v in hints.items() if v)
+        raise ValueError(
+            f"Unknown TrainingArguments field(s) {unknown}{' (' + hint + ')' if hint else ''}; "
+            "see transformers.TrainingArguments for the allowed fields."
+        )
+    kwargs = dict(DEFAULT_TRAINING_ARGS)
+    if seed is not None:
+        kwargs["seed"] = seed
+    kwargs["bf16"] = default_bf16()
+    kwargs["dataloader_pin_memory"] = torch.cuda.is_available()
+    kwargs["disable_tqdm"] = not progress
+    kwargs.update(user)
+    temp_dir = None
+    if "output_dir" not in user:
+        temp_dir = tempfile.mkdtemp(prefix="optimum-rku-recovery-")
+        kwargs["output_dir"] = temp_dir
+    try:
+        return TrainingArguments(**kwargs), temp_dir
+    except (TypeError, ValueError) as err:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise ValueError(f"Invalid training_args {user}: {err}") from None
+
+
+def _default_metadata(model, source: Any) -> dict[str, Any]:
+    from optimum_rku import __version__
+
+    name = source if source is not None else getattr(model.config, "_name_or_path", None)
+    if name and Path(str(name)).is_dir():
+        try:
+            return read_metadata(name)
+        except FileNotFoundError:
+            pass
+    return {
+        "optimum_rku_version": __version__,
+        "base_model": str(name) if name else None,
+        "architecture": model.config.model_type,
+    }
+
+
+def _infer_testbed(metadata: dict[str, Any], model) -> bool:
+    if metadata.get("is_testbed"):
+        return True
+    from optimum_rku.testbed import is_testbed_name
+
+    name = getattr(model.config, "_name_or_path", "")
+    return bool(name) and is_testbed_name(name)
+
+
+def _check_base_checkpoint(base_checkpoint: Any) -> Path | None:
+    if base_checkpoint is None:
+        return None
+    if not isinstance(base_checkpoint, (str, os.PathLike)):
+        raise TypeError(f"base_checkpoint must be a directory path, got {type(base_checkpoint).__name__}.")
+    path = Path(base_checkpoint).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"base_checkpoint {str(base_checkpoint)!r} is not a saved model directory (no config.json).")
+    return path
+
+
+def _checkpoint_writers(meta: dict[str, Any]) -> list:
+    try:
+        from optimum_rku.io.card import checkpoint_writers
+    except ImportError:
+        return []
+    return list(checkpoint_writers(meta))
+
+
+def recover_with_lora(
+    model,
+    tokenizer,
+    train_dataset: Any = None,
+    lora_config: Any = None,
+    training_args: Any = None,
+    save_dir: str | os.PathLike | None = None,
+    merge: bool = True,
+    *,
+    save_adapter: bool = False,
+    base_checkpoint: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    metadata: dict[str, Any] | None = None,
+    source: str | os.PathLike | None = None,
+    is_testbed: bool | None = None,
+    data_files: Any = None,
+    num_samples: int | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    seed: int | None = None,
+    teacher=None,
+    distillation_alpha: float = 0.5,
+    distillation_temperature: float = 1.0,
+    progress: bool = True,
+    return_summary: bool = False,
+):
+    """Fine-tune LoRA adapters on a pruned model, merge them (by default) and save like `prune` does.
+
+    Returns the merged model (a `PeftModel` when `merge=False`), or `(model, summary)` with `return_summary=True`.
+    With `save_dir`, writes the merged checkpoint (same formats as `prune`, `rku_config.json` gains a "recovery"
+    section); with `save_adapter=True` also `<save_dir>/adapter/` whose `base_model_name_or_path` is
+    `base_checkpoint` when given, else the un-recovered pruned model written to `<save_dir>/pruned_base/`.
+    With `teacher` (the dense model, same tokenizer) the loss is knowledge distillation on the response tokens:
+    `(1 - distillation_alpha) * CE + distillation_alpha * T^2 * KL(teacher || student)` at temperature T.
+    """
+    from peft import get_peft_model
+    from transformers import PreTrainedModel, Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    # ---- every check before any heavy work ----
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}.")
+    if tokenizer is None:
+        raise ValueError("recover_with_lora needs the model's tokenizer.")
+    for name, value in (("merge", merge), ("save_adapter", save_adapter), ("overwrite", overwrite)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed={seed!r} must be a non-negative int or None.")
+    if save_adapter and save_dir is None:
+        raise ValueError("save_adapter=True needs a save_dir to write the adapter into.")
+    if not merge and save_dir is not None:
+        raise ValueError(
+            "save_dir writes the merged model; with merge=False save the returned PeftModel yourself "
+            "(model.save_pretrained(dir)) or use merge=True, save_adapter=True."
+        )
+    target = check_save_dir(save_dir, source, overwrite) if save_dir is not None else None
+    base_path = _check_base_checkpoint(base_checkpoint)
+    lora = _resolve_lora_config(lora_config)
+    check_distillation(model, teacher, distillation_alpha, distillation_temperature)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}.")
+    meta = copy.deepcopy(metadata) if metadata is not None else _default_metadata(model, source)
+    testbed = _infer_testbed(meta, model) if is_testbed is None else bool(is_testbed)
+    data_seed = seed if seed is not None else DEFAULT_TRAINING_ARGS["seed"]
+    dataset, data_summary = prepare_recovery_dataset(
+        tokenizer,
+        train_dataset,
+        is_testbed=testbed,
+        data_files=data_files,
+        num_samples=num_samples,
+        max_length=max_length,
+        seed=data_seed,
+    )
+    args, temp_output = resolve_training_args(training_args, progress=progress, seed=seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    staging = None
+    start = time.perf_counter()
+    try:
+        main = args.should_save
+        if target is not None and main:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.recovery-", dir=target.parent))
+            if save_adapter and base_path is None:  # the adapter's base: the pruned, un-recovered model
+                save_checkpoint(model, tokenizer, staging / PRUNED_BASE_DIR, meta, overwrite=True)
+        model.train()
+        set_seed(args.seed)  # the LoRA A matrices are drawn here: same seed, same adapters, whatever ran before
+        peft_model = get_peft_model(model, lora)
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        trainer_kwargs = {
+            "model": peft_model,
+            "args": args,
+            "train_dataset": dataset,
+            "data_collator": RecoveryCollator(pad_id),
+        }
+        if teacher is None:
+            trainer = Trainer(**trainer_kwargs)
+        else:
+            trainer = distillation_trainer(teacher, distillation_alpha, distillation_temperature, **trainer_kwargs)
+        if args.disable_tqdm and not progress:  # silent means silent: no per-step log dicts printed either
+            trainer.remove_callback(PrinterCallback)
+        # a cheap before/after loss on fixed rows, on the training device (fresh LoRA is a no-op: B = 0); skipped
+        # under sharded training (FSDP / DeepSpeed), where a forward outside the engine is not possible
+        sharded = bool(getattr(args, "fsdp", None) or getattr(args, "deepspeed", None))
+        probe = None if sharded else dataset.select(range(min(len(dataset), 32)))
+        initial_loss = response_loss(peft_model, probe, pad_token_id=pad_id) if probe is not None else None
+        result = trainer.train()
+        peft_model.eval()
+        final_loss = response_loss(peft_model, probe, pad_token_id=pad_id) if probe is not None else None
+        history = [[int(e["step"]), float(e["loss"])] for e in trainer.state.log_history if "loss" in e]
+        summary = {
+            "method": "lora",
+            "data": data_summary,
+            "steps": int(trainer.state.global_step),
+            "epochs": round(float(trainer.state.epoch or 0.0), 4),
+            "per_device_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
+            "rank": lora.r,
+            "alpha": lora.lora_alpha,
+            "dropout": lora.lora_dropout,
+            "target_modules": sorted(lora.target_modules),
+            "trainable_parameters": trainable,
+            "learning_rate": args.learning_rate,
+            "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "bf16": bool(args.bf16),
+            "seed": args.seed,
+            "train_loss": float(result.training_loss),
+            "loss_before": initial_loss,
+            "loss_after": final_loss,
+            "final_loss": history[-1][1] if history else float(result.training_loss),
+            "loss_history": history,
+            "time_s": round(time.perf_counter() - start, 3),
+            "merged": merge,
+        }
+        if teacher is not None:
+            summary["distillation"] = {
+                "teacher": str(getattr(teacher.config, "_name_or_path", "") or teacher.config.model_type),
+                "alpha": float(distillation_alpha),
+                "temperature": float(distillation_temperature),
+            }
+        adapter_base = None
+        if save_adapter and staging is not None:
+            adapter_base = base_path if base_path is not None else target / PRUNED_BASE_DIR
+            peft_model.save_pretrained(staging / ADAPTER_DIR)
+            config_file = staging / ADAPTER_DIR / "adapter_config.json"
+            adapter_config = json.loads(config_file.read_text())
+            adapter_config["base_model_name_or_path"] = str(adapter_base)
+            config_file.write_text(json.dumps(adapter_config, indent=2) + "\n")
+            tokenizer.save_pretrained(staging / ADAPTER_DIR)
+            summary["adapter"] = ADAPTER_DIR
+            summary["adapter_base"] = PRUNED_BASE_DIR if base_path is None else str(base_path)
+        if not merge:
+            out = peft_model
+        else:
+            out = peft_model.merge_and_unload()
+            out.eval()
+        if target is not None and main:
+            meta["recovery"] = summary
+
+            def move_staged(directory: Path) -> None:
+                for name in (PRUNED_BASE_DIR, ADAPTER_DIR):
+                    if (staging / name).exists():
+                        shutil.move(str(staging / name), str(directory / name))
+
+            save_checkpoint(
+                out,
+                tokenizer,
+                target,
+                meta,
+                source=source,
+                overwrite=overwrite,
+                writers=_checkpoint_writers(meta) + [move_staged],
+            )
+            logger.info("Saved recovered model to %s", target)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if temp_output is not None:
+            shutil.rmtree(temp_output, ignore_errors=True)
+    return (out, summary) if return_summary else out

@@ -1,0 +1,194 @@
+"""Statistics collection: hooks on every down_proj / o_proj input accumulate per-structure sums over calibration.
+
+Only activations and their gradients are captured: weights are frozen (`requires_grad=False`), the embedding output
+is the one leaf that requires grad, so one backward pass yields dPhi/dy at every down_proj / o_proj input and no
+weight gradient is ever materialized (unless an importance method explicitly asks for weight gradients).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+from optimum_rku.data.calibration import iter_batches
+from optimum_rku.importance import BlockStats, Importance
+from optimum_rku.models.architectures import BlockView, blocks, decoder
+from optimum_rku.scoring.objectives import objective_value
+from optimum_rku.scoring.offload import check_no_weight_gradients, stream_offloaded_weights
+
+
+class StatsCollector:
+    """Hooks on every down_proj / o_proj input: accumulate activation and gradient statistics, apply masks."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        importance: Importance,
+        masks: dict | None = None,
+        extra_stats: frozenset[str] = frozenset(),
+    ):
+        self.blocks = blocks(model)
+        self.importance = importance
+        self.wanted = importance.activation_stats | extra_stats
+        self.stats = [BlockStats() for _ in self.blocks]
+        self.masks = masks or {}
+        self.token_mask: torch.Tensor | None = None
+        self.handles: list = []
+
+    def __enter__(self) -> StatsCollector:
+        for block, stats in zip(self.blocks, self.stats):
+            self.handles.append(block.down_proj.register_forward_pre_hook(self._hook(block, stats, "ffn")))
+            self.handles.append(block.o_proj.register_forward_pre_hook(self._hook(block, stats, "attn")))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _hook(self, block: BlockView, stats: BlockStats, part: str):
+        wanted = self.wanted
+        want_grad = self.importance.needs_activation_gradients
+        mask = self.masks.get((block.index, part))
+
+        def hook(module, args):
+            y = args[0]
+            if mask is not None:
+                y = y * mask.to(dtype=y.dtype, device=y.device)
+            m = self.token_mask
+            if m is None:
+                return (y,) + tuple(args[1:]) if mask is not None else None
+            m = m.to(device=y.device, dtype=torch.float32)
+            with torch.no_grad():
+                yf = y.detach().float()
+                if "abs" in wanted:
+                    stats.add(part, "abs", torch.einsum("btc,bt->c", yf.abs(), m))
+                if "sq" in wanted:
+                    stats.add(part, "sq", torch.einsum("btc,bt->c", yf * yf, m))
+                if "sum" in wanted:
+                    stats.add(part, "sum", torch.einsum("btc,bt->c", yf, m))
+                if "slice_norm" in wanted and part == "attn":
+                    b, t, _ = yf.shape
+                    heads = yf.view(b, t, block.num_heads, block.head_dim).norm(dim=-1)
+                    groups = yf.view(b, t, block.num_kv_heads, -1).norm(dim=-1)
+                    stats.add(part, "slice_norm_head", torch.einsum("bth,bt->h", heads, m))
+                    stats.add(part, "slice_norm_group", torch.einsum("btg,bt->g", groups, m))
+            if want_grad and y.requires_grad:
+                # the mask gradient needs y in backward; frozen projections do not keep their input, so hold it
+                # only when that statistic is asked for
+                y_seen = y.detach() if "mask_sq" in wanted else None
+
+                def grad_hook(grad):
+                    with torch.no_grad():
+                        g = grad.float()
+                        stats.add(part, "grad_sq", torch.einsum("btc,bt->c", g * g, m))
+                        if "mask_sq" in wanted:  # (dPhi/dm_s)^2 of a multiplicative mask m_s on each structure
+                            gy = g * y_seen.float()
+                            if part == "ffn":
+                                stats.add(part, "mask_sq", torch.einsum("btc,bt->c", gy * gy, m))
+                            else:
+                                b, t, _ = gy.shape
+                                heads = gy.view(b, t, block.num_heads, block.head_dim).sum(-1)
+                                groups = gy.view(b, t, block.num_kv_heads, -1).sum(-1)
+                                stats.add(part, "mask_sq_head", torch.einsum("bth,bt->h", heads * heads, m))
+                                stats.add(part, "mask_sq_group", torch.einsum("btg,bt->g", groups * groups, m))
+
+                y.register_hook(grad_hook)
+            if mask is not None:
+                return (y,) + tuple(args[1:])
+            return None
+
+        return hook
+
+    def set_tokens(self, attention_mask: torch.Tensor) -> None:
+        self.token_mask = attention_mask
+        count = int(attention_mask.sum())
+        for stats in self.stats:
+            stats.tokens += count
+
+
+@contextmanager
+def frozen_weights(model: torch.nn.Module, trainable: list[torch.nn.Parameter] | None = None):
+    """Freeze every parameter (restoring flags afterwards), optionally re-enabling a chosen few."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    for p in trainable or []:
+        p.grad = None  # start from zero: stale gradients (e.g. from training) must not leak into the scores
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def collect_stats(
+    model: torch.nn.Module,
+    dataset,
+    importance: Importance,
+    objective: str,
+    batch_size: int = 1,
+    masks: dict | None = None,
+    progress: bool = True,
+    extra_stats: frozenset[str] = frozenset(),
+) -> tuple[list[BlockStats], int]:
+    """Run the calibration set once; return per-block statistics and the number of tokens seen.
+
+    `extra_stats` adds activation statistics the importance itself does not need (e.g. "sum" for bias compensation).
+    """
+    check_no_weight_gradients(model, importance)
+    pad_id = 0
+    device = next(model.parameters()).device
+    weights = []
+    if importance.needs_weight_gradients:
+        for block in blocks(model):
+            weights += [lin.weight for lin in block.attn_linears() + block.mlp_linears()]
+    need_backward = importance.needs_activation_gradients or importance.needs_weight_gradients
+    was_training = model.training
+    model.eval()
+    tokens = 0
+    embed = decoder(model).embed_tokens
+
+    def leaf_hook(module, args, output):
+        if need_backward and not output.requires_grad:
+            return output.detach().requires_grad_(True)
+        return None
+
+    handle = embed.register_forward_hook(leaf_hook)
+    try:
+        with (
+            frozen_weights(model, weights),
+            StatsCollector(model, importance, masks, extra_stats) as collector,
+            stream_offloaded_weights(model),  # offloaded weights are reloaded in backward, not kept alive
+        ):
+            total = (len(dataset) + batch_size - 1) // batch_size
+            bar = tqdm(
+                iter_batches(dataset, batch_size, pad_id, device),
+                total=total,
+                desc=f"scoring ({importance.name})",
+                disable=not progress,
+            )
+            for batch in bar:
+                collector.set_tokens(batch["attention_mask"])
+                tokens += int(batch["attention_mask"].sum())
+                if need_backward:
+                    with torch.enable_grad():
+                        objective_value(model, batch, objective).backward()
+                else:
+                    with torch.no_grad():
+                        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            stats = collector.stats
+            if importance.needs_weight_gradients:
+                for block, block_stats in zip(blocks(model), stats):
+                    block_stats.weight_grads = {
+                        name: getattr(block, name).weight.grad.detach()  # no copy: read out per block by the method
+                        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                    }
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return stats, tokens

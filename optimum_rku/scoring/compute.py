@@ -1,0 +1,96 @@
+"""`compute_scores`: one calibration pass (if the importance needs one), then every block scored into `PruningScores`."""
+
+from __future__ import annotations
+
+import torch
+
+from optimum_rku.importance import BlockStats, get_importance
+from optimum_rku.models.architectures import BlockView, blocks
+from optimum_rku.models.geometry import layer_widths, structure_costs
+from optimum_rku.scoring.collect import collect_stats
+from optimum_rku.scoring.scores import PruningScores
+
+
+def compute_scores(
+    model: torch.nn.Module,
+    config,
+    dataset=None,
+    batch_size: int = 1,
+    masks: dict | None = None,
+    calibration_summary: dict | None = None,
+    progress: bool = True,
+) -> PruningScores:
+    """Score every FFN channel and attention structure of `model` with `config.importance`."""
+    importance = get_importance(config.importance)
+    views = blocks(model)
+    # calibration means for bias compensation (True, or "auto": the pruner decides later whether to use them)
+    wants_means = bool(getattr(config, "bias_compensation", False)) and importance.needs_calibration
+    if importance.needs_calibration:
+        if dataset is None or len(dataset) == 0:
+            raise ValueError(f"The calibration set is empty: importance {config.importance!r} needs calibration data.")
+        objective = importance.objective or config.objective
+        extra = frozenset({"sum"}) if wants_means else frozenset()
+        extra = extra | importance.config_stats(config)
+        stats, tokens = collect_stats(model, dataset, importance, objective, batch_size, masks, progress, extra)
+    else:
+        stats, tokens = [BlockStats() for _ in views], 0
+    mlp, attention, mlp_raw, attention_raw, mlp_cost, attention_cost = [], [], [], [], [], []
+    mlp_loss, attention_loss = [], []
+    for block, block_stats in zip(views, stats):
+        result = importance.score_block(block, block_stats, config)
+        if result.mlp_loss is not None and result.attention_loss is not None:
+            mlp_loss.append(result.mlp_loss.detach().float().cpu())
+            attention_loss.append(result.attention_loss.detach().float().cpu())
+        zeros_mlp = torch.zeros(block.intermediate_size)
+        n_attn = block.num_heads if config.attention_granularity == "query_head" else block.num_kv_heads
+        zeros_attn = torch.zeros(n_attn)
+        mlp.append((result.mlp if result.mlp is not None else zeros_mlp).detach().float().cpu())
+        attention.append((result.attention if result.attention is not None else zeros_attn).detach().float().cpu())
+        mlp_raw.append((result.mlp_raw if result.mlp_raw is not None else mlp[-1]).detach().float().cpu())
+        attention_raw.append(
+            (result.attention_raw if result.attention_raw is not None else attention[-1]).detach().float().cpu()
+        )
+        ffn_cost, attn_cost = structure_costs(block, config.attention_granularity)
+        mlp_cost.append(ffn_cost)
+        attention_cost.append(attn_cost)
+        if masks:  # structures already removed in an earlier iteration stay removed (nested masks)
+            for part, scores in (("ffn", mlp[-1]), ("attn", attention[-1])):
+                mask = masks.get((block.index, part))
+                if mask is not None:
+                    kept = _structure_mask(mask, block, part, config.attention_granularity)
+                    scores[~kept] = float("-inf")
+    summary = dict(calibration_summary or {})
+    summary["num_tokens"] = tokens
+    mlp_mean = attention_mean = None
+    if wants_means:
+        mlp_mean = [s.ffn["sum"].float().cpu() / max(tokens, 1) for s in stats]
+        attention_mean = [s.attn["sum"].float().cpu() / max(tokens, 1) for s in stats]
+    return PruningScores(
+        importance=config.importance,
+        objective=(importance.objective or config.objective)
+        if importance.needs_activation_gradients or importance.needs_weight_gradients
+        else None,
+        normalization=config.normalization,
+        attention_granularity=config.attention_granularity,
+        mlp=mlp,
+        attention=attention,
+        mlp_raw=mlp_raw,
+        attention_raw=attention_raw,
+        mlp_cost=mlp_cost,
+        attention_cost=attention_cost,
+        widths=layer_widths(model),
+        calibration=summary,
+        mlp_input_mean=mlp_mean,
+        attention_input_mean=attention_mean,
+        mlp_loss=mlp_loss if len(mlp_loss) == len(views) else None,
+        attention_loss=attention_loss if len(attention_loss) == len(views) else None,
+    )
+
+
+def _structure_mask(channel_mask: torch.Tensor, block: BlockView, part: str, granularity: str) -> torch.Tensor:
+    """Which structures a channel mask keeps (a structure is kept when any of its channels is)."""
+    kept = channel_mask.bool().cpu()
+    if part == "ffn":
+        return kept
+    width = block.head_dim if granularity == "query_head" else block.head_dim * block.group_size
+    return kept.view(-1, width).any(dim=1)
