@@ -45,7 +45,6 @@ ARCH_BIASES = {
 #: llama.cpp builders that rotate interleaved pairs (q/k rows are permuted for them)
 INTERLEAVED_ROPE = ("llama", "deci")
 _SKIPPED = ("rotary_emb.inv_freq",)
-_CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "rku_config.json")
 
 
 @dataclass
@@ -383,16 +382,17 @@ def _model_name(directory: Path, meta: dict) -> str:
     return f"{stem}-rku" if meta else stem
 
 
-def _check_output(output: Any, directory: Path, overwrite: bool) -> Path:
+def _check_output(output: Any, directory: Path, overwrite: bool, tokenizer_gguf: Any) -> Path:
     if not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output must be a file path, got {type(output).__name__}.")
     target = Path(output).expanduser()
     if target.suffix != ".gguf":
         raise ValueError(f"output {str(output)!r} must end in .gguf.")
     resolved = target.resolve()
-    inputs = [p.resolve() for p in directory.iterdir() if p.suffix == ".safetensors" or p.name in _CHECKPOINT_FILES]
-    if resolved in inputs or resolved == directory.resolve():
-        raise ValueError(f"output {str(output)!r} is a file of the checkpoint being exported; choose another path.")
+    if resolved == directory.resolve():
+        raise ValueError(f"output {str(output)!r} is the checkpoint directory; choose a file path.")
+    if tokenizer_gguf is not None and resolved == Path(tokenizer_gguf).expanduser().resolve():
+        raise ValueError(f"output {str(output)!r} is the tokenizer_gguf input; choose another path.")
     if target.exists() and (target.is_dir() or not overwrite):
         raise ValueError(f"output {str(output)!r} exists; pass overwrite=True (--overwrite) to replace it.")
     return target
@@ -492,7 +492,7 @@ def export_gguf(
     import gguf
 
     directory = _check_inputs(checkpoint_dir, dtype, tokenizer_gguf)
-    target = _check_output(output, directory, overwrite)
+    target = _check_output(output, directory, overwrite, tokenizer_gguf)
     plan = plan_gguf_export(directory, dtype, pre_tokenizer=pre_tokenizer, tokenizer_gguf=tokenizer_gguf)
     ckpt = _Checkpoint(directory)
     target.parent.mkdir(parents=True, exist_ok=True)

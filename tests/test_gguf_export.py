@@ -1,0 +1,316 @@
+"""GGUF export: files read back with gguf.GGUFReader match the checkpoint (architecture, per-layer widths, tensor
+names, shapes and values); uniform exports load back in transformers with the same logits; bad input fails first."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import make_tokenizer, tiny_model, token_dataset  # noqa: E402
+
+gguf = pytest.importorskip("gguf", reason="the gguf package writes and reads GGUF files")
+
+from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
+from optimum_rku.checkpoint import RKUModelForCausalLM, load_tokenizer  # noqa: E402
+from optimum_rku.exporters import export_gguf, plan_gguf_export  # noqa: E402
+from optimum_rku.exporters.gguf_vocab import detect_pre_tokenizer  # noqa: E402
+
+TESTBED = Path(__file__).resolve().parents[1] / "optimum_rku" / "testbed" / "model"
+VOCAB = 512  # the testbed's byte-level BPE tokenizer serves the tiny models too
+
+
+def prune_tiny(family: str, allocation: str, directory: Path, **config) -> Path:
+    """A tiny `family` model with the testbed tokenizer, pruned 40% with `allocation` and saved to `directory`."""
+    overrides = {"vocab_size": VOCAB}
+    if family == "gemma2":
+        overrides["tie_word_embeddings"] = True  # as every Gemma2 release (llama.cpp's gemma2 ties them)
+    pruner = RKUPruner(tiny_model(family, **overrides), load_tokenizer(TESTBED))
+    settings = {"sparsity": 0.4, "allocation": allocation, "min_keep": 0.25, **config}
+    pruner.prune(
+        RKUConfig(**settings), calibration_dataset=token_dataset(vocab=VOCAB), save_dir=directory, progress=False
+    )
+    return directory
+
+
+def fields(path: Path) -> dict:
+    reader = gguf.GGUFReader(str(path))
+    return {key: value.contents() for key, value in reader.fields.items()}
+
+
+def tensors(path: Path) -> dict:
+    return {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def state(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.float().numpy() for f in sorted(directory.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def config_widths(directory: Path) -> tuple[list[int], list[int], list[int]]:
+    config = json.loads((directory / "config.json").read_text())
+    per = config.get("per_layer_config") or {str(i): {} for i in range(config["num_hidden_layers"])}
+    layers = [{**config, **per[str(i)]} for i in range(config["num_hidden_layers"])]
+    return (
+        [c["num_attention_heads"] for c in layers],
+        [c["num_key_value_heads"] for c in layers],
+        [c["intermediate_size"] for c in layers],
+    )
+
+
+def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Inverse of llama.cpp's q/k row order (interleaved rotary pairs) back to transformers' half-split order."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_per_layer_checkpoint_writes_deci_with_per_layer_arrays_and_exact_weights(tmp_path, family):
+    ckpt = prune_tiny(family, "global", tmp_path / "ckpt")
+    heads, kv_heads, ffn = config_widths(ckpt)
+    assert len(set(zip(heads, kv_heads, ffn))) > 1, "the global allocation should give layers different widths"
+    out = export_gguf(ckpt, tmp_path / "model.gguf", "f32")
+    kv = fields(out)
+    assert kv["general.architecture"] == "deci"
+    assert kv["deci.block_count"] == 3
+    assert kv["deci.feed_forward_length"] == ffn
+    assert kv["deci.attention.head_count"] == heads
+    assert kv["deci.attention.head_count_kv"] == kv_heads
+    assert kv["deci.attention.key_length"] == kv["deci.rope.dimension_count"] == 8
+    assert kv["tokenizer.ggml.model"] == "gpt2" and kv["tokenizer.ggml.pre"] == "smollm"
+
+    source, written = state(ckpt), tensors(out)
+    expected = {"token_embd.weight", "output_norm.weight", "output.weight"}
+    for i in range(3):
+        names = [
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ]
+        expected |= {f"blk.{i}.{n}.weight" for n in names}
+        if family == "qwen2":
+            expected |= {f"blk.{i}.attn_{n}.bias" for n in "qkv"}
+    assert set(written) == expected
+    hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj"}
+    hf |= {"attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj"}
+    hf |= {"ffn_down": "mlp.down_proj"}
+    for i in range(3):
+        for short, long in hf.items():
+            tensor = written[f"blk.{i}.{short}.weight"]
+            original = source[f"model.layers.{i}.{long}.weight"]
+            assert list(tensor.shape) == list(original.shape[::-1])  # ggml lists the row length first
+            data = np.asarray(tensor.data)
+            if short in ("attn_q", "attn_k"):
+                data = unpermute(data, heads[i] if short == "attn_q" else kv_heads[i])
+            np.testing.assert_array_equal(data, original)
+        if family == "qwen2":
+            bias = np.asarray(written[f"blk.{i}.attn_q.bias"].data)
+            np.testing.assert_array_equal(unpermute(bias, heads[i]), source[f"model.layers.{i}.self_attn.q_proj.bias"])
+
+
+@pytest.mark.parametrize(
+    ("family", "arch"),
+    [("llama", "llama"), ("mistral", "llama"), ("qwen2", None), ("qwen3", "qwen3"), ("gemma2", "gemma2")],
+)
+def test_uniform_checkpoint_keeps_its_family_architecture_and_scalar_widths(tmp_path, family, arch):
+    ckpt = prune_tiny(family, "uniform", tmp_path / "ckpt")
+    heads, kv_heads, ffn = config_widths(ckpt)
+    out = export_gguf(ckpt, tmp_path / "model.gguf", "f32")
+    kv = fields(out)
+    if arch is None:  # qwen2's builder needs q width == hidden; with heads removed the file uses llama's builder
+        arch = "qwen2" if heads[0] * 8 == 32 else "llama"
+    assert kv["general.architecture"] == arch
+    assert kv[f"{arch}.feed_forward_length"] == ffn[0]
+    assert kv[f"{arch}.attention.head_count"] == heads[0]
+    assert kv[f"{arch}.attention.head_count_kv"] == kv_heads[0]
+    written = tensors(out)
+    assert list(written["blk.0.ffn_down.weight"].shape) == [ffn[0], 32]
+    if family == "qwen3":
+        assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= set(written)
+    if family == "gemma2":
+        source = state(ckpt)
+        assert "output.weight" not in written  # tied: llama.cpp reuses token_embd
+        np.testing.assert_allclose(
+            np.asarray(written["blk.1.post_ffw_norm.weight"].data),
+            source["model.layers.1.post_feedforward_layernorm.weight"] + 1.0,  # Gemma's (1 + weight) RMSNorm
+        )
+        assert kv["gemma2.attn_logit_softcapping"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_uniform_export_loads_back_in_transformers_with_the_same_logits(tmp_path, family):
+    """transformers' GGUF reader undoes the q/k permutation (its qwen3 reader ignores key_length, so not that one)."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt = prune_tiny(family, "uniform", tmp_path / "ckpt")
+    out = export_gguf(ckpt, tmp_path / "out" / "model.gguf", "f32")
+    back = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32).eval()
+    pruned = RKUModelForCausalLM.from_pretrained(ckpt).eval()
+    ids = torch.randint(4, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, pruned(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_bundled_testbed_exports_with_its_tokenizer_and_q8_0_rules(tmp_path):
+    out = export_gguf(TESTBED, tmp_path / "testbed.gguf", "q8_0")
+    kv = fields(out)
+    tokenizer = json.loads((TESTBED / "tokenizer.json").read_text())
+    vocab = {i: t for t, i in tokenizer["model"]["vocab"].items()}
+    assert kv["general.architecture"] == "llama"
+    assert kv["tokenizer.ggml.tokens"] == [vocab[i] for i in range(512)]
+    assert kv["tokenizer.ggml.pre"] == "smollm"  # Digits(individual) + ByteLevel, no space clean-up
+    assert len(kv["tokenizer.ggml.merges"]) == len(tokenizer["model"]["merges"])
+    assert kv["tokenizer.ggml.bos_token_id"] == 1 and kv["tokenizer.ggml.eos_token_id"] == 2
+    assert kv["tokenizer.ggml.add_bos_token"] is False  # the testbed tokenizer adds no BOS
+    assert kv["tokenizer.ggml.token_type"][:4] == [int(gguf.TokenType.CONTROL)] * 4
+    assert kv["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    written = tensors(out)
+    assert written["blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert written["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0  # 704 = 22 x 32
+    assert written["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    assert "output.weight" not in written  # tied embeddings
+
+
+def test_per_layer_testbed_q8_0_keeps_rows_that_do_not_split_into_blocks_in_f16(tmp_path):
+    pruner = RKUPruner.from_pretrained()
+    texts = ["Question: Tom has 3 apples and buys 4 more. How many apples?\nAnswer: 3 + 4 = 7. #### 7"] * 4
+    pruner.prune(RKUConfig(sparsity=0.4), calibration_dataset=texts, save_dir=tmp_path / "ckpt", progress=False)
+    plan = plan_gguf_export(tmp_path / "ckpt", "q8_0")
+    assert plan.arch == "deci" and plan.per_layer
+    out = export_gguf(tmp_path / "ckpt", tmp_path / "tb.gguf", "q8_0")
+    kv, written = fields(out), tensors(out)
+    assert kv["deci.feed_forward_length"] == [w.ffn for w in plan.layers]
+    for i, width in enumerate(kv["deci.feed_forward_length"]):
+        expected = gguf.GGMLQuantizationType.Q8_0 if width % 32 == 0 else gguf.GGMLQuantizationType.F16
+        assert written[f"blk.{i}.ffn_down.weight"].tensor_type == expected
+        assert written[f"blk.{i}.ffn_gate.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0  # rows of 256
+    assert kv["optimum_rku.sparsity"] == "0.4" and kv["optimum_rku.allocation"] == "global"
+
+
+def test_gguf_sourced_checkpoint_carries_the_source_tokens_and_can_copy_its_tokenizer(tmp_path):
+    from test_sources import write_tiny_gguf
+
+    from optimum_rku.sources import gguf_to_checkpoint
+
+    source = tmp_path / "src" / "tiny.gguf"
+    source.parent.mkdir()
+    write_tiny_gguf(source)
+    dense = gguf_to_checkpoint(source, tmp_path / "dense")
+    pruner = RKUPruner.from_pretrained(dense)
+    pruner.prune(
+        RKUConfig(sparsity=0.3, allocation="global", min_keep=0.25),
+        calibration_dataset=token_dataset(vocab=263),
+        save_dir=tmp_path / "ckpt",
+        progress=False,
+    )
+    original = fields(source)
+    out = export_gguf(tmp_path / "ckpt", tmp_path / "rebuilt.gguf", "f16")
+    kv = fields(out)
+    assert kv["tokenizer.ggml.tokens"] == original["tokenizer.ggml.tokens"]
+    assert kv["tokenizer.ggml.merges"] == original["tokenizer.ggml.merges"]
+    assert kv["tokenizer.ggml.pre"] == "gpt-2"  # transformers rebuilds a plain ByteLevel pre-tokenizer from a GGUF
+    copied = fields(export_gguf(tmp_path / "ckpt", tmp_path / "copied.gguf", "f16", tokenizer_gguf=source))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+        assert copied[key] == original[key]
+    named = fields(export_gguf(tmp_path / "ckpt", tmp_path / "named.gguf", pre_tokenizer="smollm"))
+    assert named["tokenizer.ggml.pre"] == "smollm"
+    assert tensors(out)["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+
+
+def test_pre_tokenizer_shapes_are_recognised():
+    from optimum_rku.exporters.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    no_regex = {**byte_level, "use_regex": False}
+    split = lambda regex: {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}  # noqa: E731
+    digits = {"type": "Digits", "individual_digits": True}
+    seq = lambda *steps: {"pre_tokenizer": {"type": "Sequence", "pretokenizers": list(steps)}}  # noqa: E731
+    assert detect_pre_tokenizer({"pre_tokenizer": byte_level}, False) == "gpt-2"
+    assert detect_pre_tokenizer(seq(digits, byte_level), False) == "smollm"
+    assert detect_pre_tokenizer(seq(digits, byte_level), True) == "starcoder"
+    assert detect_pre_tokenizer(seq(split(LLAMA3_SPLIT), no_regex), False) == "llama-bpe"
+    assert detect_pre_tokenizer(seq(split(QWEN2_SPLIT), no_regex), False) == "qwen2"
+    assert detect_pre_tokenizer(seq(split(r"\s+"), no_regex), False) is None
+    assert detect_pre_tokenizer({"pre_tokenizer": {**byte_level, "add_prefix_space": True}}, False) is None
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_per_layer_widths_llama_cpp_cannot_build_fail_before_writing(tmp_path, family):
+    ckpt = prune_tiny(family, "global", tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="allocation='uniform'") as err:
+        export_gguf(ckpt, tmp_path / "model.gguf")
+    assert "deci" in str(err.value) and family in str(err.value)
+    assert list(tmp_path.glob("*.gguf*")) == [] and list(tmp_path.glob(".model.gguf*")) == []
+
+
+def test_output_bias_the_architecture_cannot_load_fails_clearly(tmp_path):
+    ckpt = prune_tiny("qwen3", "uniform", tmp_path / "ckpt", bias_compensation=True, targets="attention")
+    with pytest.raises(ValueError, match="o_proj.bias.*bias_compensation=False"):
+        plan_gguf_export(ckpt)
+    llama = prune_tiny("llama", "global", tmp_path / "llama", bias_compensation=True)
+    plan = plan_gguf_export(llama)
+    assert any(t.name.endswith("ffn_down.bias") for t in plan.tensors)  # llama.cpp's deci loads FFN biases
+    assert not any(t.name.endswith("attn_q.bias") for t in plan.tensors)  # all-zero biases are left out
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path):
+    ckpt = prune_tiny("llama", "uniform", tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="dtype='q4_0'.*'q8_0'"):
+        export_gguf(ckpt, tmp_path / "m.gguf", "q4_0")
+    with pytest.raises(ValueError, match="must end in .gguf"):
+        export_gguf(ckpt, tmp_path / "m.bin")
+    source = export_gguf(ckpt, tmp_path / "source.gguf")
+    with pytest.raises(ValueError, match="is the tokenizer_gguf input"):
+        export_gguf(ckpt, source, tokenizer_gguf=source, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        export_gguf(tmp_path / "missing", tmp_path / "m.gguf")
+    with pytest.raises(TypeError, match="checkpoint_dir"):
+        export_gguf(3, tmp_path / "m.gguf")
+    with pytest.raises(ValueError, match="pre_tokenizer='Not A Name'"):
+        export_gguf(ckpt, tmp_path / "m.gguf", pre_tokenizer="Not A Name")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="missing config.json, \\*.safetensors"):
+        export_gguf(tmp_path / "empty", tmp_path / "m.gguf")
+    existing = tmp_path / "m.gguf"
+    existing.write_bytes(b"keep")
+    with pytest.raises(ValueError, match="overwrite=True"):
+        export_gguf(ckpt, existing)
+    assert existing.read_bytes() == b"keep"
+    export_gguf(ckpt, existing, overwrite=True)
+    assert fields(existing)["general.architecture"] == "llama"
+
+
+def test_tokenizers_llama_cpp_cannot_run_are_refused_with_the_alternatives(tmp_path):
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())  # a character WordLevel tokenizer
+    pruner.prune(
+        RKUConfig(sparsity=0.3), calibration_dataset=token_dataset(), save_dir=tmp_path / "ckpt", progress=False
+    )
+    with pytest.raises(ValueError, match="WordLevel.*byte-level BPE.*tokenizer_gguf"):
+        export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf")
+    assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_a_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
+    import optimum_rku.exporters.gguf as exporter
+
+    ckpt = prune_tiny("llama", "global", tmp_path / "ckpt")
+
+    def broken(plan, array):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(exporter, "_transform", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_gguf(ckpt, tmp_path / "out" / "model.gguf")
+    assert list((tmp_path / "out").iterdir()) == []
