@@ -16,6 +16,7 @@ _EXPORTS = {
     "RKUModelForCausalLM": "optimum_rku.io.checkpoint",
     "RKUPruner": "optimum_rku.pruner",
     "available_importances": "optimum_rku.importance",
+    "export_gguf": "optimum_rku.io.gguf_export",
     "register_importance": "optimum_rku.importance",
 }
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from optimum_rku.config import RKUConfig
     from optimum_rku.importance import Importance, available_importances, register_importance
     from optimum_rku.io.checkpoint import RKUModelForCausalLM
+    from optimum_rku.io.gguf_export import export_gguf
     from optimum_rku.pruner import RKUPruner
     from optimum_rku.scoring import PruningScores
 
@@ -48,6 +50,7 @@ __all__ = [
     "RKUModelForCausalLM",
     "RKUPruner",
     "available_importances",
+    "export_gguf",
     "register_importance",
     "__version__",
 ]

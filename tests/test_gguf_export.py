@@ -17,9 +17,9 @@ from conftest import make_tokenizer, tiny_model, token_dataset  # noqa: E402
 gguf = pytest.importorskip("gguf", reason="the gguf package writes and reads GGUF files")
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
-from optimum_rku.checkpoint import RKUModelForCausalLM, load_tokenizer  # noqa: E402
-from optimum_rku.exporters import export_gguf, plan_gguf_export  # noqa: E402
-from optimum_rku.exporters.gguf_vocab import detect_pre_tokenizer  # noqa: E402
+from optimum_rku.io.checkpoint import RKUModelForCausalLM, load_tokenizer  # noqa: E402
+from optimum_rku.io.gguf_export import export_gguf, plan_gguf_export  # noqa: E402
+from optimum_rku.io.gguf_vocab import detect_pre_tokenizer  # noqa: E402
 
 TESTBED = Path(__file__).resolve().parents[1] / "optimum_rku" / "testbed" / "model"
 VOCAB = 512  # the testbed's byte-level BPE tokenizer serves the tiny models too
@@ -202,7 +202,7 @@ def test_per_layer_testbed_q8_0_keeps_rows_that_do_not_split_into_blocks_in_f16(
 def test_gguf_sourced_checkpoint_carries_the_source_tokens_and_can_copy_its_tokenizer(tmp_path):
     from test_sources import write_tiny_gguf
 
-    from optimum_rku.sources import gguf_to_checkpoint
+    from optimum_rku.io.sources import gguf_to_checkpoint
 
     source = tmp_path / "src" / "tiny.gguf"
     source.parent.mkdir()
@@ -230,7 +230,7 @@ def test_gguf_sourced_checkpoint_carries_the_source_tokens_and_can_copy_its_toke
 
 
 def test_pre_tokenizer_shapes_are_recognised():
-    from optimum_rku.exporters.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT
+    from optimum_rku.io.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT
 
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     no_regex = {**byte_level, "use_regex": False}
@@ -303,7 +303,7 @@ def test_tokenizers_llama_cpp_cannot_run_are_refused_with_the_alternatives(tmp_p
 
 
 def test_a_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
-    import optimum_rku.exporters.gguf as exporter
+    import optimum_rku.io.gguf_export as exporter
 
     ckpt = prune_tiny("llama", "global", tmp_path / "ckpt")
 

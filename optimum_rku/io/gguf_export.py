@@ -1,4 +1,4 @@
-"""Export a saved checkpoint to one GGUF file that llama.cpp (and Ollama, LM Studio, ...) loads.
+"""GGUF export: a saved checkpoint as one GGUF file that llama.cpp (and Ollama, LM Studio, ...) loads.
 
 Uniform checkpoints keep their family's own llama.cpp architecture (`llama` for Llama and Mistral, `qwen2`, `qwen3`,
 `gemma2`). Checkpoints with per-layer widths (`allocation="global"`, the default) are written for llama.cpp's `deci`
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optimum_rku.exporters.gguf_vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
+from optimum_rku.io.gguf_vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def _rope(ckpt: _Checkpoint, arch: str) -> tuple[dict[str, Any], Any]:
         import torch
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-        from optimum_rku.checkpoint import load_rku_config
+        from optimum_rku.io.checkpoint import load_rku_config
 
         loaded = load_rku_config(ckpt.directory)
         scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](loaded, torch.device("cpu"))
@@ -502,7 +502,7 @@ def export_gguf(
     try:
         writer = gguf.GGUFWriter(str(tmp), plan.arch)
         _write_hparams(writer, plan)
-        from optimum_rku.exporters.gguf_vocab import write_vocab
+        from optimum_rku.io.gguf_vocab import write_vocab
 
         write_vocab(writer, plan.vocab)
         import numpy as np
