@@ -314,3 +314,34 @@ def test_a_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         export_gguf(ckpt, tmp_path / "out" / "model.gguf")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cli_export_gguf_writes_the_file_and_the_cards_llama_cpp_section(tmp_path, capsys):
+    from optimum_rku.cli import main
+    from optimum_rku.io.card import write_model_card
+    from optimum_rku.io.hub import UPLOAD_PATTERNS
+
+    ckpt = prune_tiny("llama", "global", tmp_path / "ckpt")
+    write_model_card(ckpt)
+    assert "Use with llama.cpp" not in (ckpt / "README.md").read_text()
+    code = main(
+        ["export", "gguf", "--checkpoint", str(ckpt), "--output", str(ckpt / "tiny-q8_0.gguf"), "--dtype", "q8_0"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "llama.cpp architecture: deci" in out and "-fa on" in out
+    assert fields(ckpt / "tiny-q8_0.gguf")["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    card = (ckpt / "README.md").read_text()
+    assert "## Use with llama.cpp" in card and "`tiny-q8_0.gguf` | q8_0 | `deci` (per-layer widths)" in card
+    assert any(Path("tiny-q8_0.gguf").match(pattern) for pattern in UPLOAD_PATTERNS)  # pushed with the checkpoint
+
+    assert main(["export", "gguf", "--checkpoint", str(ckpt), "--output", str(ckpt / "tiny-q8_0.gguf")]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert (
+        main(["export", "gguf", "--checkpoint", str(ckpt), "--output", str(tmp_path / "a.gguf"), "--dtype", "q4"]) == 2
+    )
+    assert main(["export", "onnx", "--checkpoint", str(ckpt), "--output", str(tmp_path / "a.gguf")]) == 2
+    qwen3 = prune_tiny("qwen3", "global", tmp_path / "qwen3")
+    assert main(["export", "gguf", "--checkpoint", str(qwen3), "--output", str(tmp_path / "q.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "allocation='uniform'" in err[0]
+    assert not (tmp_path / "q.gguf").exists()

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 
-from optimum_rku.cli import benchmark, import_gguf, prune, push, recover
+from optimum_rku.cli import benchmark, export, import_gguf, prune, push, recover
 from optimum_rku.cli import eval as eval_command
 from optimum_rku.cli.args import INPUT_ERRORS, OneLineParser, add_common_arguments, one_line_error
 
@@ -34,6 +34,11 @@ COMMANDS: dict[str, Command] = {
         "Dequantize a GGUF file (e.g. 'smollm2') into a local transformers model directory",
         import_gguf.add,
         import_gguf.run,
+    ),
+    "export": Command(
+        "Export a checkpoint for another runtime: `export gguf` writes one GGUF file for llama.cpp / Ollama",
+        export.add,
+        export.run,
     ),
     "benchmark": Command(
         "Compare methods and sparsities: prune, evaluate, print a table", benchmark.add, benchmark.run

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ from optimum_rku.io.card_sections import (
     calibration_section,
     eval_section,
     layer_table,
+    llamacpp_section,
     recovery_data,
     recovery_section,
     usage_section,
 )
 from optimum_rku.io.chart import CHART_FILE, plot_allocation
+from optimum_rku.io.gguf_export import gguf_files as find_gguf_files
 from optimum_rku.io.labels import (
     HUB_ID,
     checkpoint_name,
@@ -125,12 +127,14 @@ def build_model_card(
     repo_id: str | None = None,
     has_remote_code: bool | None = None,
     chart: bool = True,
+    gguf_files: Sequence[Mapping[str, Any]] | None = None,
 ):
     """Build the `huggingface_hub.ModelCard` of a pruned checkpoint from its `rku_config.json` dict.
 
     `eval_results` / `dense_eval_results` take what `evaluate_gsm8k` returns (or its `to_dict()`); a `"dense"` key in
     `eval_results` is used as the dense result when `dense_eval_results` is None. `recovery` defaults to
-    `meta["recovery"]`. `repo_id` is used in the loading snippet and as the model name.
+    `meta["recovery"]`. `repo_id` is used in the loading snippet and as the model name. `gguf_files` (what
+    `io.gguf_export.gguf_files` returns) adds a "Use with llama.cpp" section.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -287,6 +291,8 @@ def build_model_card(
     if recovery:
         sections.append(recovery_section(recovery))
     sections.append(usage_section(meta, repo, remote_code))
+    if gguf_files:
+        sections.append(llamacpp_section(gguf_files, repo))
     sections.append(
         "## Reproduce\n\n```bash\npip install optimum-rku\n"
         + reproduce_command(meta, repo.split("/")[-1] if repo_id else None)
@@ -320,6 +326,7 @@ def write_model_card(
         repo_id=repo_id,
         has_remote_code=(directory / REMOTE_CODE_FILE).is_file(),
         chart=(directory / CHART_FILE).is_file(),
+        gguf_files=find_gguf_files(directory),
     )
     target = directory / CARD_FILE
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CARD_FILE}.", suffix=".tmp")

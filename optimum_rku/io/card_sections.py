@@ -1,8 +1,8 @@
-"""The body sections of a model card (evaluation, per-layer table, calibration, recovery, usage), one function each."""
+"""The body sections of a model card (evaluation, per-layer table, calibration, recovery, usage, llama.cpp), one each."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from optimum_rku.io.labels import human_count, percent, source_label
@@ -217,3 +217,37 @@ from optimum_rku import RKUModelForCausalLM
 
 model = RKUModelForCausalLM.from_pretrained("{repo}")
 ```"""
+
+
+def llamacpp_section(files: Sequence[Mapping[str, Any]], repo: str) -> str:
+    """"Use with llama.cpp": the exported GGUF files and the command lines that run them."""
+    rows = "\n".join(
+        f"| `{f['file']}` | {f['dtype']} | `{f['architecture']}`"
+        + (" (per-layer widths)" if f.get("per_layer") else "")
+        + " |"
+        for f in files
+    )
+    first = files[0]["file"]
+    per_layer = any(f.get("per_layer") for f in files)
+    flash = " -fa on" if per_layer else ""
+    hub = "" if repo.startswith("<") else f"llama-cli -hf {repo} --hf-file {first} -p \"Question: ...\\nAnswer:\" -n 256{flash}\n# or, with the file downloaded:\n"
+    note = (
+        "\n\nFiles marked *per-layer widths* use llama.cpp's `deci` architecture, which builds every layer with its own "
+        "FFN width and head counts; runtimes built on a llama.cpp too old to know `deci` cannot load them. With "
+        "unequal KV widths llama.cpp pads the V cache to the widest layer unless flash attention is on (`-fa on`)."
+        if per_layer
+        else ""
+    )
+    return f"""## Use with llama.cpp
+
+| file | weights | llama.cpp architecture |
+|---|---|---|
+{rows}
+
+```bash
+{hub}llama-cli -m {first} -p "Question: ...\\nAnswer:" -n 256{flash}
+```
+
+Ollama: a `Modelfile` with the line `FROM ./{first}`, then `ollama create my-model -f Modelfile`.{note}
+
+Written with `optimum-rku export gguf --checkpoint <dir> --output <file.gguf> --dtype <f32|f16|bf16|q8_0>`."""

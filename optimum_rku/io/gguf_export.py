@@ -533,3 +533,31 @@ def export_gguf(
         raise
     logger.info("Wrote %s\n%s", target, plan.summary())
     return target
+
+
+def describe_gguf(path: str | os.PathLike) -> dict[str, Any]:
+    """File name, llama.cpp architecture, weight type and whether widths are per layer, read from a GGUF header."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+    ffn = reader.fields.get(f"{arch}.feed_forward_length")
+    file_type = reader.fields.get("general.file_type")
+    names = {int(v): k for k, v in {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}.items()}
+    return {
+        "file": Path(path).name,
+        "architecture": arch,
+        "dtype": names.get(int(file_type.contents()), "other") if file_type is not None else "unknown",
+        "per_layer": bool(ffn is not None and isinstance(ffn.contents(), list)),
+    }
+
+
+def gguf_files(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """`describe_gguf` of every readable `*.gguf` file at the top of a checkpoint directory (for its model card)."""
+    found = []
+    for path in sorted(Path(directory).glob("*.gguf")):
+        try:
+            found.append(describe_gguf(path))
+        except (ImportError, OSError, ValueError, KeyError) as err:
+            logger.warning("Skipping %s in the model card (%s: %s).", path.name, type(err).__name__, err)
+    return found

@@ -17,6 +17,7 @@ from typing import Any
 
 from optimum_rku.io.card import CARD_FILE, build_model_card, is_generated_card
 from optimum_rku.io.chart import CHART_FILE, plot_allocation
+from optimum_rku.io.gguf_export import gguf_files
 from optimum_rku.io.metadata import EVAL_RESULTS_FILE, REMOTE_CODE_FILE, read_eval_results, read_metadata, result_dict
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ METADATA_FILE = "rku_config.json"
 UPLOAD_PATTERNS = (
     "*.safetensors",
     "*.safetensors.index.json",
+    "*.gguf",
     "config.json",
     "generation_config.json",
     METADATA_FILE,
@@ -187,6 +189,7 @@ def push_to_hub(
                 repo_id=repo_id,
                 has_remote_code=(staging / REMOTE_CODE_FILE).is_file(),
                 chart=(staging / CHART_FILE).is_file(),
+                gguf_files=gguf_files(staging),
             )
             card.save(staging / CARD_FILE)
 

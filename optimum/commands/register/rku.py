@@ -1,4 +1,4 @@
-"""Registers `optimum-cli rku {prune,eval,recover,push,import-gguf,benchmark}` through Optimum's `optimum.commands.register`.
+"""Registers `optimum-cli rku {prune,eval,recover,push,import-gguf,export,benchmark}` through Optimum's `optimum.commands.register`.
 
 `optimum-cli` imports every module of this namespace at startup and registers its `REGISTER_COMMANDS`. Only the
 parsers are built here (argparse + `optimum_rku.cli`); torch and the rest load when a command runs.
@@ -43,6 +43,7 @@ _HELP = {
     "recover": "Recover accuracy of a pruned checkpoint with a short LoRA fine-tune",
     "push": "Upload a pruned checkpoint with its model card to the Hugging Face Hub",
     "import-gguf": "Dequantize a GGUF file (e.g. 'smollm2') into a local transformers model directory",
+    "export": "Export a checkpoint for another runtime: `export gguf` writes one GGUF file for llama.cpp / Ollama",
     "benchmark": "Compare methods and sparsities: prune, evaluate, print a table",
 }
 

@@ -1,0 +1,56 @@
+"""`export gguf`: write a saved checkpoint as one GGUF file for llama.cpp / Ollama."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from optimum_rku.cli.runtime import say
+from optimum_rku.io.gguf_export import GGUF_DTYPES  # a light module: torch and gguf load when the command runs
+
+FORMATS = ("gguf",)
+
+
+def add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("format", choices=FORMATS, help="output format: gguf (llama.cpp, Ollama, LM Studio)")
+    parser.add_argument("--checkpoint", required=True, help="saved checkpoint directory (pruned or dense)")
+    parser.add_argument("--output", required=True, help="the .gguf file to write")
+    parser.add_argument(
+        "--dtype", choices=GGUF_DTYPES, default="f16", help="weight type (default: f16; q8_0 keeps odd rows in f16)"
+    )
+    parser.add_argument(
+        "--pre-tokenizer",
+        default=None,
+        help="llama.cpp pre-tokenizer name when tokenizer.json's is not recognised (e.g. smollm, llama-bpe, qwen2)",
+    )
+    parser.add_argument(
+        "--tokenizer-gguf", default=None, help="copy the tokenizer of this GGUF of the same base model instead"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, print what was written and how to run it; a generated model card beside the file gains its section."""
+    from optimum_rku.io.card import CARD_FILE, is_generated_card, write_model_card
+    from optimum_rku.io.gguf_export import export_gguf, plan_gguf_export
+
+    plan = plan_gguf_export(
+        args.checkpoint, args.dtype, pre_tokenizer=args.pre_tokenizer, tokenizer_gguf=args.tokenizer_gguf
+    )
+    path = export_gguf(
+        args.checkpoint,
+        args.output,
+        args.dtype,
+        pre_tokenizer=args.pre_tokenizer,
+        tokenizer_gguf=args.tokenizer_gguf,
+        overwrite=args.overwrite,
+    )
+    say(plan.summary())
+    say(f"wrote {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
+    flash = " -fa on" if plan.per_layer else ""
+    say(f'run it: llama-cli -m {path} -p "Question: ...\\nAnswer:" -n 256{flash}')
+    checkpoint = Path(args.checkpoint)
+    if path.resolve().parent == checkpoint.resolve() and is_generated_card(checkpoint / CARD_FILE):
+        write_model_card(checkpoint)
+        say(f"updated {CARD_FILE} with a 'Use with llama.cpp' section")
+    return 0
