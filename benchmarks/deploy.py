@@ -141,7 +141,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from optimum_rku import RKUPruner
     from optimum_rku.config import RKUConfig
-    from optimum_rku.models.architectures import blocks
+    from optimum_rku.models.blocks import blocks
     from optimum_rku.models.geometry import kv_cache_bytes_per_token
 
     dense = build(name)

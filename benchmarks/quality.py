@@ -341,7 +341,7 @@ class Runner:
     def _flap_can_compensate(self, overrides: dict) -> bool:
         """Whether FLAP's bias compensation is used: always with "on" (errors if impossible), else where it loads."""
         from optimum_rku import RKUConfig
-        from optimum_rku.models.architectures import check_output_bias
+        from optimum_rku.models.specs import check_output_bias
 
         if self.args.flap_bias_compensation == "on":
             return True
@@ -355,7 +355,7 @@ class Runner:
     def dense_record(self) -> None:
         record = {"group": "dense", "method": "dense", "variant": "default", "calibration": "none", "seed": 0}
         record.update({"sparsity": 0.0, "achieved_sparsity": 0.0, "score_time_s": 0.0})
-        from optimum_rku.models.architectures import blocks
+        from optimum_rku.models.blocks import blocks
 
         record["widths"] = [[b.intermediate_size, b.num_heads, b.num_kv_heads] for b in blocks(self.dense)]
         record.update(evaluate(self.dense, self.tokenizer, self.problems, self.args))
@@ -561,7 +561,7 @@ def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_
     import signal
     import traceback
 
-    from optimum_rku.models.architectures import blocks
+    from optimum_rku.models.blocks import blocks
     from optimum_rku.models.geometry import prunable_parameters
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -43,8 +43,8 @@ from optimum_rku.data.calibration import tokenize_texts  # noqa: E402
 from optimum_rku.data.prompts import question_prompt, uses_chat_template  # noqa: E402
 from optimum_rku.data.self_generated import self_generated_dataset  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
-from optimum_rku.models.architectures import output_bias_flag  # noqa: E402
 from optimum_rku.models.geometry import kv_cache_bytes_per_token  # noqa: E402
+from optimum_rku.models.specs import output_bias_flag  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_GSM8K = ROOT.parent / "shared" / "gsm8k"

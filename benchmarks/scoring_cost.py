@@ -77,7 +77,7 @@ def token_dataset(num_seqs: int, seq_len: int, vocab: int = VOCAB, seed: int = 0
 def run_floor(model, dataset, batch_size: int) -> None:
     """Physical floor: frozen weights, embedding output as the grad leaf, self_nll forward + backward, no hooks."""
     from optimum_rku.data.calibration import iter_batches
-    from optimum_rku.models.architectures import decoder
+    from optimum_rku.models.blocks import decoder
     from optimum_rku.scoring.collect import frozen_weights
     from optimum_rku.scoring.objectives import objective_value
 
@@ -294,7 +294,7 @@ def saved_bytes_per_token(
     """Bytes autograd keeps for backward per calibration token (bf16): RKU's pass, or Taylor's (projection grads)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from optimum_rku.models.architectures import blocks, decoder
+    from optimum_rku.models.blocks import blocks, decoder
     from optimum_rku.scoring.collect import frozen_weights
     from optimum_rku.scoring.objectives import objective_value
 
@@ -313,7 +313,7 @@ def saved_bytes_per_token(
     trainable = []
     if weight_grads:
         for block in blocks(model):
-            trainable += [lin.weight for lin in block.attn_linears() + block.mlp_linears()]
+            trainable += [lin.weight for lin in block.linears()]
     handle = decoder(model).embed_tokens.register_forward_hook(lambda m, a, o: o.detach().requires_grad_(True))
     ids = torch.randint(3, vocab, (1, tokens), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

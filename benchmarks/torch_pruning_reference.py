@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from optimum_rku.models.architectures import blocks, decoder, set_attention_heads
+from optimum_rku.models.blocks import blocks, decoder
 from optimum_rku.pruning.removal import update_config
 
 
@@ -162,8 +162,8 @@ def run_torch_pruning(
     # each KV group (its k/v head and all query heads reading it) is one TP "head"
     num_heads = {}
     for view in views:
-        for linear in (view.q_proj, view.k_proj, view.v_proj):
-            num_heads[linear] = view.num_kv_heads
+        for projection in ("q_proj", "k_proj", "v_proj"):
+            num_heads[view.module(projection)] = view.num_kv_heads
     imp = (
         tp.importance.GroupMagnitudeImportance(p=2)
         if importance == "magnitude"
@@ -173,7 +173,7 @@ def run_torch_pruning(
     example = example[:, :8].to(next(model.parameters()).device)
     ignored = [model.lm_head, decoder(model).embed_tokens]
     if targets == "mlp":
-        ignored += [linear for view in views for linear in view.attn_linears()]
+        ignored += [linear for view in views for linear in view.linears("attn")]
     was_training = model.training
     model.eval()
     with torch.enable_grad(), _traceable(model):
@@ -205,7 +205,7 @@ def run_torch_pruning(
             # TP subtracts len(idxs) including the repeat_kv duplicates; the weights themselves are pruned right
             module.out_features, module.in_features = module.weight.shape
     for view in blocks(model):
-        set_attention_heads(view.attn, view.num_heads, view.num_kv_heads)
+        view.set_heads(view.num_heads, view.num_kv_heads)
     update_config(model)
     model.train(was_training)
     elapsed = time.perf_counter() - start

@@ -50,9 +50,10 @@ class RKUConfig:
     are asked through the tokenizer's chat template when it has one (`generation_chat_template="auto"`; "on" requires
     one, "off" always uses the plain `Question: q\nAnswer:` prompt).
     `bias_compensation=True` adds the calibration-mean output of removed channels / heads to the down_proj / o_proj
-    bias (FLAP's compensation); only families whose config can build those biases accept it (see architectures);
-    "auto" turns it on exactly there (off by default: on SmolLM2 its gain with RKU was within noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: its Fisher
-    loss estimate per parameter, `expected_loss`), chosen on a real pretrained model (docs/benchmarks.md).
+    bias (FLAP's compensation); only families whose config can build those biases accept it (`output_bias_flags` in
+    `models/specs.py`); "auto" turns it on exactly there (off by default: on SmolLM2 its gain with RKU was within
+    noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: its Fisher loss estimate per parameter,
+    `expected_loss`), chosen on a real pretrained model (docs/benchmarks.md).
     """
 
     sparsity: float = 0.4

@@ -17,8 +17,9 @@ from optimum_rku import __version__
 from optimum_rku.config import CONFIG_NAME, RKUConfig
 from optimum_rku.data.calibration import DEFAULT_DATASET, count_tokens, load_texts, tokenize_texts
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
-from optimum_rku.models.architectures import blocks, check_output_bias, check_supported, head_dim_of, output_bias_flag
+from optimum_rku.models.blocks import blocks, head_dim_of
 from optimum_rku.models.geometry import kv_cache_bytes_per_token, layer_widths, prunable_parameters, structure_costs
+from optimum_rku.models.specs import check_output_bias, check_supported, output_bias_flag
 from optimum_rku.pruning.allocation import PruningPlan, allocate
 from optimum_rku.pruning.removal import apply_plan, combine_masks, plan_masks
 from optimum_rku.scoring import PruningScores, compute_scores

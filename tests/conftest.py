@@ -8,12 +8,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-FAMILIES = ["llama", "qwen2", "mistral", "qwen3", "gemma2"]
+from optimum_rku.models.specs import SPECS  # noqa: E402
+
+#: every supported family, from the architecture spec registry
+FAMILIES = list(SPECS)
 
 
 def tiny_config(family: str = "llama", **overrides):
-    """A ~100k-parameter config of `family` with GQA (8 query heads, 4 KV heads, head_dim 8)."""
-    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    """A ~100k-parameter config of `family` (its spec's config class) with GQA (8 query heads, 4 KV heads, head_dim 8).
+
+    Family defaults that do not fit a tiny model are adjusted by rule, never by name: token ids outside the tiny
+    vocabulary are dropped, and a `query_pre_attn_scalar` (Gemma's attention scale) follows head_dim.
+    """
+    import transformers
 
     common = dict(
         vocab_size=96,
@@ -27,16 +34,14 @@ def tiny_config(family: str = "llama", **overrides):
         tie_word_embeddings=False,
     )
     common.update(overrides)
-    cls = {
-        "llama": LlamaConfig,
-        "qwen2": Qwen2Config,
-        "mistral": MistralConfig,
-        "qwen3": Qwen3Config,
-        "gemma2": Gemma2Config,
-    }[family]
-    if family == "gemma2":
-        common.setdefault("query_pre_attn_scalar", 8)
+    cls = getattr(transformers, SPECS[family].config_class)
+    if "query_pre_attn_scalar" in getattr(cls, "__dataclass_fields__", {}):
+        common.setdefault("query_pre_attn_scalar", common["head_dim"])
     config = cls(**common)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value >= config.vocab_size:
+            setattr(config, name, None)
     config._attn_implementation = "eager"
     return config
 

@@ -10,14 +10,15 @@ from conftest import FAMILIES, tiny_model, token_dataset  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.importance import BlockStats, available_importances, get_importance  # noqa: E402
-from optimum_rku.models.architectures import blocks  # noqa: E402
+from optimum_rku.models.blocks import blocks  # noqa: E402
 from optimum_rku.models.geometry import prunable_parameters  # noqa: E402
+from optimum_rku.models.specs import PROJECTIONS  # noqa: E402
 from optimum_rku.pruning.allocation import TOLERANCE  # noqa: E402
 from optimum_rku.scoring import compute_scores  # noqa: E402
 from optimum_rku.scoring.objectives import objective_value  # noqa: E402
 
 METHODS = ["magnitude", "wanda", "flap", "taylor", "random"]
-PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROJ = PROJECTIONS
 
 
 def config(**kw):
@@ -68,8 +69,8 @@ def test_registry_lists_all_methods():
 @pytest.mark.parametrize("granularity,kv", [("kv_group", 4), ("query_head", 4), ("query_head", 8)])
 def test_magnitude_definition(granularity, kv):
     model, block = block_of("qwen2", num_key_value_heads=kv)  # qwen2: q/k/v biases are owned too
-    W = {n: getattr(block, n).weight.detach() for n in PROJ}
-    B = {n: getattr(block, n).bias for n in ("q_proj", "k_proj", "v_proj")}
+    W = {n: block.weight(n).detach() for n in PROJ}
+    B = {n: block.bias(n) for n in ("q_proj", "k_proj", "v_proj")}
     scores = get_importance("magnitude").score_block(block, BlockStats(), config(attention_granularity=granularity))
     for j in range(block.intermediate_size):
         expected = (
@@ -134,9 +135,9 @@ def test_taylor_definition(granularity, kv):
     model, block = block_of(num_key_value_heads=kv)
     g = torch.Generator().manual_seed(5)
     stats = BlockStats(tokens=20)
-    stats.weight_grads = {n: torch.randn(getattr(block, n).weight.shape, generator=g) for n in PROJ}
+    stats.weight_grads = {n: torch.randn(block.weight(n).shape, generator=g) for n in PROJ}
     scores = get_importance("taylor").score_block(block, stats, config(attention_granularity=granularity))
-    sal = {n: (getattr(block, n).weight.detach() * stats.weight_grads[n] / 20).abs() for n in PROJ}
+    sal = {n: (block.weight(n).detach() * stats.weight_grads[n] / 20).abs() for n in PROJ}
     hidden, hd = block.hidden_size, block.head_dim
     for j in range(block.intermediate_size):
         raw = sal["gate_proj"][j].sum() + sal["up_proj"][j].sum() + sal["down_proj"][:, j].sum()
@@ -154,13 +155,13 @@ def test_taylor_weight_gradients_accumulate_over_batches():
     """collect_stats' dL/dW equals the sum of per-sample NLL gradients computed directly with autograd."""
     model = tiny_model("llama")
     calib = token_dataset(n=4)
-    expected = {n: torch.zeros_like(getattr(blocks(model)[0], n).weight) for n in PROJ}
+    expected = {n: torch.zeros_like(blocks(model)[0].weight(n)) for n in PROJ}
     for row in calib:
         batch = {
             "input_ids": torch.tensor([row["input_ids"]]),
             "attention_mask": torch.tensor([row["attention_mask"]]),
         }
-        params = [getattr(blocks(model)[0], n).weight for n in PROJ]
+        params = [blocks(model)[0].module(n).weight for n in PROJ]
         grads = torch.autograd.grad(objective_value(model, batch, "nll"), params)
         for n, grad in zip(PROJ, grads):
             expected[n] += grad
@@ -172,7 +173,7 @@ def test_taylor_weight_gradients_accumulate_over_batches():
     scores = compute_scores(model, config(importance="taylor", objective="hidden_energy"), calib, progress=False)
     assert scores.objective == "nll"  # forced by the method, whatever the config says
     block = blocks(model)[0]
-    sal = {n: (getattr(block, n).weight.detach() * expected[n] / tokens).abs() for n in PROJ}
+    sal = {n: (block.weight(n).detach() * expected[n] / tokens).abs() for n in PROJ}
     ffn = sal["gate_proj"].sum(1) + sal["up_proj"].sum(1) + sal["down_proj"].sum(0)
     assert torch.allclose(scores.mlp_raw[0], ffn, rtol=1e-4, atol=1e-9)
     # flags and gradients are restored afterwards
@@ -190,14 +191,14 @@ def test_zeroed_channel_and_head_score_lowest(method):
     model = tiny_model("llama")
     with torch.no_grad():
         for block in blocks(model):
-            block.gate_proj.weight[5].zero_()
-            block.up_proj.weight[5].zero_()
+            block.weight("gate_proj")[5].zero_()
+            block.weight("up_proj")[5].zero_()
             block.down_proj.weight[:, 5].zero_()
             hd = block.head_dim
             block.o_proj.weight[:, 2 * hd : 4 * hd].zero_()  # query heads 2 and 3 = KV group 1 write nothing
-            block.q_proj.weight[2 * hd : 4 * hd].zero_()
-            block.k_proj.weight[hd : 2 * hd].zero_()
-            block.v_proj.weight[hd : 2 * hd].zero_()
+            block.weight("q_proj")[2 * hd : 4 * hd].zero_()
+            block.weight("k_proj")[hd : 2 * hd].zero_()
+            block.weight("v_proj")[hd : 2 * hd].zero_()
     for granularity, dead in (("kv_group", [1]), ("query_head", [2, 3])):
         scores = compute_scores(
             model, config(importance=method, attention_granularity=granularity), token_dataset(), progress=False
@@ -293,7 +294,7 @@ def test_flap_bias_compensation_known_answer(allocation, tmp_path):
         removed = sorted(set(range(dense_block.intermediate_size)) - set(layer.kept_channels))
         expected = dense_block.down_proj.weight[:, removed] @ scores.mlp_input_mean[block.index][removed]
         assert torch.allclose(block.down_proj.bias, expected, atol=1e-5)
-        assert not block.gate_proj.bias.any() and not block.up_proj.bias.any()
+        assert not block.bias("gate_proj").any() and not block.bias("up_proj").any()
     # layer 0 sees the same inputs as the dense model (attention untouched): its mean output is preserved exactly
     _, y_pruned = _down_proj_inputs(pruned, data)
     assert torch.allclose(y_pruned.mean(0), y_dense.mean(0), atol=1e-5)
@@ -312,7 +313,7 @@ def test_flap_bias_compensation_attention_and_iterations():
     pruned = RKUPruner(model).prune(cfg, calibration_dataset=token_dataset(), progress=False)
     assert pruned.config.attention_bias is True and pruned.config.mlp_bias is True
     assert all(b.o_proj.bias.abs().sum() > 0 and b.down_proj.bias.abs().sum() > 0 for b in blocks(pruned))
-    assert all(not b.q_proj.bias.any() and not b.k_proj.bias.any() for b in blocks(pruned))
+    assert all(not b.bias("q_proj").any() and not b.bias("k_proj").any() for b in blocks(pruned))
     with torch.no_grad():
         assert torch.isfinite(pruned(torch.tensor([[5, 6, 7, 8]])).logits).all()
 

@@ -10,7 +10,7 @@ import torch
 from conftest import logits, make_tokenizer, sample_inputs, tiny_model
 
 from optimum_rku import RKUConfig, RKUModelForCausalLM, RKUPruner
-from optimum_rku.models.architectures import blocks
+from optimum_rku.models.blocks import blocks
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 RELOAD_SCRIPT = textwrap.dedent(

@@ -11,7 +11,7 @@ from conftest import tiny_model, token_dataset  # noqa: E402
 from optimum_rku import RKUPruner  # noqa: E402
 from optimum_rku.config import RKUConfig  # noqa: E402
 from optimum_rku.importance import get_importance  # noqa: E402
-from optimum_rku.models.architectures import blocks  # noqa: E402
+from optimum_rku.models.blocks import blocks  # noqa: E402
 from optimum_rku.scoring import PruningScores  # noqa: E402
 
 # Layers alternate between CPU RAM and disk; lm_head on disk too, so the objective itself runs through a hook.
@@ -86,7 +86,7 @@ def test_prune_offloaded_raises_before_work_and_scores_transfer(saved):
 
 
 def prunable_shapes(model) -> list[torch.Size]:
-    return [lin.weight.shape for b in blocks(model) for lin in b.attn_linears() + b.mlp_linears()]
+    return [lin.weight.shape for b in blocks(model) for lin in b.linears()]
 
 
 def _streamed_weights_alive_after_forward(model, streaming: bool) -> tuple[int, int]:

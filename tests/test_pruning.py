@@ -7,7 +7,7 @@ import torch
 from conftest import FAMILIES, logits, masked_logits, sample_inputs, tiny_model
 
 from optimum_rku import RKUConfig, RKUPruner
-from optimum_rku.models.architectures import blocks
+from optimum_rku.models.blocks import blocks
 from optimum_rku.models.geometry import prunable_parameters
 from optimum_rku.pruning.allocation import TOLERANCE
 from optimum_rku.pruning.removal import plan_masks

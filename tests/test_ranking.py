@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model, token_dataset
 
 from optimum_rku import PruningScores, RKUConfig
-from optimum_rku.models.architectures import blocks
+from optimum_rku.models.blocks import blocks
 from optimum_rku.models.geometry import prunable_parameters
 from optimum_rku.pruning.allocation import allocate, ranking_keys
 from optimum_rku.scoring import compute_scores

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from conftest import logits, make_tokenizer, sample_inputs, tiny_model, token_dataset  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUModelForCausalLM, RKUPruner  # noqa: E402
-from optimum_rku.models.architectures import blocks  # noqa: E402
+from optimum_rku.models.blocks import blocks  # noqa: E402
 from optimum_rku.recovery import (  # noqa: E402
     IGNORE_INDEX,
     RecoveryCollator,

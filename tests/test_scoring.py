@@ -8,7 +8,7 @@ from conftest import tiny_model, token_dataset
 
 from optimum_rku import PruningScores, RKUConfig, RKUPruner
 from optimum_rku.importance import BlockStats, get_importance
-from optimum_rku.models.architectures import blocks
+from optimum_rku.models.blocks import blocks
 from optimum_rku.models.geometry import prunable_parameters
 from optimum_rku.scoring import compute_scores
 

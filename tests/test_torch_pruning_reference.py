@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import make_tokenizer, tiny_model  # noqa: E402
 
-from optimum_rku.models.architectures import blocks  # noqa: E402
+from optimum_rku.models.blocks import blocks  # noqa: E402
 from optimum_rku.models.geometry import prunable_parameters  # noqa: E402
 
 pytest.importorskip("torch_pruning")

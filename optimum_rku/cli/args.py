@@ -11,6 +11,7 @@ from typing import Any
 
 from optimum_rku import config as config_module
 from optimum_rku.config import RKUConfig
+from optimum_rku.models.specs import SPECS
 
 TESTBED = "testbed"
 GSM8K = "openai/gsm8k"
@@ -43,7 +44,9 @@ CONFIG_HELP = {
     "generation_do_sample": "sample (instead of greedy) self-generated answers",
     "generation_temperature": "temperature of sampled self-generated answers",
     "generation_top_p": "top-p of sampled self-generated answers",
-    "bias_compensation": "add removed channels' mean output to a down_proj / o_proj bias (FLAP; Llama, Qwen3, Gemma2)",
+    "bias_compensation": "add removed channels' mean output to a down_proj / o_proj bias (FLAP; "
+    + ", ".join(spec.family for spec in SPECS.values() if spec.output_bias_flags)
+    + ")",
 }
 
 

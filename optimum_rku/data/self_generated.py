@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 @contextmanager
 def masked_model(model, masks: dict | None) -> Iterator[None]:
     """Zero the masked channels at every down_proj / o_proj input (the removal masks of `plan_masks`) while active."""
-    from optimum_rku.models.architectures import blocks
+    from optimum_rku.models.blocks import blocks
 
     handles = []
     if masks:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from optimum_rku.models.architectures import BlockView
+from optimum_rku.models.blocks import BlockView
 
 
 @dataclass

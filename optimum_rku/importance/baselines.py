@@ -16,9 +16,8 @@ import torch
 
 from optimum_rku.importance.base import BlockStats, Importance, StructureScores, group_slices
 from optimum_rku.importance.registry import register_importance
-from optimum_rku.models.architectures import BlockView
-
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from optimum_rku.models.blocks import BlockView
+from optimum_rku.models.specs import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
@@ -52,27 +51,28 @@ def attention_owned_sum(block: BlockView, per_weight: dict[str, torch.Tensor], g
     return per_head.view(block.num_kv_heads, -1).sum(dim=1) + kv
 
 
-def _bias_sq(linear, head_dim: int | None = None) -> torch.Tensor | float:
-    if linear.bias is None:
+def _bias_sq(bias: torch.Tensor | None, head_dim: int | None = None) -> torch.Tensor | float:
+    """Squared bias entries (summed per head of `head_dim` rows when given), or 0.0 without a bias."""
+    if bias is None:
         return 0.0
-    b = linear.bias.detach().float().pow(2)
+    b = bias.detach().float().pow(2)
     return b.view(-1, head_dim).sum(dim=1) if head_dim else b
 
 
 def _weights(block: BlockView) -> dict[str, torch.Tensor]:
-    return {name: getattr(block, name).weight.detach().float() for name in PROJECTIONS}
+    return {name: block.weight(name).detach().float() for name in PROJECTIONS}
 
 
 def attention_weight_sq(block: BlockView, granularity: str) -> torch.Tensor:
     """Squared L2 norm of all weights (and biases) a KV group (or query head) owns: q/k/v rows and o_proj columns."""
-    squares = {name: getattr(block, name).weight.detach().float().pow(2) for name in PROJECTIONS[:4]}
+    squares = {name: block.weight(name).detach().float().pow(2) for name in ATTENTION_PROJECTIONS}
     attn = attention_owned_sum(block, squares, granularity)
     hd = block.head_dim
-    q_bias = _bias_sq(block.q_proj, hd)
+    q_bias = _bias_sq(block.bias("q_proj"), hd)
     if granularity == "query_head" and block.group_size > 1:
         return attn + q_bias
     q_bias = q_bias.view(block.num_kv_heads, -1).sum(dim=1) if torch.is_tensor(q_bias) else q_bias
-    return attn + q_bias + _bias_sq(block.k_proj, hd) + _bias_sq(block.v_proj, hd)
+    return attn + q_bias + _bias_sq(block.bias("k_proj"), hd) + _bias_sq(block.bias("v_proj"), hd)
 
 
 def _standardize(values: torch.Tensor) -> torch.Tensor:
@@ -101,9 +101,8 @@ class MagnitudeImportance(Importance):
     """L2 norm of all weights a structure owns (its rows of q/k/v or gate/up, its columns of o/down); data-free."""
 
     def score_block(self, block: BlockView, stats: BlockStats, config) -> StructureScores:
-        mlp = block.mlp
-        sq = mlp.gate_proj.weight.float().pow(2).sum(1) + mlp.up_proj.weight.float().pow(2).sum(1)
-        sq = sq + mlp.down_proj.weight.float().pow(2).sum(0) + _bias_sq(mlp.gate_proj) + _bias_sq(mlp.up_proj)
+        squares = {name: block.weight(name).detach().float().pow(2) for name in MLP_PROJECTIONS}
+        sq = ffn_owned_sum(block, squares) + _bias_sq(block.bias("gate_proj")) + _bias_sq(block.bias("up_proj"))
         ffn = sq.detach().sqrt()
         attn = attention_weight_sq(block, config.attention_granularity).sqrt()
         return StructureScores(mlp=ffn, attention=attn, mlp_raw=ffn, attention_raw=attn)
@@ -148,9 +147,9 @@ class FlapImportance(Importance):
 
     Bias compensation is `RKUConfig(bias_compensation=True)` (off by default, as for every method): removal then
     adds W[:, removed] @ mean(x_removed) to the down_proj / o_proj bias (FLAP's compensation), using the calibration
-    means collected in the same pass. Only where the saved checkpoint still builds that bias: Llama (`mlp_bias`,
-    `attention_bias`, which also give gate/up or q/k/v zero biases), Qwen3 and Gemma2 (`attention_bias`, attention
-    only); Mistral and Qwen2 configs cannot, and the pruner says so before scoring.
+    means collected in the same pass. Only where the saved checkpoint still builds that bias (the family's
+    `output_bias_flags` in `models/specs.py`, which also give the part's other projections zero biases); elsewhere
+    the pruner says so before scoring.
     """
 
     activation_stats = frozenset({"sum", "sq"})

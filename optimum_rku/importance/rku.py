@@ -6,7 +6,7 @@ import torch
 
 from optimum_rku.importance.base import BlockStats, Importance, StructureScores, centered_spread, group_slices
 from optimum_rku.importance.registry import register_importance
-from optimum_rku.models.architectures import BlockView
+from optimum_rku.models.blocks import BlockView
 
 
 @register_importance("rku")

@@ -12,7 +12,7 @@ from typing import Any
 
 from optimum_rku.config import CONFIG_NAME
 from optimum_rku.io.metadata import REMOTE_CODE_FILE
-from optimum_rku.models.architectures import check_supported
+from optimum_rku.models.specs import get_spec
 
 
 def check_save_dir(save_dir: str | os.PathLike, source: str | os.PathLike | None, overwrite: bool) -> Path:
@@ -36,7 +36,7 @@ def check_save_dir(save_dir: str | os.PathLike, source: str | os.PathLike | None
 
 def needs_remote_code(config) -> bool:
     """Per-layer widths, or head counts the stock config class rejects, need `modeling_rku.py` to load."""
-    from optimum_rku.models.architectures import stock_config_accepts
+    from optimum_rku.models.specs import stock_config_accepts
 
     return not stock_config_accepts(config)
 
@@ -54,15 +54,15 @@ def is_rku_checkpoint(path: str | os.PathLike) -> bool:
 def _write_model(model, tokenizer, directory: Path) -> None:
     config = model.config
     remote = needs_remote_code(config)
-    model_type = check_supported(config)
+    spec = get_spec(config)
     if remote:
-        from optimum_rku.models.modeling_rku import CONFIG_CLASSES, MODEL_CLASSES
+        from optimum_rku.models.modeling_rku import rku_class
 
         module = REMOTE_CODE_FILE[:-3]
-        class_name = MODEL_CLASSES[model_type].__name__
-        config.__class__ = CONFIG_CLASSES[model_type]  # relaxed head-count validation for save and load
+        class_name = rku_class(spec.causal_lm_class).__name__
+        config.__class__ = rku_class(spec.config_class)  # relaxed head-count validation for save and load
         config.auto_map = {
-            "AutoConfig": f"{module}.{CONFIG_CLASSES[model_type].__name__}",
+            "AutoConfig": f"{module}.{config.__class__.__name__}",
             "AutoModelForCausalLM": f"{module}.{class_name}",
         }
         config.architectures = [class_name]
@@ -125,13 +125,11 @@ def load_rku_config(path: str | os.PathLike):
     """The config of a local checkpoint, read with optimum-rku's relaxed config class for its family."""
     from transformers import PretrainedConfig
 
-    from optimum_rku.models.modeling_rku import CONFIG_CLASSES
+    from optimum_rku.models.modeling_rku import rku_class
 
     raw, _ = PretrainedConfig.get_config_dict(str(path))
-    model_type = raw.get("model_type")
-    if model_type not in CONFIG_CLASSES:
-        check_supported(SimpleNamespace(model_type=model_type))  # raises, listing the supported families
-    return CONFIG_CLASSES[model_type].from_pretrained(path)
+    spec = get_spec(SimpleNamespace(model_type=raw.get("model_type")))  # raises, listing the supported families
+    return rku_class(spec.config_class).from_pretrained(path)
 
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
@@ -152,11 +150,11 @@ class RKUModelForCausalLM:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """Like `AutoModelForCausalLM.from_pretrained`, using optimum-rku's own classes for per-layer widths."""
-        from optimum_rku.models.modeling_rku import MODEL_CLASSES
+        from optimum_rku.models.modeling_rku import rku_class
 
         kwargs.pop("trust_remote_code", None)
         config = kwargs.pop("config", None) or load_rku_config(pretrained_model_name_or_path)
-        model_type = check_supported(config)
+        spec = get_spec(config)
         if hasattr(config, "auto_map"):
             config.auto_map = None
-        return MODEL_CLASSES[model_type].from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+        return rku_class(spec.causal_lm_class).from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)

@@ -142,7 +142,7 @@ def gguf_to_checkpoint(
     import torch
     from transformers import AutoTokenizer
 
-    from optimum_rku.models.architectures import check_supported
+    from optimum_rku.models.specs import check_supported
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: 'float32', 'bfloat16', 'float16'.")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from optimum_rku.models.architectures import BlockView, blocks
+from optimum_rku.models.blocks import BlockView, blocks
 
 
 def structure_costs(block: BlockView, granularity: str) -> tuple[int, int]:
     """Parameters owned by one FFN channel and by one attention structure (KV group, or query-head slot)."""
     hidden, hd = block.hidden_size, block.head_dim
-    mlp = block.mlp
-    ffn = 3 * hidden + sum(int(getattr(mlp, n).bias is not None) for n in ("gate_proj", "up_proj"))
-    q_bias = block.q_proj.bias is not None
-    kv_bias = block.k_proj.bias is not None
+    ffn = 3 * hidden + sum(int(block.bias(name) is not None) for name in ("gate_proj", "up_proj"))
+    q_bias = block.bias("q_proj") is not None
+    kv_bias = block.bias("k_proj") is not None
     per_query_head = 2 * hd * hidden + (hd if q_bias else 0)
     if granularity == "query_head" and block.group_size > 1:
         # GQA: a "slot" removes one query head from every KV group, keeping the groups equal-sized.
@@ -26,7 +25,7 @@ def prunable_parameters(model: torch.nn.Module) -> int:
     """Parameters of q/k/v/o and gate/up/down (weights and biases) summed over all blocks."""
     total = 0
     for block in blocks(model):
-        for linear in block.attn_linears() + block.mlp_linears():
+        for linear in block.linears():
             total += linear.weight.numel() + (linear.bias.numel() if linear.bias is not None else 0)
     return total
 

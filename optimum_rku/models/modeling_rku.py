@@ -1,25 +1,21 @@
 """Model classes for pruned checkpoints whose layers have different widths (transformers' `per_layer_config`).
 
-This file is self-contained on purpose: optimum-rku copies it into every non-uniform checkpoint and points
-`auto_map` at it, so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` works where optimum-rku is
-not installed. Each class builds the stock model, then rebuilds every decoder layer from its own layer config.
-The config classes only relax the stock "hidden_size must be a multiple of num_attention_heads" check, which
-does not hold for pruned models (head_dim stays explicit while heads are removed).
+This file is self-contained on purpose: optimum-rku copies it into every such checkpoint and points `auto_map` at
+it, so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` works where optimum-rku is not installed.
+It names no family: `RKU<X>` is built on first use from transformers' class `<X>`, and the checkpoint's `auto_map`
+names the two it needs (optimum-rku writes them from its architecture spec, e.g. `RKULlamaConfig` and
+`RKULlamaForCausalLM`). A model class builds the stock model, then rebuilds every decoder layer from its own layer
+config. A config class only relaxes the stock checks that assume head_dim = hidden_size / num_attention_heads, which
+pruning breaks (head_dim stays explicit while heads are removed); query heads must still split over KV heads.
 """
 
+import copy
+
+import transformers
 from huggingface_hub.dataclasses import strict
-from transformers import (
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+
+PREFIX = "RKU"
+_BUILT = {}
 
 
 def _validate_heads(config) -> None:
@@ -31,97 +27,70 @@ def _validate_heads(config) -> None:
             raise ValueError(f"Layer {index}: {heads} query heads do not split evenly over {kv_heads} KV heads.")
 
 
-@strict
-class RKULlamaConfig(LlamaConfig):
+def _as_dense(config):
+    """A shallow copy whose head count gives hidden_size / num_attention_heads = head_dim, as stock checks assume."""
+    head_dim = getattr(config, "head_dim", None)
+    if not head_dim or config.hidden_size % head_dim:
+        return config
+    dense = copy.copy(config)
+    dense.__dict__.pop("_heterogeneity_spec", None)
+    dense.__dict__["num_attention_heads"] = config.hidden_size // head_dim
+    return dense
+
+
+def _config_class(stock):
     def validate_architecture(self):
         _validate_heads(self)
 
+    members = {
+        "__module__": __name__,
+        "__doc__": f"{stock.__name__} for pruned layers.",
+        "validate_architecture": validate_architecture,
+    }
+    if hasattr(stock, "validate_rope"):  # e.g. Phi-3 sizes its RoPE factors by hidden_size / num_attention_heads
 
-@strict
-class RKUQwen2Config(Qwen2Config):
-    def validate_architecture(self):
-        _validate_heads(self)
+        def validate_rope(self):
+            stock.validate_rope(_as_dense(self))
 
-
-@strict
-class RKUMistralConfig(MistralConfig):
-    def validate_architecture(self):
-        _validate_heads(self)
-
-
-@strict
-class RKUQwen3Config(Qwen3Config):
-    def validate_architecture(self):
-        _validate_heads(self)
+        members["validate_rope"] = validate_rope
+    return strict(type(PREFIX + stock.__name__, (stock,), members))
 
 
-@strict
-class RKUGemma2Config(Gemma2Config):
-    def validate_architecture(self):
-        _validate_heads(self)
-
-
-def _build_heterogeneous(model_cls, self, config) -> None:
-    heterogeneous = getattr(config, "is_heterogeneous", False)
-    if heterogeneous:
-        config.allow_global_per_layer_attribute_access = True
-    try:
-        model_cls.__init__(self, config)
-    finally:
-        config.__dict__.pop("allow_global_per_layer_attribute_access", None)
-    if heterogeneous:
-        layers = self.model.layers
-        for index, layer in enumerate(layers):
-            layers[index] = type(layer)(config.per_layer_config[index], index)
-
-
-class RKULlamaForCausalLM(LlamaForCausalLM):
-    config_class = RKULlamaConfig
-
+def _model_class(stock):
     def __init__(self, config):
-        _build_heterogeneous(LlamaForCausalLM, self, config)
+        heterogeneous = getattr(config, "is_heterogeneous", False)
+        if heterogeneous:
+            config.allow_global_per_layer_attribute_access = True
+        try:
+            stock.__init__(self, config)
+        finally:
+            config.__dict__.pop("allow_global_per_layer_attribute_access", None)
+        if heterogeneous:
+            layers = self.get_decoder().layers
+            for index, layer in enumerate(layers):
+                layers[index] = type(layer)(config.per_layer_config[index], index)
+
+    members = {
+        "__module__": __name__,
+        "__doc__": f"{stock.__name__} whose decoder layers follow `config.per_layer_config`.",
+        "config_class": rku_class(stock.config_class.__name__),
+        "__init__": __init__,
+    }
+    return type(PREFIX + stock.__name__, (stock,), members)
 
 
-class RKUQwen2ForCausalLM(Qwen2ForCausalLM):
-    config_class = RKUQwen2Config
-
-    def __init__(self, config):
-        _build_heterogeneous(Qwen2ForCausalLM, self, config)
-
-
-class RKUMistralForCausalLM(MistralForCausalLM):
-    config_class = RKUMistralConfig
-
-    def __init__(self, config):
-        _build_heterogeneous(MistralForCausalLM, self, config)
+def rku_class(stock_name: str):
+    """`RKU<stock_name>`: the relaxed config class or the per-layer model class built on transformers' `stock_name`."""
+    if stock_name not in _BUILT:
+        stock = getattr(transformers, stock_name)
+        build = _config_class if issubclass(stock, transformers.PretrainedConfig) else _model_class
+        _BUILT[stock_name] = build(stock)
+    return _BUILT[stock_name]
 
 
-class RKUQwen3ForCausalLM(Qwen3ForCausalLM):
-    config_class = RKUQwen3Config
-
-    def __init__(self, config):
-        _build_heterogeneous(Qwen3ForCausalLM, self, config)
-
-
-class RKUGemma2ForCausalLM(Gemma2ForCausalLM):
-    config_class = RKUGemma2Config
-
-    def __init__(self, config):
-        _build_heterogeneous(Gemma2ForCausalLM, self, config)
-
-
-CONFIG_CLASSES = {
-    "llama": RKULlamaConfig,
-    "qwen2": RKUQwen2Config,
-    "mistral": RKUMistralConfig,
-    "qwen3": RKUQwen3Config,
-    "gemma2": RKUGemma2Config,
-}
-
-MODEL_CLASSES = {
-    "llama": RKULlamaForCausalLM,
-    "qwen2": RKUQwen2ForCausalLM,
-    "mistral": RKUMistralForCausalLM,
-    "qwen3": RKUQwen3ForCausalLM,
-    "gemma2": RKUGemma2ForCausalLM,
-}
+def __getattr__(name):
+    """`RKULlamaForCausalLM`, `RKUPhi3Config`, ...: the names `auto_map` uses, built on first access."""
+    stock = name[len(PREFIX) :] if name.startswith(PREFIX) else None
+    if stock and hasattr(transformers, stock):
+        return rku_class(stock)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,15 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from optimum_rku.models.architectures import (
-    BlockView,
-    blocks,
-    enable_output_biases,
-    head_dim_of,
-    set_attention_heads,
-    stock_config_accepts,
-)
+from optimum_rku.models.blocks import BlockView, blocks, enable_output_biases, head_dim_of
 from optimum_rku.models.geometry import layer_widths
+from optimum_rku.models.specs import get_spec, stock_config_accepts
 from optimum_rku.pruning.allocation import PruningPlan
 
 
@@ -35,11 +29,6 @@ def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: tor
     if bias is not None:
         new.bias = nn.Parameter(bias.contiguous().clone(), requires_grad=linear.bias.requires_grad)
     return new
-
-
-def _head_channels(heads: list[int], head_dim: int) -> torch.Tensor:
-    index = torch.tensor(heads, dtype=torch.long)
-    return (index[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
 
 
 def _check_plan(block: BlockView, plan) -> None:
@@ -61,6 +50,33 @@ def _removed_output(linear: nn.Linear, kept: torch.Tensor, mean: torch.Tensor) -
     return weight @ mean.float().to(weight.device)[removed.to(weight.device)]
 
 
+def _slice_block(block: BlockView, rows: dict[str, torch.Tensor], cols: dict[str, torch.Tensor]) -> None:
+    """Replace every module holding a projection in `rows` / `cols` by its kept rows / columns.
+
+    A fused module (Phi-3's `qkv_proj`) keeps, for each logical projection stacked in it, that projection's kept
+    rows shifted to where the projection starts inside it.
+    """
+    done = set()
+    for projection in [*rows, *cols]:
+        name = block.spec.module_name(projection)
+        if name in done:
+            continue
+        done.add(name)
+        parts = block.spec.fused.get(name, (projection,))
+        keep_rows = None
+        if any(part in rows for part in parts):
+            keep_rows = torch.cat(
+                [
+                    rows[part] + block.rows(part).start
+                    if part in rows
+                    else torch.arange(block.rows(part).start, block.rows(part).stop)
+                    for part in parts
+                ]
+            )
+        owner = block.owner(projection)
+        setattr(owner, name, _slice_linear(getattr(owner, name), rows=keep_rows, cols=cols.get(projection)))
+
+
 def apply_plan(
     model: nn.Module,
     plan: PruningPlan,
@@ -75,39 +91,30 @@ def apply_plan(
     views = blocks(model)
     if len(views) != len(plan.layers):
         raise ValueError(f"Plan has {len(plan.layers)} layers but the model has {len(views)}.")
-    head_dim = head_dim_of(model.config)
     compensation: dict[str, dict[int, torch.Tensor]] = {"ffn": {}, "attn": {}}
     for block, layer_plan in zip(views, plan.layers):
         _check_plan(block, layer_plan)
-        if mlp_input_mean is not None and layer_plan.intermediate_size != block.intermediate_size:
-            kept = torch.tensor(layer_plan.kept_channels, dtype=torch.long)
-            compensation["ffn"][block.index] = _removed_output(block.down_proj, kept, mlp_input_mean[block.index])
-        if attention_input_mean is not None and layer_plan.num_heads != block.num_heads:
-            kept = _head_channels(layer_plan.kept_heads, head_dim)
-            compensation["attn"][block.index] = _removed_output(block.o_proj, kept, attention_input_mean[block.index])
-        mlp, attn = block.mlp, block.attn
         if layer_plan.intermediate_size != block.intermediate_size:
             keep = torch.tensor(layer_plan.kept_channels, dtype=torch.long)
-            mlp.gate_proj = _slice_linear(mlp.gate_proj, rows=keep)
-            mlp.up_proj = _slice_linear(mlp.up_proj, rows=keep)
-            mlp.down_proj = _slice_linear(mlp.down_proj, cols=keep)
-            if hasattr(mlp, "intermediate_size"):
-                mlp.intermediate_size = layer_plan.intermediate_size
+            if mlp_input_mean is not None:
+                compensation["ffn"][block.index] = _removed_output(block.down_proj, keep, mlp_input_mean[block.index])
+            _slice_block(block, {"gate_proj": keep, "up_proj": keep}, {"down_proj": keep})
+            block.set_intermediate_size(layer_plan.intermediate_size)
         if layer_plan.num_heads != block.num_heads or layer_plan.num_kv_heads != block.num_kv_heads:
-            q_rows = _head_channels(layer_plan.kept_heads, head_dim)
-            kv_rows = _head_channels(layer_plan.kept_kv_heads, head_dim)
-            attn.q_proj = _slice_linear(attn.q_proj, rows=q_rows)
-            attn.k_proj = _slice_linear(attn.k_proj, rows=kv_rows)
-            attn.v_proj = _slice_linear(attn.v_proj, rows=kv_rows)
-            attn.o_proj = _slice_linear(attn.o_proj, cols=q_rows)
-            set_attention_heads(attn, layer_plan.num_heads, layer_plan.num_kv_heads)
+            q_rows = block.head_channels(layer_plan.kept_heads)
+            kv_rows = block.head_channels(layer_plan.kept_kv_heads)
+            if attention_input_mean is not None and layer_plan.num_heads != block.num_heads:
+                mean = attention_input_mean[block.index]
+                compensation["attn"][block.index] = _removed_output(block.o_proj, q_rows, mean)
+            _slice_block(block, {"q_proj": q_rows, "k_proj": kv_rows, "v_proj": kv_rows}, {"o_proj": q_rows})
+            block.set_heads(layer_plan.num_heads, layer_plan.num_kv_heads)
     for part, deltas in compensation.items():
         if not deltas:
             continue
         enable_output_biases(model, part)
         views = blocks(model)
         for index, delta in deltas.items():
-            linear = views[index].down_proj if part == "ffn" else views[index].o_proj
+            linear = views[index].output(part)
             with torch.no_grad():
                 linear.bias += delta.to(device=linear.bias.device, dtype=linear.bias.dtype)
     update_config(model)
@@ -132,10 +139,14 @@ def update_config(model: nn.Module) -> None:
         config.per_layer_config = {i: dict(w) for i, w in enumerate(widths)}
         config.serialize_explicit_per_layer_config = True
     if not stock_config_accepts(config):
-        # e.g. Llama/Gemma2 configs insist hidden_size % num_attention_heads == 0, which pruning breaks
-        from optimum_rku.models.modeling_rku import CONFIG_CLASSES
+        # stock configs that insist hidden_size % num_attention_heads == 0, which pruning breaks
+        from optimum_rku.models.modeling_rku import rku_class
 
-        config.__class__ = CONFIG_CLASSES[config.model_type]
+        config.__class__ = rku_class(get_spec(config).config_class)
+    if get_spec(config).attention_reads_config:
+        # the attention reads its head counts from `self.config`: each layer gets its own, as a reload builds it
+        for index, view in enumerate(blocks(model)):
+            view.attn.config = config.per_layer_config[index] if config.is_heterogeneous else config
 
 
 def plan_masks(model: nn.Module, plan: PruningPlan) -> dict[tuple[int, str], torch.Tensor]:
@@ -145,7 +156,7 @@ def plan_masks(model: nn.Module, plan: PruningPlan) -> dict[tuple[int, str], tor
         ffn = torch.zeros(block.intermediate_size)
         ffn[layer_plan.kept_channels] = 1.0
         attn = torch.zeros(block.num_heads * block.head_dim)
-        attn[_head_channels(layer_plan.kept_heads, block.head_dim)] = 1.0
+        attn[block.head_channels(layer_plan.kept_heads)] = 1.0
         masks[(block.index, "ffn")] = ffn
         masks[(block.index, "attn")] = attn
     return masks

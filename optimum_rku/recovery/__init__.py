@@ -10,7 +10,8 @@ distribution into the pruned model on the response tokens; the teacher is frozen
 
 Defaults (every one can be overridden through `lora_config` / `training_args`):
 
-* LoRA: r=16, alpha=32, dropout=0.05, `target_modules` = q/k/v/o_proj and gate/up/down_proj. PEFT builds each
+* LoRA: r=16, alpha=32, dropout=0.05, `target_modules` = every attention and MLP projection module (the family's
+  spec: q/k/v/o_proj and gate/up/down_proj, or Phi-3's fused qkv_proj / gate_up_proj). PEFT builds each
   adapter from its own layer's shape, so non-uniform (global) pruned models get adapters of their own widths.
 * Training: max_steps=200, per-device batch 8, gradient accumulation 1, learning rate 2e-4, cosine schedule with 5%
   warmup, no weight decay, bf16 when a CUDA device supports it, seed 2016, logging every 10 steps, `report_to="none"`,
@@ -27,7 +28,6 @@ from optimum_rku.recovery.data import (
 )
 from optimum_rku.recovery.losses import distillation_loss, response_loss
 from optimum_rku.recovery.training import (
-    TARGET_MODULES,
     default_bf16,
     default_lora_config,
     recover_with_lora,
@@ -36,7 +36,6 @@ from optimum_rku.recovery.training import (
 
 __all__ = [
     "IGNORE_INDEX",
-    "TARGET_MODULES",
     "RecoveryCollator",
     "default_bf16",
     "default_lora_config",

@@ -19,12 +19,12 @@ import torch
 
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
 from optimum_rku.io.metadata import read_metadata
+from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
 from optimum_rku.recovery.losses import check_distillation, distillation_trainer, response_loss
 
 logger = logging.getLogger(__name__)
 
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
     "max_steps": 200,
@@ -45,26 +45,34 @@ PRUNED_BASE_DIR = "pruned_base"
 
 
 # ------------------------------------------------------------------------------------------------------ configs
-def default_lora_config(**overrides: Any):
-    """PEFT `LoraConfig` for causal LMs with adapters on every attention and MLP projection (q/k/v/o, gate/up/down)."""
+def default_lora_config(model: Any = None, **overrides: Any):
+    """PEFT `LoraConfig` for causal LMs with adapters on every attention and MLP projection module of `model`'s family
+    (its spec's `lora_targets`: q/k/v/o and gate/up/down, or fused ones); for no model (or an unknown family), the
+    names of every supported family (PEFT adapts those the model has)."""
     from peft import LoraConfig
+
+    spec = SPECS.get(getattr(getattr(model, "config", model), "model_type", None))
+    if spec is not None:
+        targets = list(spec.lora_targets)
+    else:
+        targets = list(dict.fromkeys(name for other in SPECS.values() for name in other.lora_targets))
 
     fields = {f.name for f in dataclasses.fields(LoraConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"Unknown LoraConfig field(s) {unknown}; see peft.LoraConfig for the allowed fields.")
-    kwargs: dict[str, Any] = {**DEFAULT_LORA, "target_modules": list(TARGET_MODULES), "task_type": "CAUSAL_LM"}
+    kwargs: dict[str, Any] = {**DEFAULT_LORA, "target_modules": targets, "task_type": "CAUSAL_LM"}
     kwargs.update(overrides)
     return LoraConfig(**kwargs)
 
 
-def _resolve_lora_config(lora_config: Any):
+def _resolve_lora_config(lora_config: Any, model):
     from peft import LoraConfig
 
     if lora_config is None:
-        return default_lora_config()
+        return default_lora_config(model)
     if isinstance(lora_config, Mapping):
-        return default_lora_config(**dict(lora_config))
+        return default_lora_config(model, **dict(lora_config))
     if isinstance(lora_config, LoraConfig):
         return copy.deepcopy(lora_config)
     raise TypeError(f"lora_config must be a peft.LoraConfig, a dict of its fields or None, got {type(lora_config)}.")
@@ -220,7 +228,7 @@ def recover_with_lora(
         )
     target = check_save_dir(save_dir, source, overwrite) if save_dir is not None else None
     base_path = _check_base_checkpoint(base_checkpoint)
-    lora = _resolve_lora_config(lora_config)
+    lora = _resolve_lora_config(lora_config, model)
     check_distillation(model, teacher, distillation_alpha, distillation_temperature)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}.")

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from optimum_rku.data.calibration import iter_batches
 from optimum_rku.importance import BlockStats, Importance
-from optimum_rku.models.architectures import BlockView, blocks, decoder
+from optimum_rku.models.blocks import BlockView, blocks, decoder
+from optimum_rku.models.specs import PROJECTIONS
 from optimum_rku.scoring.objectives import objective_value
 from optimum_rku.scoring.offload import check_no_weight_gradients, stream_offloaded_weights
 
@@ -146,7 +147,7 @@ def collect_stats(
     weights = []
     if importance.needs_weight_gradients:
         for block in blocks(model):
-            weights += [lin.weight for lin in block.attn_linears() + block.mlp_linears()]
+            weights += [linear.weight for linear in block.linears()]
     need_backward = importance.needs_activation_gradients or importance.needs_weight_gradients
     was_training = model.training
     model.eval()
@@ -185,8 +186,8 @@ def collect_stats(
             if importance.needs_weight_gradients:
                 for block, block_stats in zip(blocks(model), stats):
                     block_stats.weight_grads = {
-                        name: getattr(block, name).weight.grad.detach()  # no copy: read out per block by the method
-                        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                        name: block.weight_grad(name).detach()  # no copy: read out per block by the method
+                        for name in PROJECTIONS
                     }
     finally:
         handle.remove()

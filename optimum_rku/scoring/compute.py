@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from optimum_rku.importance import BlockStats, get_importance
-from optimum_rku.models.architectures import BlockView, blocks
+from optimum_rku.models.blocks import BlockView, blocks
 from optimum_rku.models.geometry import layer_widths, structure_costs
 from optimum_rku.scoring.collect import collect_stats
 from optimum_rku.scoring.scores import PruningScores

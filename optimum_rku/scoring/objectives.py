@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from optimum_rku.models.architectures import decoder
+from optimum_rku.models.blocks import decoder
 
 
 def objective_value(model: torch.nn.Module, batch: dict, objective: str) -> torch.Tensor:

@@ -1,0 +1,177 @@
+"""The architecture spec registry: one `ArchitectureSpec` per supported `model_type`, the one place that names a family.
+
+A spec says where the decoder layers are, what the attention and MLP projections are called and which of them are
+fused into one matrix (and so how to slice it), which config flags can put a bias on a part's projections, what
+LoRA adapts, which attention attributes hold head counts, and which config fields pruning rewrites. Block views,
+scoring, baselines, removal, recovery, checkpoints (`modeling_rku.py` builds its classes from the class names a spec
+records) and the tests read it; adding a family is one `ArchitectureSpec(...)` in `SPECS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+#: The logical projections every family has, whatever its modules are called or fused into. Attention: q/k/v rows
+#: per head and o_proj columns per query head; MLP: gate/up rows and down_proj columns per channel.
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+PROJECTIONS = ATTENTION_PROJECTIONS + MLP_PROJECTIONS
+#: Which logical projections belong to which prunable part ("attn": heads / KV groups, "ffn": channels).
+PART_PROJECTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"attn": ATTENTION_PROJECTIONS, "ffn": MLP_PROJECTIONS}
+)
+#: The projection whose input is a part's structure activation (hooks, masks, bias compensation live there).
+OUTPUT_PROJECTION: Mapping[str, str] = MappingProxyType({"attn": "o_proj", "ffn": "down_proj"})
+#: Per-layer widths pruning changes, by their config field names (head_dim is written explicitly and never changes).
+WIDTH_FIELDS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
+PART_NAMES: Mapping[str, str] = MappingProxyType({"ffn": "FFN (down_proj)", "attn": "attention (o_proj)"})
+
+
+def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Everything optimum-rku needs to know about one family (one transformers `model_type`)."""
+
+    model_type: str
+    #: human-readable name, used in messages and the README
+    family: str
+    #: transformers class names: the causal LM and its config (the remote-code classes subclass these)
+    causal_lm_class: str
+    config_class: str
+    #: attribute of the causal LM holding the decoder, which holds `layers`, `norm` (final) and `embed_tokens`
+    decoder: str = "model"
+    #: attributes of a decoder layer holding its attention and MLP modules
+    attention: str = "self_attn"
+    mlp: str = "mlp"
+    #: fused module name -> the logical projections stacked along its output rows, in order (e.g. Phi-3's
+    #: `qkv_proj` = q heads, then k heads, then v heads; `gate_up_proj` = gate channels, then up channels).
+    #: Unfused logical projections are modules of their own name.
+    fused: Mapping[str, tuple[str, ...]] = field(default_factory=_frozen)
+    #: part ("ffn" / "attn") -> the config flag that builds a bias on every projection of that part; a part that is
+    #: missing here cannot hold an output bias, so bias compensation is refused for it
+    output_bias_flags: Mapping[str, str] = field(default_factory=_frozen)
+    #: attention-module attributes that hold the query / KV head counts and must follow pruning (set where present)
+    query_head_attributes: tuple[str, ...] = ("num_heads", "num_attention_heads")
+    kv_head_attributes: tuple[str, ...] = ("num_key_value_heads",)
+    #: attention module attribute holding query heads per KV head (`repeat_kv`'s factor)
+    group_attribute: str = "num_key_value_groups"
+    #: MLP-module attributes that hold the FFN width (set when the module has them)
+    width_attributes: tuple[str, ...] = ("intermediate_size",)
+    #: the attention module reads head counts from its `config` at run time (Phi-3's qkv split): give every layer
+    #: its own config (as a per-layer-config checkpoint reloads it) when layers keep different head counts
+    attention_reads_config: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fused", _frozen(self.fused))
+        object.__setattr__(self, "output_bias_flags", _frozen(self.output_bias_flags))
+        names = [name for parts in self.fused.values() for name in parts]
+        if len(names) != len(set(names)) or not set(names) <= set(PROJECTIONS):
+            raise ValueError(
+                f"{self.model_type}: fused projections {dict(self.fused)} must name each of {PROJECTIONS} once."
+            )
+
+    def module_name(self, projection: str) -> str:
+        """The module that holds a logical projection (`qkv_proj` for Phi-3's `q_proj`)."""
+        for name, parts in self.fused.items():
+            if projection in parts:
+                return name
+        return projection
+
+    def modules(self, part: str | None = None) -> tuple[str, ...]:
+        """Module names of a part's projections ("attn", "ffn", or both), each once, in projection order."""
+        projections = PROJECTIONS if part is None else PART_PROJECTIONS[part]
+        return tuple(dict.fromkeys(self.module_name(p) for p in projections))
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """LoRA `target_modules`: every attention and MLP projection module."""
+        return self.modules()
+
+
+SPECS: Mapping[str, ArchitectureSpec] = MappingProxyType(
+    {
+        spec.model_type: spec
+        for spec in (
+            ArchitectureSpec(
+                "llama",
+                "Llama (Llama-2/3)",
+                "LlamaForCausalLM",
+                "LlamaConfig",
+                output_bias_flags={"ffn": "mlp_bias", "attn": "attention_bias"},
+            ),
+            ArchitectureSpec("qwen2", "Qwen2 (Qwen-2.5)", "Qwen2ForCausalLM", "Qwen2Config"),
+            ArchitectureSpec("mistral", "Mistral", "MistralForCausalLM", "MistralConfig"),
+            ArchitectureSpec(
+                "qwen3", "Qwen3", "Qwen3ForCausalLM", "Qwen3Config", output_bias_flags={"attn": "attention_bias"}
+            ),
+            ArchitectureSpec(
+                "gemma2", "Gemma2", "Gemma2ForCausalLM", "Gemma2Config", output_bias_flags={"attn": "attention_bias"}
+            ),
+        )
+    }
+)
+
+
+def supported_families_text() -> str:
+    """The supported families as one line, for error messages."""
+    return ", ".join(f"{spec.family} [model_type={name!r}]" for name, spec in SPECS.items())
+
+
+def get_spec(config: Any) -> ArchitectureSpec:
+    """The spec of a config's `model_type` (a config, or anything with `model_type`), or a ValueError listing the
+    supported families."""
+    model_type = getattr(config, "model_type", None)
+    spec = SPECS.get(model_type)
+    if spec is None:
+        raise ValueError(
+            f"Unsupported architecture model_type={model_type!r}. optimum-rku supports: {supported_families_text()}."
+        )
+    return spec
+
+
+def check_supported(config: Any) -> str:
+    """Return the model_type of a supported config, or raise a ValueError that lists the supported families."""
+    return get_spec(config).model_type
+
+
+def output_bias_flag(config: Any, part: str) -> str | None:
+    """The config flag that gives `part`'s ("ffn" / "attn") output projection a bias, or None if there is none."""
+    return get_spec(config).output_bias_flags.get(part)
+
+
+def check_output_bias(config: Any, parts: list[str]) -> None:
+    """Raise a ValueError unless the family can save and reload a bias on every part's output projection."""
+    spec = get_spec(config)
+    missing = [p for p in parts if p not in spec.output_bias_flags]
+    if missing:
+        able = ", ".join(
+            f"{name}: {'+'.join(PART_NAMES[p] for p in other.output_bias_flags)}"
+            for name, other in SPECS.items()
+            if other.output_bias_flags
+        )
+        raise ValueError(
+            f"bias_compensation needs a bias on the {' and '.join(PART_NAMES[p] for p in missing)} output of "
+            f"model_type={spec.model_type!r}, which its config cannot build (the saved checkpoint would not reload "
+            f"it). Allowed: {able}; or set targets to the parts that can, or bias_compensation=False."
+        )
+
+
+def stock_config_accepts(config: Any) -> bool:
+    """Whether the family's stock config class (and so plain transformers, without remote code) can hold `config`."""
+    if getattr(config, "is_heterogeneous", False):
+        return False
+    import transformers
+
+    stock = getattr(transformers, get_spec(config).config_class)
+    try:
+        for validator in getattr(stock, "__class_validators__", ()):
+            validator(config)
+    except (ValueError, TypeError):
+        return False
+    return True
