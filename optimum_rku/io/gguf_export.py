@@ -378,7 +378,7 @@ def plan_gguf_export(
 
 def _model_name(directory: Path, meta: dict) -> str:
     base = str(meta.get("base_model") or "")
-    stem = Path(base).name if base else directory.resolve().name
+    stem = "testbed" if meta.get("is_testbed") else Path(base).name if base else directory.resolve().name
     return f"{stem}-rku" if meta else stem
 
 
