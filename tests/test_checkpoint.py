@@ -55,7 +55,7 @@ def _reload(tmp_path, mode, path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "phi3"])
 def test_global_checkpoint_reloads_in_fresh_process(tmp_path, calib, family):
     pruner = RKUPruner(tiny_model(family), make_tokenizer())
     pruned = pruner.prune(

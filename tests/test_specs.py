@@ -104,3 +104,18 @@ def test_block_weight_views_share_storage():
     with torch.no_grad():
         view.weight("k_proj")[:2].zero_()
     assert not view.module("k_proj").weight[:2].any()
+
+
+def test_readme_family_table_lists_every_spec():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Supported architectures") :].split("\n\n")[1]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    listed = {line.split("|")[2].strip().strip("`") for line in rows}
+    assert listed == set(SPECS)
+    for spec in SPECS.values():
+        row = next(line for line in rows if f"`{spec.model_type}`" in line)
+        assert row.split("|")[1].strip() == spec.family
+        for flag in spec.output_bias_flags.values():
+            assert f"`{flag}`" in row

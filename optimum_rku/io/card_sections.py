@@ -220,7 +220,7 @@ model = RKUModelForCausalLM.from_pretrained("{repo}")
 
 
 def llamacpp_section(files: Sequence[Mapping[str, Any]], repo: str) -> str:
-    """"Use with llama.cpp": the exported GGUF files and the command lines that run them."""
+    """ "Use with llama.cpp": the exported GGUF files and the command lines that run them."""
     rows = "\n".join(
         f"| `{f['file']}` | {f['dtype']} | `{f['architecture']}`"
         + (" (per-layer widths)" if f.get("per_layer") else "")
@@ -230,7 +230,11 @@ def llamacpp_section(files: Sequence[Mapping[str, Any]], repo: str) -> str:
     first = files[0]["file"]
     per_layer = any(f.get("per_layer") for f in files)
     flash = " -fa on" if per_layer else ""
-    hub = "" if repo.startswith("<") else f"llama-cli -hf {repo} --hf-file {first} -p \"Question: ...\\nAnswer:\" -n 256{flash}\n# or, with the file downloaded:\n"
+    hub = (
+        ""
+        if repo.startswith("<")
+        else f'llama-cli -hf {repo} --hf-file {first} -p "Question: ...\\nAnswer:" -n 256{flash}\n# or, with the file downloaded:\n'
+    )
     note = (
         "\n\nFiles marked *per-layer widths* use llama.cpp's `deci` architecture, which builds every layer with its own "
         "FFN width and head counts; runtimes built on a llama.cpp too old to know `deci` cannot load them. With "

@@ -113,7 +113,32 @@ SPECS: Mapping[str, ArchitectureSpec] = MappingProxyType(
             ArchitectureSpec(
                 "gemma2", "Gemma2", "Gemma2ForCausalLM", "Gemma2Config", output_bias_flags={"attn": "attention_bias"}
             ),
+            ArchitectureSpec(
+                "gemma3_text",
+                "Gemma3 (text)",
+                "Gemma3ForCausalLM",
+                "Gemma3TextConfig",
+                output_bias_flags={"attn": "attention_bias"},
+            ),
+            ArchitectureSpec(
+                "phi3",
+                "Phi-3",
+                "Phi3ForCausalLM",
+                "Phi3Config",
+                fused={"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")},
+                attention_reads_config=True,
+            ),
         )
+    }
+)
+
+
+#: model types that look close to a supported one but are not, and why (the error names the reason)
+NOT_SUPPORTED: Mapping[str, str] = MappingProxyType(
+    {
+        "gemma3": "this is the multimodal Gemma3: transformers loads it as Gemma3ForConditionalGeneration, whose text "
+        "part is a Gemma3TextModel inside the vision-language model rather than a Gemma3 causal LM; text-only Gemma3 "
+        "checkpoints (model_type='gemma3_text', e.g. gemma-3-1b) are supported",
     }
 )
 
@@ -129,8 +154,10 @@ def get_spec(config: Any) -> ArchitectureSpec:
     model_type = getattr(config, "model_type", None)
     spec = SPECS.get(model_type)
     if spec is None:
+        reason = f" ({NOT_SUPPORTED[model_type]})" if model_type in NOT_SUPPORTED else ""
         raise ValueError(
-            f"Unsupported architecture model_type={model_type!r}. optimum-rku supports: {supported_families_text()}."
+            f"Unsupported architecture model_type={model_type!r}{reason}. optimum-rku supports: "
+            f"{supported_families_text()}."
         )
     return spec
 
