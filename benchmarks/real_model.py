@@ -83,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="attention floors (default: same as --min-keep)",
     )
+    p.add_argument(
+        "--kv-cache-tokens",
+        nargs="+",
+        type=int,
+        default=None,
+        help="KV-cache credit of the per-parameter rankings (default: config default)",
+    )
     p.add_argument("--calibrations", nargs="+", default=["self_generated"], choices=list(CALIBRATIONS))
     p.add_argument("--objectives", nargs="+", default=None, help="RKU objectives (default: the config default)")
     p.add_argument("--activities", nargs="+", default=None, help="RKU activity terms (default: config default)")
@@ -129,6 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = RKUConfig()
     args.rankings = args.rankings or [defaults.ranking]
     args.min_keep = args.min_keep or [defaults.min_keep]
+    args.kv_cache_tokens = args.kv_cache_tokens or [defaults.kv_cache_tokens]
     args.objectives = args.objectives or [defaults.objective]
     args.activities = args.activities or [defaults.activity]
     for ranking, activity, objective in itertools.product(args.rankings, args.activities, args.objectives):
@@ -180,6 +188,22 @@ def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(dataset.to_dict()))
     return dataset
+
+
+def cached_scores(pruner, config: RKUConfig, dataset, kind: str, args):
+    """Scores of one (method, calibration, objective, activity), cached on disk: scoring a real model takes minutes."""
+    from optimum_rku.scoring import PruningScores
+
+    texts = None if dataset is None else dataset.to_dict()
+    payload = [args.model, args.gguf_file, kind, texts, config.to_dict()]
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(args.cache_dir) / f"scores_{config.importance}_{key}.safetensors"
+    if cache.is_file():
+        return PruningScores.load(cache)
+    scores = pruner.compute_scores(config, calibration_dataset=dataset, progress=False)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    scores.save(cache)
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -292,17 +316,21 @@ def variants(args, method: str, family_can_compensate: bool) -> list[dict]:
             if ranking in ("expected_loss", "measured_loss") and method != "rku":
                 continue
             settings = {"default"} if data_free or not family_can_compensate else set(args.compensation)
-            for compensation in sorted(settings):
-                for floor in args.min_keep_attention or [None]:
-                    out.append(
-                        dict(
-                            allocation=allocation,
-                            ranking=ranking,
-                            compensation=compensation,
-                            min_keep=min_keep,
-                            min_keep_attention=floor,
-                        )
+            resolved = RKUConfig(importance=method, ranking=ranking or "auto").resolved_ranking
+            priced = allocation == "global" and resolved in ("per_parameter", "expected_loss", "measured_loss")
+            for compensation, floor, tokens in itertools.product(
+                sorted(settings), args.min_keep_attention or [None], args.kv_cache_tokens if priced else [0]
+            ):
+                out.append(
+                    dict(
+                        allocation=allocation,
+                        ranking=ranking,
+                        compensation=compensation,
+                        min_keep=min_keep,
+                        min_keep_attention=floor,
+                        kv_cache_tokens=tokens,
                     )
+                )
     return out
 
 
@@ -314,6 +342,7 @@ def plan_config(method: str, sparsity: float, v: dict, score_fields: dict, can_c
         allocation=v["allocation"],
         min_keep=v["min_keep"],
         min_keep_attention=v["min_keep_attention"],
+        kv_cache_tokens=v["kv_cache_tokens"],
     )
     if v["ranking"]:
         fields["ranking"] = v["ranking"]
@@ -369,13 +398,16 @@ def run(args) -> dict:
                     datasets_by_kind[kind] = calibration_dataset(kind, dense, tokenizer, questions, train, args)
                 dataset = datasets_by_kind[kind]
             t0 = time.perf_counter()
+            measured = any(
+                RKUConfig(importance=method, ranking=r).resolved_ranking == "measured_loss" for r in args.rankings
+            )
             score_config = RKUConfig(
                 **score_fields,
                 importance=method,
                 bias_compensation=can_compensate and importance.needs_calibration,
-                ranking="measured_loss" if method == "rku" and "measured_loss" in args.rankings else "score",
+                ranking="measured_loss" if method == "rku" and measured else "score",
             )
-            scores = dense_pruner.compute_scores(score_config, calibration_dataset=dataset, progress=False)
+            scores = cached_scores(dense_pruner, score_config, dataset, kind, args)
             score_time = time.perf_counter() - t0
             for v, sparsity in itertools.product(variants(args, method, can_compensate), args.sparsities):
                 config = plan_config(method, sparsity, v, score_fields, can_compensate)
@@ -395,6 +427,7 @@ def run(args) -> dict:
                     "bias_compensation": config.bias_compensation,
                     "min_keep": config.min_keep,
                     "min_keep_attention": config.attention_floor,
+                    "kv_cache_tokens": config.kv_cache_tokens,
                     "achieved_sparsity": pruner.plan.achieved_sparsity,
                     "score_time_s": round(score_time, 1),
                     **metrics,
@@ -438,6 +471,8 @@ def _label(row: dict) -> str:
     if row.get("activity") and row["activity"] != "abs":
         parts.append(row["activity"])
     parts.append(row["allocation"] + (f"/{row['ranking']}" if row.get("ranking") else ""))
+    if row.get("kv_cache_tokens"):
+        parts.append(f"kv{row['kv_cache_tokens']}")
     if row.get("bias_compensation"):
         parts.append("comp")
     parts.append(

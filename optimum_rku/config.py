@@ -80,6 +80,7 @@ class RKUConfig:
     generation_chat_template: str = "auto"
     bias_compensation: bool | str = False
     activity: str = "abs"
+    kv_cache_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +109,7 @@ class RKUConfig:
                 "allowed: importance='rku', or ranking 'score', 'per_parameter' or 'standardized'."
             )
         _number("round_to", self.round_to, 1, 1 << 20, integer=True)
+        _number("kv_cache_tokens", self.kv_cache_tokens, 0, 1 << 30, integer=True)
         _number("num_calibration_samples", self.num_calibration_samples, 1, 1 << 30, integer=True)
         _number("calibration_seq_len", self.calibration_seq_len, 2, 1 << 20, integer=True)
         _number("num_iterations", self.num_iterations, 1, 100, integer=True)

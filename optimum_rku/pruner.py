@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -280,6 +281,8 @@ class RKUPruner(OptimumQuantizer):
             if getattr(config, "_auto_compensation", False) and scores.mlp_input_mean is None:
                 config.bias_compensation = False  # 'auto' with scores computed without calibration means
             self._check_scores(scores, config)
+            if scores.head_dim is None:  # scores saved by an older version: the widths matched, so head_dim does too
+                scores = dataclasses.replace(scores, head_dim=head_dim_of(self.model.config))
         start = time.perf_counter()
         if config.sparsity == 0:
             plan = allocate(scores or self._zero_scores(config), config, prunable_parameters(self.model))
@@ -352,6 +355,7 @@ class RKUPruner(OptimumQuantizer):
             [c[0] for c in costs],
             [c[1] for c in costs],
             layer_widths(self.model),
+            head_dim=head_dim_of(self.model.config),
         )
 
     def _check_config(self, pruning_config) -> RKUConfig:

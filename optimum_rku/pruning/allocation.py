@@ -166,6 +166,27 @@ def _unit_keys(members: list[list[int]], values: torch.Tensor, costs: list[int],
     return keys
 
 
+def kv_credit(scores: PruningScores, config, layer: int) -> int:
+    """`kv_cache_tokens` times the K/V values per token one attention unit of `layer` stores (0 if it frees none).
+
+    Added to the unit's parameter cost in the per-parameter rankings, so a KV group is priced by the memory it frees
+    when serving a sequence of `kv_cache_tokens` tokens, not by its weights alone; a query-head slot under GQA frees
+    no cache. The removal budget itself stays in parameters.
+    """
+    tokens = getattr(config, "kv_cache_tokens", 0)
+    if not tokens:
+        return 0
+    if scores.head_dim is None:
+        raise ValueError(
+            "kv_cache_tokens > 0 needs the head_dim of the scored model, which these scores (from an older version) "
+            "do not record; prune them through RKUPruner (it fills it in) or set kv_cache_tokens=0."
+        )
+    width = scores.widths[layer]
+    group = width["num_attention_heads"] // width["num_key_value_heads"]
+    frees_kv = scores.attention_granularity == "kv_group" or group == 1
+    return tokens * 2 * scores.head_dim if frees_kv else 0
+
+
 def _min_kept(count: int, min_keep: float) -> int:
     return min(count, max(1, math.ceil(min_keep * count - 1e-9)))
 
@@ -206,6 +227,7 @@ def _attention_units(
     config,
     protected: bool,
     per_parameter: bool,
+    rank_cost: float,
 ) -> _Units:
     heads, kv_heads = width["num_attention_heads"], width["num_key_value_heads"]
     group = heads // kv_heads
@@ -218,7 +240,7 @@ def _attention_units(
         order = torch.argsort(scores, stable=True).tolist()
         members = [[i] for i in order]
         count = len(order)
-    unit_scores = _unit_keys(members, scores, [cost] * count, per_parameter)
+    unit_scores = _unit_keys(members, scores, [rank_cost] * count, per_parameter)
     keep = _min_kept(count, getattr(config, "attention_floor", config.min_keep))
     max_units = 0 if protected else count - keep
     return _Units(layer, "attention", unit_scores, [cost] * count, members, max_units)
@@ -231,6 +253,7 @@ def _build_units(scores: PruningScores, config) -> list[_Units]:
     per_parameter = config.resolved_ranking in ("per_parameter", "expected_loss", "measured_loss")
     for layer in range(scores.num_layers):
         is_protected = layer in protected
+        rank_cost = scores.attention_cost[layer] + kv_credit(scores, config, layer)
         mlp = _mlp_units(layer, mlp_keys[layer], scores.mlp_cost[layer], config, is_protected, per_parameter)
         attn = _attention_units(
             layer,
@@ -241,6 +264,7 @@ def _build_units(scores: PruningScores, config) -> list[_Units]:
             config,
             is_protected,
             per_parameter,
+            rank_cost,
         )
         if not config.prunes_mlp:
             mlp.max_units = 0

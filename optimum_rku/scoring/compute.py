@@ -84,6 +84,7 @@ def compute_scores(
         attention_input_mean=attention_mean,
         mlp_loss=mlp_loss if len(mlp_loss) == len(views) else None,
         attention_loss=attention_loss if len(attention_loss) == len(views) else None,
+        head_dim=views[0].head_dim if views else None,
     )
 
 

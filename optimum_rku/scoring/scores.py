@@ -45,6 +45,8 @@ class PruningScores:
     #: (RKU only; read by `ranking="measured_loss"`)
     mlp_loss: list[torch.Tensor] | None = None
     attention_loss: list[torch.Tensor] | None = None
+    #: head_dim of the scored model (sizes the KV cache an attention unit frees; None in files of older versions)
+    head_dim: int | None = None
 
     @property
     def num_layers(self) -> int:
