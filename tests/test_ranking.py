@@ -266,3 +266,59 @@ def test_auto_ranking_resolves_per_importance():
     scores = hand_scores([[5, 6, 7, 8]], [[12, 30]])
     plan = allocate(scores, RKUConfig(sparsity=0.3), prunable(scores))
     assert plan.ranking == AUTO_RANKING["rku"]
+
+
+def test_kv_cache_credit_prices_a_kv_group_by_the_cache_it_frees():
+    # a KV group scores 30 for 10 parameters (3 each); the weakest channel 5 for 3 (1.67 each): weights alone keep
+    # the group. With head_dim 1 it stores 2 values per token; at 4 tokens it is credited 8 more: 30 / 18 = 1.67 - e
+    scores = hand_scores([[5, 6, 7, 8], [5, 6, 7, 8]], [[29.9, 40], [40, 50]])
+    scores.head_dim = 1
+    target = GROUP_COST / prunable(scores)
+    plain = allocate(scores, RKUConfig(sparsity=target, min_keep=0.0, ranking="per_parameter"), prunable(scores))
+    priced = allocate(
+        scores,
+        RKUConfig(sparsity=target, min_keep=0.0, ranking="per_parameter", kv_cache_tokens=4),
+        prunable(scores),
+    )
+    assert removed(plain, scores)[1] == 0
+    assert removed(priced, scores) == (0, 1) and priced.layers[0].kept_kv_heads == [1]
+    assert priced.removed == GROUP_COST  # the budget stays in parameters
+    # the raw-score pool has no costs: the credit changes nothing there
+    by_score = allocate(scores, RKUConfig(sparsity=target, min_keep=0.0, kv_cache_tokens=4), prunable(scores))
+    assert removed(by_score, scores)[1] == 0
+
+
+def test_kv_cache_credit_skips_query_head_slots_that_free_no_cache():
+    scores = hand_scores([[5, 6, 7, 8]], [[1.0, 1.0, 1.0, 1.0]])
+    scores.widths[0]["num_key_value_heads"] = 2  # GQA: two query heads per KV group
+    scores.attention_granularity = "query_head"
+    scores.head_dim = 1
+    from optimum_rku.pruning.allocation import kv_credit
+
+    config = RKUConfig(ranking="per_parameter", kv_cache_tokens=100, attention_granularity="query_head")
+    assert kv_credit(scores, config, 0) == 0
+    scores.attention_granularity = "kv_group"
+    assert kv_credit(scores, RKUConfig(ranking="per_parameter", kv_cache_tokens=100), 0) == 200
+
+
+def test_kv_cache_credit_on_scores_without_head_dim(calib):
+    scores = hand_scores([[5, 6, 7, 8]], [[12, 30]])
+    with pytest.raises(ValueError, match="head_dim"):
+        allocate(scores, RKUConfig(sparsity=0.2, ranking="per_parameter", kv_cache_tokens=8), prunable(scores))
+    # through the pruner, older score files get the model's head_dim
+    from optimum_rku import RKUPruner
+
+    model = tiny_model("llama")
+    config = RKUConfig(sparsity=0.3, importance="magnitude", ranking="per_parameter", kv_cache_tokens=64)
+    fresh = RKUPruner(model).compute_scores(config)
+    assert fresh.head_dim == 8
+    fresh.head_dim = None
+    pruner = RKUPruner(tiny_model("llama"))
+    pruner.prune(config, scores=fresh)
+    assert pruner.plan.achieved_sparsity == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "4096"])
+def test_bad_kv_cache_tokens(value):
+    with pytest.raises((ValueError, TypeError), match="kv_cache_tokens"):
+        RKUConfig(kv_cache_tokens=value)
