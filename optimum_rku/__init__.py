@@ -17,12 +17,14 @@ _EXPORTS = {
     "RKUPruner": "optimum_rku.pruner",
     "available_importances": "optimum_rku.importance",
     "export_gguf": "optimum_rku.io.gguf_export",
+    "load_adapter_model": "optimum_rku.io.adapter",
     "register_importance": "optimum_rku.importance",
 }
 
 if TYPE_CHECKING:
     from optimum_rku.config import RKUConfig
     from optimum_rku.importance import Importance, available_importances, register_importance
+    from optimum_rku.io.adapter import load_adapter_model
     from optimum_rku.io.checkpoint import RKUModelForCausalLM
     from optimum_rku.io.gguf_export import export_gguf
     from optimum_rku.pruner import RKUPruner
@@ -51,6 +53,7 @@ __all__ = [
     "RKUPruner",
     "available_importances",
     "export_gguf",
+    "load_adapter_model",
     "register_importance",
     "__version__",
 ]

@@ -8,6 +8,7 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -79,7 +80,7 @@ def test_loss_decreases_and_metadata(recovered):
 def test_adapters_follow_each_layer_width(recovered):
     from safetensors.torch import load_file
 
-    tensors = load_file(str(recovered["dir"] / "adapter" / "adapter_model.safetensors"))
+    tensors = load_file(str(recovered["dir"] / "pruned_base" / "adapter" / "adapter_model.safetensors"))
     views = blocks(recovered["model"])
     assert len({b.intermediate_size for b in views}) > 1  # really non-uniform
     for b in views:
@@ -106,14 +107,80 @@ def test_adapter_reload_equals_merged(recovered):
     from peft import PeftModel
 
     base_dir = recovered["dir"] / "pruned_base"
-    adapter_dir = recovered["dir"] / "adapter"
+    adapter_dir = base_dir / "adapter"
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(base_dir.resolve())
+    assert config["base_model_name_or_path"] == ".."  # the folder above the adapter, never a machine path
     base = RKUModelForCausalLM.from_pretrained(base_dir).eval()
     assert torch.allclose(logits(base), recovered["before"], atol=1e-6)  # the un-recovered pruned model
-    assert "recovery" not in json.loads((base_dir / "rku_config.json").read_text())
+    base_meta = json.loads((base_dir / "rku_config.json").read_text())
+    assert base_meta["recovery"]["merged"] is False and base_meta["recovery"]["adapter"] == "adapter"
+    assert base_meta["plan"] == json.loads((recovered["dir"] / "rku_config.json").read_text())["plan"]
     unmerged = PeftModel.from_pretrained(base, adapter_dir).eval()
     assert torch.allclose(logits(unmerged), logits(recovered["model"]), atol=1e-5)
+    assert json.loads((recovered["dir"] / "rku_config.json").read_text())["recovery"]["adapter"] == "pruned_base/adapter"
+
+
+def assert_no_machine_path(directory, *paths):
+    """No file under `directory` mentions any of `paths` (absolute directories of this run)."""
+    for file in directory.rglob("*"):
+        if file.is_file():
+            data = file.read_bytes()
+            for path in paths:
+                assert str(path).encode() not in data, f"{file} names {path}"
+
+
+def test_adapter_travels_with_its_base(recovered, tmp_path):
+    """Copied elsewhere with the original moved away, the adapter still finds its base through its own config."""
+    import shutil
+
+    from optimum_rku import load_adapter_model
+
+    original = recovered["dir"]
+    copy = Path(shutil.copytree(original, tmp_path / "elsewhere" / "recovered"))
+    assert_no_machine_path(copy / "pruned_base", original, original.resolve(), recovered["root"])
+    assert not (copy / "pruned_base" / "adapter" / "README.md").exists()  # PEFT's blank template is not kept
+    away = original.with_name(original.name + "-moved-away")
+    original.rename(away)
+    try:
+        model = load_adapter_model(copy / "pruned_base").eval()
+        assert torch.allclose(logits(model), logits(recovered["model"]), atol=1e-5)
+        bare = load_adapter_model(copy / "pruned_base" / "adapter").eval()  # the adapter folder itself
+        assert torch.allclose(logits(bare), logits(recovered["model"]), atol=1e-5)
+    finally:
+        away.rename(original)
+    with pytest.raises(FileNotFoundError, match="No adapter_config.json"):
+        load_adapter_model(copy)  # the merged model: no adapter at its top or in adapter/
+    shutil.copytree(copy / "pruned_base" / "adapter", tmp_path / "lonely")
+    with pytest.raises(FileNotFoundError, match="keep the adapter checkpoint's directory together"):
+        load_adapter_model(tmp_path / "lonely")
+
+
+AUTO_PEFT = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    from peft import AutoPeftModelForCausalLM
+    os.chdir(sys.argv[1])  # PEFT resolves a relative base against the working directory: run from the adapter's
+    model = AutoPeftModelForCausalLM.from_pretrained(".", trust_remote_code=True).eval()
+    with torch.no_grad():
+        print(json.dumps(model(torch.tensor(json.loads(sys.argv[2]))).logits.tolist()))
+    """
+)
+
+
+def test_adapter_loads_with_plain_peft_in_fresh_process(recovered, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(recovered["dir"] / "pruned_base", tmp_path / "copied"))
+    script = tmp_path / "auto_peft.py"
+    script.write_text(AUTO_PEFT)
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    ids = json.dumps(sample_inputs().tolist())
+    proc = subprocess.run(
+        [sys.executable, str(script), str(copy / "adapter"), ids], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert torch.allclose(out, logits(recovered["model"]), atol=1e-5)
 
 
 RELOAD = textwrap.dedent(
@@ -138,6 +205,41 @@ def test_merged_checkpoint_reloads_in_fresh_process(recovered, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert torch.allclose(out, logits(recovered["model"]), atol=1e-5)
+
+
+def test_unmerged_save_is_an_adapter_checkpoint(single_thread, tmp_path):
+    """merge=False with save_dir: the pruned base at the top, the adapter in adapter/ naming '..', card and metadata."""
+    import shutil
+
+    from optimum_rku import load_adapter_model
+
+    pruner = RKUPruner(tiny_model("qwen2"), make_tokenizer())
+    pruner.prune(RKUConfig(sparsity=0.3, min_keep=0.25), calibration_dataset=token_dataset(), progress=False)
+    before = logits(pruner.model)
+    args = {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
+    out = tmp_path / "adapter-ckpt"
+    peft_model = pruner.recover(pairs(8), training_args=args, save_dir=out, merge=False, progress=False)
+    assert type(peft_model).__name__.startswith("PeftModel")
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"config.json", "model.safetensors", "rku_config.json", "README.md", "tokenizer.json"} <= files
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json"} <= files
+    assert not any(name.startswith(("pruned_base", "adapter/README")) for name in files)
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == ".."
+    assert torch.allclose(logits(RKUModelForCausalLM.from_pretrained(out).eval()), before, atol=1e-6)  # untrained
+    meta = json.loads((out / "rku_config.json").read_text())
+    assert meta["recovery"]["merged"] is False and meta["recovery"]["steps"] == 3
+    card = (out / "README.md").read_text()
+    assert 'PeftModel.from_pretrained(base, "<path-or-repo-id>", subfolder="adapter")' in card
+    assert "## Use the pruned base alone" in card and "peft" in card.split("---")[1]
+    assert "base_model_relation" not in card.split("---")[1]  # the top-level weights are only pruned
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging left
+    assert_no_machine_path(out, tmp_path, tmp_path.resolve())
+    moved = Path(shutil.move(str(out), str(tmp_path / "moved")))
+    reloaded = load_adapter_model(moved).eval()
+    assert torch.allclose(logits(reloaded), logits(peft_model), atol=1e-5)
+    assert not torch.allclose(logits(reloaded), before, atol=1e-4)  # the adapter is applied
+    with pytest.raises(ValueError, match="not empty"):  # the adapter checkpoint is refused like any save_dir
+        pruner.recover(pairs(8), training_args=args, save_dir=moved, merge=False, progress=False)
 
 
 def test_unmerged_result_matches_its_merge(single_thread):
@@ -343,7 +445,7 @@ def no_training(monkeypatch):
         ({"train_dataset": ["a", {"prompt": "b"}]}, TypeError, "only strings or only dicts"),
         ({"train_dataset": [{"input": "a", "output": "b"}]}, ValueError, "columns.*'prompt' \\+ 'response'"),
         ({"train_dataset": ["a b"], "lora_config": {"rank": 4}}, ValueError, "Unknown LoraConfig"),
-        ({"train_dataset": ["a b"], "merge": False, "save_dir": "x"}, ValueError, "merge=False"),
+        ({"train_dataset": ["a b"], "merge": False, "save_dir": "x", "save_adapter": False}, ValueError, "nothing"),
         ({"train_dataset": ["a b"], "save_adapter": True}, ValueError, "save_dir"),
         ({"train_dataset": "a b"}, TypeError, "train_dataset"),
     ],

@@ -21,6 +21,12 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-results", default=None, help=f"GSM8K results JSON (default: <checkpoint>/{EVAL_RESULTS_FILE})"
     )
+    parser.add_argument(
+        "--adapter-repo-id",
+        default=None,
+        help="also push the LoRA adapter a recovered checkpoint keeps in pruned_base/ (with that pruned base) to this "
+        "repository; an adapter checkpoint (recover --no-merge) pushes its adapter/ with it anyway",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- push
@@ -30,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_checkpoint(args.checkpoint)
     check_repo_id(args.repo_id)
+    if args.adapter_repo_id is not None:
+        check_repo_id(args.adapter_repo_id)
     if args.eval_results is not None and not Path(args.eval_results).is_file():
         raise FileNotFoundError(f"--eval-results {args.eval_results!r}: no such file.")
     url = push_to_hub(
@@ -40,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         eval_results=args.eval_results,
         commit_message=args.commit_message,
         create_pr=args.create_pr,
+        adapter_repo_id=args.adapter_repo_id,
     )
+    if args.adapter_repo_id is not None:
+        from optimum_rku.io.hub import hub_endpoint
+
+        say(f"LoRA adapter with its pruned base: {hub_endpoint()}/{args.adapter_repo_id}")
     say(f"{'pull request' if args.create_pr else 'pushed'}: {url}")
     return 0

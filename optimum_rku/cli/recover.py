@@ -40,7 +40,17 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distillation-temperature", type=positive_float, default=1.0, help="softmax temperature (default: 1.0)"
     )
-    parser.add_argument("--save-adapter", action="store_true", help="also save the LoRA adapter (and its base)")
+    parser.add_argument(
+        "--save-adapter",
+        action="store_true",
+        help="also keep the LoRA adapter with the pruned model it was trained on, in <output>/pruned_base/ "
+        "(adapter in pruned_base/adapter/)",
+    )
+    parser.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="do not merge: <output> is the pruned model before recovery with the LoRA adapter in <output>/adapter/",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -60,7 +70,8 @@ def _load_teacher(name: str, meta: dict[str, Any]):
 
 
 def run(args: argparse.Namespace) -> int:
-    """LoRA recovery of a pruned checkpoint with `optimum_rku.recovery.recover_with_lora`; saves the merged model."""
+    """LoRA recovery of a pruned checkpoint with `optimum_rku.recovery.recover_with_lora`; saves the merged model (or,
+    with --no-merge, the pruned model with its adapter)."""
     checkpoint = Path(args.checkpoint).expanduser()
     if not (checkpoint / CONFIG_NAME).is_file():
         raise FileNotFoundError(
@@ -108,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         lora or None,
         training or None,
         args.output,
-        True,
-        save_adapter=args.save_adapter,
+        not args.no_merge,
+        save_adapter=True if args.no_merge else args.save_adapter,
         overwrite=args.overwrite,
         metadata=meta,
         source=str(checkpoint),
@@ -128,5 +139,11 @@ def run(args: argparse.Namespace) -> int:
         f"recovered with LoRA r={summary.get('rank')} for {summary.get('steps')} steps: response loss "
         f"{summary.get('loss_before', float('nan')):.4f} -> {summary.get('loss_after', float('nan')):.4f}"
     )
-    say(f"saved to {Path(args.output).expanduser().resolve()}")
+    output = Path(args.output).expanduser().resolve()
+    if args.no_merge:
+        say(f"saved the pruned model to {output} and its LoRA adapter to {output / 'adapter'}")
+    else:
+        say(f"saved to {output}")
+        if args.save_adapter:
+            say(f"LoRA adapter with its pruned base: {output / 'pruned_base'}")
     return 0

@@ -8,7 +8,9 @@ Metadata choices, documented because the Hub is strict about some of them:
 * `base_model` is set only when the source model is a Hub id (never a local path or the bundled testbed).
 * `base_model_relation`: the Hub accepts `adapter`, `merge`, `quantized` and `finetune`. Structural pruning is none
   of these (in particular it is not quantization), so a pruned-only checkpoint leaves the field unset; after LoRA
-  recovery (weights trained, adapter merged) it is `finetune`, which is what happened to the weights.
+  recovery (weights trained, adapter merged) it is `finetune`, which is what happened to the weights. An adapter
+  checkpoint (pruned weights at the top, the unmerged adapter in `adapter/`) leaves it unset too: its top-level
+  weights are only pruned, and the Hub's `adapter` relation means a repository that *is* an adapter of its base.
 * `model-index` holds one model entry (huggingface_hub keeps a single model name per card). Results of the dense base,
   when known, are in the same entry with metric names that say "dense base model", plus the comparison table in the
   card body.
@@ -23,7 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint
 from optimum_rku.io.card_sections import (
+    adapter_link_section,
+    adapter_section,
     benchmark_kind,
     calibration_section,
     eval_section,
@@ -128,13 +133,18 @@ def build_model_card(
     has_remote_code: bool | None = None,
     chart: bool = True,
     gguf_files: Sequence[Mapping[str, Any]] | None = None,
+    adapter: str | None = None,
+    adapter_checkpoint: str | None = None,
 ):
     """Build the `huggingface_hub.ModelCard` of a pruned checkpoint from its `rku_config.json` dict.
 
     `eval_results` / `dense_eval_results` take what `evaluate_gsm8k` returns (or its `to_dict()`); a `"dense"` key in
     `eval_results` is used as the dense result when `dense_eval_results` is None. `recovery` defaults to
-    `meta["recovery"]`. `repo_id` is used in the loading snippet and as the model name. `gguf_files` (what
-    `io.gguf_export.gguf_files` returns) adds a "Use with llama.cpp" section.
+    `meta["recovery"]`. `repo_id` is used in the loading snippets and as the model name. `gguf_files` (what
+    `io.gguf_export.gguf_files` returns) adds a "Use with llama.cpp" section. `adapter` (a folder name) says the
+    checkpoint is an adapter checkpoint whose LoRA adapter for the top-level weights is in that folder;
+    `adapter_checkpoint` (`"pruned_base"`, the folder, or a Hub repo id) says where the adapter checkpoint a merged
+    model came from is kept. Each adds a section on loading the adapter.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -149,6 +159,11 @@ def build_model_card(
         raise TypeError(f"recovery must be a dict of recovery settings or None, got {type(recovery).__name__}.")
     if repo_id is not None and (not isinstance(repo_id, str) or not HUB_ID.match(repo_id)):
         raise ValueError(f"repo_id={repo_id!r} is not a Hub repo id like 'user/name'.")
+    for name, value in (("adapter", adapter), ("adapter_checkpoint", adapter_checkpoint)):
+        if value is not None and (not isinstance(value, str) or not HUB_ID.match(value)):
+            raise ValueError(f"{name}={value!r} must be a folder name or a Hub repo id like 'user/name'.")
+    if adapter and adapter_checkpoint:
+        raise ValueError("adapter and adapter_checkpoint exclude each other: a checkpoint is the adapter's base or not.")
     remote_code = _uses_remote_code(meta) if has_remote_code is None else bool(has_remote_code)
 
     config = meta["pruning_config"]
@@ -166,6 +181,8 @@ def build_model_card(
         tags.append("custom_code")
     if recovery:
         tags.append("lora")
+    if adapter:
+        tags.append("peft")
     datasets: list[str] = []
     for candidate in (
         None if meta.get("is_testbed") else (meta.get("calibration") or {}).get("dataset"),
@@ -202,10 +219,12 @@ def build_model_card(
         "query_heads_removed_fraction": (meta.get("attention") or {}).get("query_heads_removed_fraction"),
         "targets": config.get("targets"),
         "recovered": bool(recovery),
+        "lora_adapter": adapter,
     }
+    weights_trained = bool(recovery) and not adapter  # an adapter checkpoint's top-level weights are only pruned
     data = ModelCardData(
         base_model=base_id,
-        base_model_relation="finetune" if (recovery and base_id) else None,
+        base_model_relation="finetune" if (weights_trained and base_id) else None,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=tags,
@@ -290,7 +309,11 @@ def build_model_card(
     ]
     if recovery:
         sections.append(recovery_section(recovery))
-    sections.append(usage_section(meta, repo, remote_code))
+    if adapter:  # what most readers of an adapter checkpoint want: the recovered model, base + adapter
+        sections.append(adapter_section(repo, remote_code, adapter))
+    sections.append(usage_section(meta, repo, remote_code, "Use the pruned base alone" if adapter else "How to use"))
+    if adapter_checkpoint:
+        sections.append(adapter_link_section(adapter_checkpoint, is_repo=adapter_checkpoint != PRUNED_BASE_DIR))
     if gguf_files:
         sections.append(llamacpp_section(gguf_files, repo))
     sections.append(
@@ -327,6 +350,8 @@ def write_model_card(
         has_remote_code=(directory / REMOTE_CODE_FILE).is_file(),
         chart=(directory / CHART_FILE).is_file(),
         gguf_files=find_gguf_files(directory),
+        adapter=ADAPTER_DIR if adapter_in(directory) else None,
+        adapter_checkpoint=PRUNED_BASE_DIR if nested_adapter_checkpoint(directory) else None,
     )
     target = directory / CARD_FILE
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CARD_FILE}.", suffix=".tmp")

@@ -173,23 +173,27 @@ def recovery_section(recovery: Mapping[str, Any]) -> str:
                 f"T^2 KL, alpha {distillation.get('alpha')}, T {distillation.get('temperature')}",
             )
         )
-    used.add("distillation")
+    used.update({"distillation", "adapter", "merged"})  # the intro says merged or not; the adapter has its section
     for key, value in r.items():  # anything else recorded, scalars only
         if key not in used and isinstance(value, (str, int, float, bool)):
             described.append((key.replace("_", " "), value))
     rows = ["| setting | value |", "|---|---|"]
     rows += [f"| {label} | {str(value).replace('|', '/')} |" for label, value in described]
-    merged = r.get("merged", True)
-    intro = (
-        "After pruning, accuracy was recovered with a short LoRA fine-tune"
-        + (" whose adapters were merged into the weights" if merged else "")
-        + " (architecture and layer widths unchanged)."
-    )
+    if r.get("merged", True):
+        intro = (
+            "After pruning, accuracy was recovered with a short LoRA fine-tune whose adapters were merged into the "
+            "weights (architecture and layer widths unchanged)."
+        )
+    else:
+        intro = (
+            "After pruning, accuracy was recovered with a short LoRA fine-tune. The adapter is kept separate: the "
+            "weights at the top level are the pruned model before recovery (see below for loading both)."
+        )
     tail = "\n\nThe loss history is recorded in `rku_config.json`." if r.get("loss_history") else ""
     return "## Recovery\n\n" + intro + "\n\n" + "\n".join(rows) + tail
 
 
-def usage_section(meta: Mapping[str, Any], repo: str, remote_code: bool) -> str:
+def usage_section(meta: Mapping[str, Any], repo: str, remote_code: bool, title: str = "How to use") -> str:
     auto_kwargs = ", trust_remote_code=True" if remote_code else ""
     explanation = (
         "Layers keep different widths, so `config.json` uses transformers' `per_layer_config` and the repository "
@@ -199,7 +203,7 @@ def usage_section(meta: Mapping[str, Any], repo: str, remote_code: bool) -> str:
         else "All layers keep the same widths, so this is a stock transformers checkpoint (smaller "
         "`intermediate_size` / head counts); optimum-rku is not needed to load it."
     )
-    return f"""## How to use
+    return f"""## {title}
 
 {explanation}
 
@@ -255,3 +259,44 @@ def llamacpp_section(files: Sequence[Mapping[str, Any]], repo: str) -> str:
 Ollama: a `Modelfile` with the line `FROM ./{first}`, then `ollama create my-model -f Modelfile`.{note}
 
 Written with `optimum-rku export gguf --checkpoint <dir> --output <file.gguf> --dtype <f32|f16|bf16|q8_0>`."""
+
+
+def adapter_section(repo: str, remote_code: bool, folder: str) -> str:
+    """ "Use the LoRA adapter": the top level is the adapter's base, the adapter (PEFT) is in `folder`."""
+    auto_kwargs = ", trust_remote_code=True" if remote_code else ""
+    return f"""## Use the LoRA adapter (PEFT)
+
+The weights at the top level are the pruned model *before* recovery; the LoRA adapter trained on it is in
+`{folder}/` (PEFT format). The adapter's `base_model_name_or_path` names that base without any machine path: this
+repository's id once pushed, `..` (the folder above the adapter) in a local copy, so the whole folder can be moved,
+copied or uploaded.
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{repo}"{auto_kwargs})
+model = PeftModel.from_pretrained(base, "{repo}", subfolder="{folder}")
+tokenizer = AutoTokenizer.from_pretrained("{repo}"{auto_kwargs})
+```
+
+`model.merge_and_unload()` folds the adapter into the weights (a plain model of the same shape). Load in the two
+steps above rather than with `AutoPeftModelForCausalLM`, which passes `subfolder` on to the base model too. With
+optimum-rku installed, `optimum_rku.load_adapter_model("{repo}")` does both steps without remote code."""
+
+
+def adapter_link_section(location: str, is_repo: bool) -> str:
+    """ "LoRA adapter" of a merged checkpoint: where the adapter it was merged from lives, with its pruned base."""
+    if is_repo:
+        where = f"the repository [{location}](https://huggingface.co/{location})"
+        how = "Its card shows how to load it with PEFT."
+    else:
+        where = f"the folder `{location}/` of this checkpoint (adapter in `{location}/adapter/`)"
+        how = (
+            "Its card shows how to load it with PEFT; `optimum-rku push --adapter-repo-id <repo>` publishes it "
+            "beside this model."
+        )
+    return (
+        "## LoRA adapter\n\nThe LoRA adapter merged into these weights is kept, together with the pruned model it was "
+        f"trained on (its base), in {where}. {how}"
+    )

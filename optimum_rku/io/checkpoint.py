@@ -108,28 +108,38 @@ def save_checkpoint(
             (tmp / name).write_bytes(data)
         for writer in writers or []:
             writer(tmp)
-        if target.exists():
-            backup = target.parent / f".{target.name}.old-{os.getpid()}"
-            target.rename(backup)
-            tmp.rename(target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        install_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 
 
-def load_rku_config(path: str | os.PathLike):
-    """The config of a local checkpoint, read with optimum-rku's relaxed config class for its family."""
+def install_directory(staged: Path, target: Path) -> None:
+    """Move a fully written directory `staged` (beside `target`) to `target`, replacing an existing one by renames."""
+    if target.exists():
+        backup = target.parent / f".{target.name}.old-{os.getpid()}"
+        target.rename(backup)
+        staged.rename(target)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        staged.rename(target)
+
+
+#: `from_pretrained` arguments that say where a checkpoint's files are (passed on to the config as well).
+HUB_KWARGS = ("revision", "token", "subfolder", "cache_dir", "local_files_only")
+
+
+def load_rku_config(path: str | os.PathLike, **hub_kwargs: Any):
+    """The config of a checkpoint (a directory, or a Hub id with `HUB_KWARGS`), read with optimum-rku's relaxed config
+    class for its family."""
     from transformers import PretrainedConfig
 
     from optimum_rku.models.modeling_rku import rku_class
 
-    raw, _ = PretrainedConfig.get_config_dict(str(path))
+    raw, _ = PretrainedConfig.get_config_dict(str(path), **hub_kwargs)
     spec = get_spec(SimpleNamespace(model_type=raw.get("model_type")))  # raises, listing the supported families
-    return rku_class(spec.config_class).from_pretrained(path)
+    return rku_class(spec.config_class).from_pretrained(path, **hub_kwargs)
 
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
@@ -153,7 +163,8 @@ class RKUModelForCausalLM:
         from optimum_rku.models.modeling_rku import rku_class
 
         kwargs.pop("trust_remote_code", None)
-        config = kwargs.pop("config", None) or load_rku_config(pretrained_model_name_or_path)
+        hub = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+        config = kwargs.pop("config", None) or load_rku_config(pretrained_model_name_or_path, **hub)
         spec = get_spec(config)
         if hasattr(config, "auto_map"):
             config.auto_map = None

@@ -3,6 +3,12 @@
 `push_to_hub` never modifies or deletes the local checkpoint: it stages the files to upload (hard links where the
 filesystem allows) in a temporary directory, writes the regenerated `README.md` there, and uploads that directory.
 The token is only handed to `huggingface_hub` for the Authorization header; it is never written or logged.
+
+Repository layout with a LoRA adapter (see `optimum_rku.io.adapter`): an adapter checkpoint is pushed as it is on
+disk, the pruned base at the repository's top level and the adapter in `adapter/`, whose `base_model_name_or_path`
+becomes the repository id. A merged checkpoint that carries its adapter checkpoint in `pruned_base/` pushes the
+merged model to `repo_id` and, with `adapter_repo_id`, the adapter checkpoint to that second repository (PEFT names
+a base by repository id, so the adapter's base needs a repository top level of its own).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint, stage_adapter
 from optimum_rku.io.card import CARD_FILE, build_model_card, is_generated_card
 from optimum_rku.io.chart import CHART_FILE, plot_allocation
 from optimum_rku.io.gguf_export import gguf_files
@@ -136,17 +143,34 @@ def push_to_hub(
     eval_results: Any = None,
     commit_message: str | None = None,
     create_pr: bool = False,
+    adapter_repo_id: str | None = None,
 ) -> str:
     """Upload a pruned checkpoint (weights, config, remote code, tokenizer, rku_config.json, card, chart) to the Hub.
 
     `eval_results` is what `evaluate_gsm8k` returns (or its dict); it defaults to the checkpoint's `eval_results.json`.
     The card is regenerated with those results for the upload (a local README.md whose optimum-rku marker line was
-    deleted is uploaded unchanged). Returns the commit URL (the pull-request URL when
+    deleted is uploaded unchanged). An adapter checkpoint's `adapter/` is uploaded too, naming `repo_id` as its base.
+    `adapter_repo_id` pushes the adapter checkpoint a merged checkpoint carries in `pruned_base/` to that repository
+    first (the merged model's card links it). Returns the commit URL (the pull-request URL when
     `create_pr=True`). Raises `HubAuthenticationError` (a `PermissionError`) on 401/403 and `HubPushError` (a
     `RuntimeError`) on network, server or offline-mode failures, each with a one-line message.
     """
     path = check_checkpoint(checkpoint_dir)
     check_repo_id(repo_id)
+    nested = nested_adapter_checkpoint(path)
+    if adapter_repo_id is not None:
+        check_repo_id(adapter_repo_id)
+        if nested is None:
+            raise ValueError(
+                f"adapter_repo_id={adapter_repo_id!r}: {str(checkpoint_dir)!r} carries no adapter checkpoint "
+                f"({PRUNED_BASE_DIR}/ with {ADAPTER_DIR}/); recover with save_adapter=True (--save-adapter) to keep one."
+            )
+        if adapter_repo_id == repo_id:
+            raise ValueError(
+                f"adapter_repo_id must differ from repo_id ({repo_id!r}): the merged model and the adapter's pruned "
+                "base would both need the repository's top level."
+            )
+        check_checkpoint(nested)
     if token is not None and not isinstance(token, str):
         raise TypeError("token must be a string or None (None uses HF_TOKEN or the stored login).")
     if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
@@ -156,19 +180,49 @@ def push_to_hub(
             raise TypeError(f"{name} must be a bool, got {flag!r}.")
     results = result_dict(eval_results) if eval_results is not None else read_eval_results(path)
 
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from optimum_rku import __version__
+    from huggingface_hub import constants
 
     endpoint = hub_endpoint()
     if constants.HF_HUB_OFFLINE:
         raise HubPushError(f"Cannot push to {endpoint}: HF_HUB_OFFLINE is set; unset it to upload.")
-    meta = read_metadata(path)
+    options = {"private": private, "token": token, "commit_message": commit_message, "create_pr": create_pr}
+    if adapter_repo_id is not None:
+        url = _push(nested, adapter_repo_id, read_eval_results(nested), endpoint=endpoint, **options)
+        logger.info("Pushed the LoRA adapter with its pruned base to %s: %s", adapter_repo_id, url)
+    elif nested is not None:
+        logger.warning(
+            "%s/ (the pruned base with its LoRA adapter) is not uploaded; pass adapter_repo_id (--adapter-repo-id) to "
+            "publish it in a repository of its own.",
+            PRUNED_BASE_DIR,
+        )
+    return _push(path, repo_id, results, endpoint=endpoint, adapter_checkpoint=adapter_repo_id, **options)
 
+
+def _push(
+    path: Path,
+    repo_id: str,
+    results: dict[str, Any] | None,
+    *,
+    endpoint: str,
+    private: bool,
+    token: str | None,
+    commit_message: str | None,
+    create_pr: bool,
+    adapter_checkpoint: str | None = None,
+) -> str:
+    """Stage one checkpoint (with its adapter, if it is an adapter checkpoint), write its card and upload it."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from optimum_rku import __version__
+
+    meta = read_metadata(path)
     with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as staging_dir:
         staging = Path(staging_dir)
         uploaded = _stage(path, staging)
+        adapter_dir = adapter_in(path)
+        if adapter_dir is not None:
+            uploaded += stage_adapter(adapter_dir, staging, repo_id)
         if CHART_FILE not in uploaded:
             try:
                 plot_allocation(meta, staging / CHART_FILE)
@@ -190,6 +244,8 @@ def push_to_hub(
                 has_remote_code=(staging / REMOTE_CODE_FILE).is_file(),
                 chart=(staging / CHART_FILE).is_file(),
                 gguf_files=gguf_files(staging),
+                adapter=ADAPTER_DIR if adapter_dir is not None else None,
+                adapter_checkpoint=adapter_checkpoint,
             )
             card.save(staging / CARD_FILE)
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
+from optimum_rku.config import CONFIG_NAME
+from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, write_adapter
+from optimum_rku.io.checkpoint import check_save_dir, install_directory, save_checkpoint
 from optimum_rku.io.metadata import read_metadata
 from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
@@ -40,8 +42,6 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
     "seed": 2016,
     "remove_unused_columns": False,
 }
-ADAPTER_DIR = "adapter"
-PRUNED_BASE_DIR = "pruned_base"
 
 
 # ------------------------------------------------------------------------------------------------------ configs
@@ -152,17 +152,6 @@ def _infer_testbed(metadata: dict[str, Any], model) -> bool:
     return bool(name) and is_testbed_name(name)
 
 
-def _check_base_checkpoint(base_checkpoint: Any) -> Path | None:
-    if base_checkpoint is None:
-        return None
-    if not isinstance(base_checkpoint, (str, os.PathLike)):
-        raise TypeError(f"base_checkpoint must be a directory path, got {type(base_checkpoint).__name__}.")
-    path = Path(base_checkpoint).expanduser().resolve()
-    if not (path / "config.json").is_file():
-        raise ValueError(f"base_checkpoint {str(base_checkpoint)!r} is not a saved model directory (no config.json).")
-    return path
-
-
 def _checkpoint_writers(meta: dict[str, Any]) -> list:
     try:
         from optimum_rku.io.card import checkpoint_writers
@@ -180,8 +169,7 @@ def recover_with_lora(
     save_dir: str | os.PathLike | None = None,
     merge: bool = True,
     *,
-    save_adapter: bool = False,
-    base_checkpoint: str | os.PathLike | None = None,
+    save_adapter: bool | None = None,
     overwrite: bool = False,
     metadata: dict[str, Any] | None = None,
     source: str | os.PathLike | None = None,
@@ -200,8 +188,10 @@ def recover_with_lora(
 
     Returns the merged model (a `PeftModel` when `merge=False`), or `(model, summary)` with `return_summary=True`.
     With `save_dir`, writes the merged checkpoint (same formats as `prune`, `rku_config.json` gains a "recovery"
-    section); with `save_adapter=True` also `<save_dir>/adapter/` whose `base_model_name_or_path` is
-    `base_checkpoint` when given, else the un-recovered pruned model written to `<save_dir>/pruned_base/`.
+    section); with `save_adapter=True` it also holds, in `pruned_base/`, the *adapter checkpoint*: the pruned model
+    before recovery with the LoRA adapter in `pruned_base/adapter/`. With `merge=False`, `save_dir` is that adapter
+    checkpoint itself (`save_adapter` defaults to True then). The adapter's `base_model_name_or_path` is `..`, the
+    directory above it, never an absolute path: the directory can be moved or pushed whole (`optimum_rku.io.adapter`).
     With `teacher` (the dense model, same tokenizer) the loss is knowledge distillation on the response tokens:
     `(1 - distillation_alpha) * CE + distillation_alpha * T^2 * KL(teacher || student)` at temperature T.
     """
@@ -214,6 +204,8 @@ def recover_with_lora(
         raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}.")
     if tokenizer is None:
         raise ValueError("recover_with_lora needs the model's tokenizer.")
+    if save_adapter is None:
+        save_adapter = not merge and save_dir is not None
     for name, value in (("merge", merge), ("save_adapter", save_adapter), ("overwrite", overwrite)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}.")
@@ -221,13 +213,12 @@ def recover_with_lora(
         raise ValueError(f"seed={seed!r} must be a non-negative int or None.")
     if save_adapter and save_dir is None:
         raise ValueError("save_adapter=True needs a save_dir to write the adapter into.")
-    if not merge and save_dir is not None:
+    if not merge and save_dir is not None and not save_adapter:
         raise ValueError(
-            "save_dir writes the merged model; with merge=False save the returned PeftModel yourself "
-            "(model.save_pretrained(dir)) or use merge=True, save_adapter=True."
+            "merge=False with a save_dir saves the pruned model and its LoRA adapter; save_adapter=False would leave "
+            "nothing to save. Drop save_adapter=False, or use merge=True to save the merged model."
         )
     target = check_save_dir(save_dir, source, overwrite) if save_dir is not None else None
-    base_path = _check_base_checkpoint(base_checkpoint)
     lora = _resolve_lora_config(lora_config, model)
     check_distillation(model, teacher, distillation_alpha, distillation_temperature)
     if metadata is not None and not isinstance(metadata, dict):
@@ -254,7 +245,7 @@ def recover_with_lora(
         if target is not None and main:
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.recovery-", dir=target.parent))
-            if save_adapter and base_path is None:  # the adapter's base: the pruned, un-recovered model
+            if save_adapter:  # the adapter's base: the pruned model before any training
                 save_checkpoint(model, tokenizer, staging / PRUNED_BASE_DIR, meta, overwrite=True)
         model.train()
         set_seed(args.seed)  # the LoRA A matrices are drawn here: same seed, same adapters, whatever ran before
@@ -312,29 +303,25 @@ def recover_with_lora(
                 "alpha": float(distillation_alpha),
                 "temperature": float(distillation_temperature),
             }
-        adapter_base = None
-        if save_adapter and staging is not None:
-            adapter_base = base_path if base_path is not None else target / PRUNED_BASE_DIR
-            peft_model.save_pretrained(staging / ADAPTER_DIR)
-            config_file = staging / ADAPTER_DIR / "adapter_config.json"
-            adapter_config = json.loads(config_file.read_text())
-            adapter_config["base_model_name_or_path"] = str(adapter_base)
-            config_file.write_text(json.dumps(adapter_config, indent=2) + "\n")
-            tokenizer.save_pretrained(staging / ADAPTER_DIR)
-            summary["adapter"] = ADAPTER_DIR
-            summary["adapter_base"] = PRUNED_BASE_DIR if base_path is None else str(base_path)
+        if save_adapter and staging is not None:  # complete the adapter checkpoint: adapter, metadata, card
+            adapter_checkpoint = staging / PRUNED_BASE_DIR
+            write_adapter(peft_model, tokenizer, adapter_checkpoint / ADAPTER_DIR)
+            base_meta = {**meta, "recovery": {**summary, "merged": False, "adapter": ADAPTER_DIR}}
+            (adapter_checkpoint / CONFIG_NAME).write_text(json.dumps(base_meta, indent=2, sort_keys=False) + "\n")
+            for writer in _checkpoint_writers(base_meta):
+                writer(adapter_checkpoint)
+            summary["adapter"] = f"{PRUNED_BASE_DIR}/{ADAPTER_DIR}"
         if not merge:
             out = peft_model
         else:
             out = peft_model.merge_and_unload()
             out.eval()
-        if target is not None and main:
+        if target is not None and main and merge:
             meta["recovery"] = summary
 
-            def move_staged(directory: Path) -> None:
-                for name in (PRUNED_BASE_DIR, ADAPTER_DIR):
-                    if (staging / name).exists():
-                        shutil.move(str(staging / name), str(directory / name))
+            def move_staged(directory: Path) -> None:  # before the card, which describes the adapter it finds
+                if (staging / PRUNED_BASE_DIR).exists():
+                    shutil.move(str(staging / PRUNED_BASE_DIR), str(directory / PRUNED_BASE_DIR))
 
             save_checkpoint(
                 out,
@@ -343,9 +330,13 @@ def recover_with_lora(
                 meta,
                 source=source,
                 overwrite=overwrite,
-                writers=_checkpoint_writers(meta) + [move_staged],
+                writers=[move_staged] + _checkpoint_writers(meta),
             )
             logger.info("Saved recovered model to %s", target)
+        elif target is not None and main:  # merge=False: the adapter checkpoint is the whole output
+            check_save_dir(target, source, overwrite)
+            install_directory(staging / PRUNED_BASE_DIR, target)
+            logger.info("Saved the pruned model and its LoRA adapter to %s", target)
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
