@@ -343,6 +343,46 @@ def test_recover_and_benchmark_commands(workspace, tmp_path, capsys):
     assert "'nope'" in capsys.readouterr().err
 
 
+def test_recover_keeps_the_adapter_and_push_publishes_it(workspace, tmp_path, monkeypatch, capsys):
+    # in-process: recover --save-adapter / --no-merge, then push both layouts to a loopback Hub
+    from huggingface_hub import constants
+
+    from optimum_rku.cli import main
+
+    pruned, merged, unmerged = tmp_path / "pruned", tmp_path / "merged", tmp_path / "unmerged"
+    prune = ["prune", "--model", str(workspace / "base"), "--output", str(pruned), "--importance", "magnitude"]
+    assert main([*prune, "--sparsity", "0.3", "--quiet"]) == 0
+    train = ["--max-steps", "2", "--lora-r", "4", "--data-files", str(workspace / "train.jsonl"), "--num-samples", "4"]
+    train += ["--batch-size", "2", "--max-length", "160", "--quiet"]
+    assert main(["recover", "--checkpoint", str(pruned), "--output", str(merged), "--save-adapter", *train]) == 0
+    assert f"LoRA adapter with its pruned base: {merged.resolve() / 'pruned_base'}" in capsys.readouterr().out
+    adapter_config = json.loads((merged / "pruned_base" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == ".."
+    assert main(["recover", "--checkpoint", str(pruned), "--output", str(unmerged), "--no-merge", *train]) == 0
+    assert f"LoRA adapter to {unmerged.resolve() / 'adapter'}" in capsys.readouterr().out
+    assert json.loads((unmerged / "rku_config.json").read_text())["recovery"]["merged"] is False
+    assert (unmerged / "adapter" / "adapter_model.safetensors").is_file() and not (unmerged / "pruned_base").exists()
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with LoopbackHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        push = ["push", "--token", "hf_cli"]
+        assert main([*push, "--checkpoint", str(merged), "--repo-id", "me/rec", "--adapter-repo-id", "me/rec-lora"]) == 0
+        out = capsys.readouterr().out
+        assert f"LoRA adapter with its pruned base: {hub.url}/me/rec-lora" in out and "pushed: " in out
+        assert main([*push, "--checkpoint", str(unmerged), "--repo-id", "me/unmerged"]) == 0
+        assert main([*push, "--checkpoint", str(pruned), "--repo-id", "me/x", "--adapter-repo-id", "me/x-lora"]) == 2
+        assert "carries no adapter checkpoint" in capsys.readouterr().err
+        files = {repo: hub.files(repo) for repo in ("me/rec", "me/rec-lora", "me/unmerged")}
+        assert "me/x" not in hub.repos and not hub.unexpected
+    for repo in ("me/rec-lora", "me/unmerged"):
+        config = json.loads(files[repo]["adapter/adapter_config.json"])
+        assert config["base_model_name_or_path"] == repo and "adapter/adapter_model.safetensors" in files[repo]
+    assert not any("/" in name for name in files["me/rec"])
+    assert "[me/rec-lora](https://huggingface.co/me/rec-lora)" in files["me/rec"]["README.md"].decode()
+
+
 def test_testbed_defaults(workspace, tmp_path, monkeypatch, capsys):
     # a tiny stand-in for the bundled testbed: `--model` defaults to it, eval defaults to its own test problems
     import optimum_rku.testbed as testbed

@@ -30,8 +30,9 @@ class LoopbackHub:
 
     Endpoints: POST /api/repos/create, GET /api/models/{repo}, POST .../preupload/{rev} (answers "regular" so file
     contents arrive base64-encoded in the commit), POST .../commit/{rev} (NDJSON), POST/GET .../discussions (pull
-    requests), POST /api/validate-yaml. `mode="unauthorized"` answers 401 to everything. The server stops by itself
-    after `lifetime_s` seconds or `max_requests` requests, whichever comes first.
+    requests), POST /api/validate-yaml, and downloads: HEAD/GET /{repo}/resolve/{rev}/{path} (a branch or a commit
+    id; ETag, X-Repo-Commit, 404 with X-Error-Code EntryNotFound). `mode="unauthorized"` answers 401 to everything.
+    The server stops by itself after `lifetime_s` seconds or `max_requests` requests, whichever comes first.
     """
 
     def __init__(self, mode: str = "ok", max_requests: int = 100, lifetime_s: float = 120.0):
@@ -59,6 +60,9 @@ class LoopbackHub:
 
             def do_PUT(self):
                 hub._handle(self, "PUT")
+
+            def do_HEAD(self):
+                hub._handle(self, "HEAD")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -98,9 +102,11 @@ class LoopbackHub:
             return b"".join(chunks)
         return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
 
-    def _reply(self, handler, status: int, payload) -> None:
+    def _reply(self, handler, status: int, payload, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
         handler.send_response(status)
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
         handler.send_header("Connection", "close")
@@ -145,12 +151,21 @@ class LoopbackHub:
                         handler, 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
                     )
                 private = payload.get("visibility") == "private" or bool(payload.get("private"))
-                self.repos[repo_id] = {"private": private, "refs": {"main": {}}, "commits": [], "prs": {}}
+                self.repos[repo_id] = {
+                    "private": private,
+                    "refs": {"main": {}},
+                    "commits": [],
+                    "snapshots": {},
+                    "prs": {},
+                }
             return self._reply(handler, 200, {"url": f"{self.url}/{repo_id}", "name": repo_id})
         if method == "GET" and path == "/api/agent-harnesses":  # huggingface_hub's best-effort telemetry lookup
             return self._reply(handler, 404, {"error": "not served by the loopback hub"})
         if method == "POST" and path == "/api/validate-yaml":
             return self._validate_yaml(handler, json.loads(body))
+        parts = path.strip("/").split("/")
+        if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
+            return self._download(handler, method, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
         if not path.startswith("/api/models/"):
             self.unexpected.append(f"{method} {path}")
             return self._reply(handler, 404, {"error": "not found"})
@@ -176,6 +191,8 @@ class LoopbackHub:
                 return self._reply(handler, 200, {"num": number, "url": f"{self.url}/{repo_id}/discussions/{number}"})
             number = int(num.strip("/"))
             return self._reply(handler, 200, self._discussion(repo_id, number))
+        if method == "GET" and ("/tree/" in rest or "/revision/" in rest):
+            return self._listing(handler, rest)
         if method == "GET" and rest in self.repos:
             repo = self.repos[rest]
             files = sorted(repo["refs"]["main"])
@@ -187,6 +204,60 @@ class LoopbackHub:
             )
         self.unexpected.append(f"{method} {path}")
         return self._reply(handler, 404, {"error": "not found"})
+
+    def _download(self, handler, method: str, repo_id: str, revision: str, name: str) -> None:
+        repo = self.repos.get(repo_id)
+        files = None
+        if repo is not None:
+            files = repo["refs"].get(revision) or repo["snapshots"].get(revision)
+        if files is None or name not in files:
+            body = json.dumps({"error": "Entry not found"}).encode()
+            handler.send_response(404)
+            handler.send_header("X-Error-Code", "EntryNotFound" if files is not None else "RepoNotFound")
+            handler.send_header("Content-Type", "application/json")
+        else:
+            body = files[name]
+            commit = next((oid for oid in reversed(repo["commits"]) if repo["snapshots"][oid] is files), revision)
+            handler.send_response(200)
+            handler.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+            handler.send_header("X-Repo-Commit", commit)
+            handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        if method == "GET":
+            handler.wfile.write(body)
+        handler.close_connection = True
+
+    def _listing(self, handler, rest: str) -> None:
+        """GET /api/models/{repo}/revision/{rev} (model info) and /api/models/{repo}/tree/{rev}[/{folder}]."""
+        op = "/tree/" if "/tree/" in rest else "/revision/"
+        repo_id, tail = rest.split(op, 1)
+        revision, _, folder = tail.partition("/")
+        repo = self.repos.get(repo_id)
+        files = None if repo is None else (repo["refs"].get(revision) or repo["snapshots"].get(revision))
+        if files is None:
+            return self._reply(handler, 404, {"error": "Revision not found"})
+        sha = repo["commits"][-1] if repo["commits"] else "0" * 40
+        if op == "/revision/":
+            siblings = [{"rfilename": name} for name in sorted(files)]
+            return self._reply(handler, 200, {"id": repo_id, "sha": sha, "private": repo["private"], "siblings": siblings})
+        prefix = f"{folder.strip('/')}/" if folder else ""
+        entries, folders = [], set()
+        for name in sorted(files):
+            if not name.startswith(prefix):
+                continue
+            head, sep, _ = name[len(prefix) :].partition("/")
+            if sep:
+                folders.add(prefix + head)
+            else:
+                oid = hashlib.sha1(files[name]).hexdigest()
+                entries.append({"type": "file", "path": name, "size": len(files[name]), "oid": oid})
+        if prefix and not entries and not folders:
+            handler_headers = {"X-Error-Code": "EntryNotFound"}
+            return self._reply(handler, 404, {"error": f"{folder} does not exist"}, handler_headers)
+        entries += [{"type": "directory", "path": name, "oid": "0" * 40} for name in sorted(folders)]
+        return self._reply(handler, 200, entries)
 
     def _discussion(self, repo_id: str, number: int) -> dict:
         pr = self.repos[repo_id]["prs"][number]
@@ -226,6 +297,7 @@ class LoopbackHub:
         oid = oid.hexdigest()
         repo["refs"][revision] = files
         repo["commits"].append(oid)
+        repo["snapshots"][oid] = files
         pr_url = None
         if revision.startswith("refs/pr/"):
             pr_url = f"{self.url}/{repo_id}/discussions/{revision.rsplit('/', 1)[1]}"
@@ -566,3 +638,169 @@ def test_pruner_push_to_hub(checkpoints, online):
     assert json.loads(files["rku_config.json"])["plan"] == pruner.metadata()["plan"]
     with pytest.raises(ValueError, match="repo id"):
         pruner.push_to_hub("no spaces allowed")
+
+
+# ------------------------------------------------------------------------------------------------ LoRA adapters
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory):
+    """A global-pruned tiny Llama recovered with save_adapter=True: merged at the top, adapter checkpoint inside."""
+    import torch
+
+    root = tmp_path_factory.mktemp("adapter")
+    pruner = _pruned("global", [0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        merged = pruner.recover(
+            [{"prompt": f"Q{i}: ab?", "response": " cd cd."} for i in range(8)],
+            training_args={"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 4},
+            save_dir=root / "rec",
+            save_adapter=True,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return {"dir": root / "rec", "adapter_checkpoint": root / "rec" / "pruned_base", "merged": merged}
+
+
+def merged_logits(model) -> list:
+    import torch
+    from conftest import sample_inputs
+
+    with torch.no_grad():
+        return model(sample_inputs()).logits.tolist()
+
+
+def test_push_adapter_checkpoint_uploads_base_and_adapter(recovered, online):
+    from optimum_rku.io.hub import push_to_hub
+
+    path = recovered["adapter_checkpoint"]
+    before = tree_digest(path)
+    with LoopbackHub() as hub:
+        online.setenv("HF_ENDPOINT", hub.url)
+        push_to_hub(path, "me/tiny-lora", token="hf_x")
+        files = hub.files("me/tiny-lora")
+        assert not hub.unexpected
+    adapter_files = {name for name in files if name.startswith("adapter/")}
+    assert adapter_files == {
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "adapter/tokenizer_config.json",
+    }
+    assert {"config.json", "model.safetensors", "modeling_rku.py", "rku_config.json", "README.md"} <= set(files)
+    for name in ("model.safetensors", "config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json"):
+        assert files[name] == (path / name).read_bytes(), name  # the pruned base and the adapter, unchanged
+    uploaded = json.loads(files["adapter/adapter_config.json"])
+    local = json.loads((path / "adapter" / "adapter_config.json").read_text())
+    assert local["base_model_name_or_path"] == ".." and uploaded["base_model_name_or_path"] == "me/tiny-lora"
+    assert {k: v for k, v in uploaded.items() if k != "base_model_name_or_path"} == {
+        k: v for k, v in local.items() if k != "base_model_name_or_path"
+    }
+    card = files["README.md"].decode()
+    data = front_matter(card)
+    assert {"lora", "peft"} <= set(data["tags"]) and "base_model_relation" not in data
+    assert 'PeftModel.from_pretrained(base, "me/tiny-lora", subfolder="adapter")' in card
+    assert tree_digest(path) == before  # the local config still says '..'
+
+
+SNIPPET_RUNNER = """
+import json, sys, torch
+from conftest import sample_inputs
+{snippet}
+from optimum_rku import load_adapter_model
+second = load_adapter_model("{repo}").eval()
+model.eval()
+with torch.no_grad():
+    print(json.dumps({{"card": model(sample_inputs()).logits.tolist(), "load_adapter_model":
+        second(sample_inputs()).logits.tolist(), "vocab": len(tokenizer)}}))
+"""
+
+
+def test_card_snippet_loads_the_pushed_adapter(recovered, online, tmp_path):
+    """The card's PEFT snippet, run as written against the (loopback) Hub, gives the recovered model."""
+    import re
+    import subprocess
+    import sys
+
+    from optimum_rku.io.hub import push_to_hub
+
+    with LoopbackHub(max_requests=600, lifetime_s=280) as hub:
+        online.setenv("HF_ENDPOINT", hub.url)
+        push_to_hub(recovered["adapter_checkpoint"], "me/tiny-lora", token="hf_x")
+        card = hub.files("me/tiny-lora")["README.md"].decode()
+        section = card.split("## Use the LoRA adapter (PEFT)", 1)[1].split("\n## ", 1)[0]
+        snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+        script = tmp_path / "snippet.py"
+        script.write_text(SNIPPET_RUNNER.format(snippet=snippet, repo="me/tiny-lora"))
+        tests_dir = Path(__file__).resolve().parent
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_MODULES_CACHE": str(tmp_path / "modules"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "PYTHONPATH": os.pathsep.join([str(tests_dir), str(tests_dir.parent), os.environ.get("PYTHONPATH", "")]),
+        }
+        env.pop("HF_TOKEN", None)
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert not hub.unexpected, hub.unexpected
+        downloads = {  # file paths inside the repository (fetched at a branch or a commit id)
+            r["path"].split("/resolve/", 1)[1].split("/", 1)[1]
+            for r in hub.requests
+            if r["method"] == "GET" and r["path"].startswith("/me/tiny-lora/resolve/")
+        }
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    import torch
+
+    expected = torch.tensor(merged_logits(recovered["merged"]))
+    assert torch.allclose(torch.tensor(out["card"]), expected, atol=1e-5)
+    assert torch.allclose(torch.tensor(out["load_adapter_model"]), expected, atol=1e-5)
+    assert out["vocab"] == len(make_tokenizer())
+    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "model.safetensors"} <= downloads
+
+
+def test_push_merged_checkpoint_with_its_adapter(recovered, online, caplog):
+    from optimum_rku.io.hub import push_to_hub
+
+    path = recovered["dir"]
+    before = tree_digest(path)
+    with LoopbackHub() as hub:
+        online.setenv("HF_ENDPOINT", hub.url)
+        url = push_to_hub(path, "me/tiny", token="hf_x", adapter_repo_id="me/tiny-lora")
+        merged, adapter = hub.files("me/tiny"), hub.files("me/tiny-lora")
+        caplog.set_level(logging.WARNING)
+        push_to_hub(path, "me/tiny-merged-only", token="hf_x")
+        alone = hub.files("me/tiny-merged-only")
+        assert not hub.unexpected
+    assert url.startswith(f"{hub.url}/me/tiny/commit/")
+    assert all("/" not in name for name in merged) and merged["model.safetensors"] == (
+        path / "model.safetensors"
+    ).read_bytes()
+    assert adapter["model.safetensors"] == (path / "pruned_base" / "model.safetensors").read_bytes()
+    assert json.loads(adapter["adapter/adapter_config.json"])["base_model_name_or_path"] == "me/tiny-lora"
+    card = merged["README.md"].decode()
+    assert "## LoRA adapter" in card and "[me/tiny-lora](https://huggingface.co/me/tiny-lora)" in card
+    assert "pruned_base/" not in card  # the local folder is not what the Hub reader sees
+    assert set(alone) == set(merged) and "## LoRA adapter" not in alone["README.md"].decode()
+    assert "pruned_base/ (the pruned base with its LoRA adapter) is not uploaded" in caplog.text
+    assert "--adapter-repo-id" in caplog.text
+    assert tree_digest(path) == before
+
+
+def test_adapter_push_validates_before_network(recovered, checkpoints, online):
+    from optimum_rku.io.hub import push_to_hub
+
+    with LoopbackHub() as hub:
+        online.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(ValueError, match="adapter_repo_id must differ from repo_id"):
+            push_to_hub(recovered["dir"], "me/same", adapter_repo_id="me/same")
+        with pytest.raises(ValueError, match="carries no adapter checkpoint"):
+            push_to_hub(checkpoints["uniform"], "me/x", adapter_repo_id="me/x-lora")
+        with pytest.raises(ValueError, match="repo id"):
+            push_to_hub(recovered["dir"], "me/x", adapter_repo_id="not a repo")
+        assert hub.requests == []
