@@ -368,7 +368,8 @@ def test_recover_keeps_the_adapter_and_push_publishes_it(workspace, tmp_path, mo
     with LoopbackHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         push = ["push", "--token", "hf_cli"]
-        assert main([*push, "--checkpoint", str(merged), "--repo-id", "me/rec", "--adapter-repo-id", "me/rec-lora"]) == 0
+        both = ["--repo-id", "me/rec", "--adapter-repo-id", "me/rec-lora"]
+        assert main([*push, "--checkpoint", str(merged), *both]) == 0
         out = capsys.readouterr().out
         assert f"LoRA adapter with its pruned base: {hub.url}/me/rec-lora" in out and "pushed: " in out
         assert main([*push, "--checkpoint", str(unmerged), "--repo-id", "me/unmerged"]) == 0

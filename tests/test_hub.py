@@ -241,7 +241,8 @@ class LoopbackHub:
         sha = repo["commits"][-1] if repo["commits"] else "0" * 40
         if op == "/revision/":
             siblings = [{"rfilename": name} for name in sorted(files)]
-            return self._reply(handler, 200, {"id": repo_id, "sha": sha, "private": repo["private"], "siblings": siblings})
+            info = {"id": repo_id, "sha": sha, "private": repo["private"], "siblings": siblings}
+            return self._reply(handler, 200, info)
         prefix = f"{folder.strip('/')}/" if folder else ""
         entries, folders = [], set()
         for name in sorted(files):

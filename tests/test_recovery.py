@@ -117,7 +117,8 @@ def test_adapter_reload_equals_merged(recovered):
     assert base_meta["plan"] == json.loads((recovered["dir"] / "rku_config.json").read_text())["plan"]
     unmerged = PeftModel.from_pretrained(base, adapter_dir).eval()
     assert torch.allclose(logits(unmerged), logits(recovered["model"]), atol=1e-5)
-    assert json.loads((recovered["dir"] / "rku_config.json").read_text())["recovery"]["adapter"] == "pruned_base/adapter"
+    merged_meta = json.loads((recovered["dir"] / "rku_config.json").read_text())
+    assert merged_meta["recovery"]["adapter"] == "pruned_base/adapter"
 
 
 def assert_no_machine_path(directory, *paths):
@@ -208,7 +209,7 @@ def test_merged_checkpoint_reloads_in_fresh_process(recovered, tmp_path):
 
 
 def test_unmerged_save_is_an_adapter_checkpoint(single_thread, tmp_path):
-    """merge=False with save_dir: the pruned base at the top, the adapter in adapter/ naming '..', card and metadata."""
+    """merge=False with save_dir: the pruned base at the top, the adapter in adapter/ naming '..', card, metadata."""
     import shutil
 
     from optimum_rku import load_adapter_model

@@ -63,7 +63,7 @@ def write_adapter(peft_model, tokenizer, directory: str | os.PathLike, base_refe
 
 
 def adapter_in(checkpoint_dir: str | os.PathLike) -> Path | None:
-    """`<checkpoint_dir>/adapter` when `checkpoint_dir` is an adapter checkpoint (its top level is the adapter's base)."""
+    """`<checkpoint_dir>/adapter` when `checkpoint_dir` is an adapter checkpoint (whose top level is its base)."""
     path = Path(checkpoint_dir) / ADAPTER_DIR
     return path if (path / ADAPTER_CONFIG_FILE).is_file() else None
 

@@ -163,7 +163,7 @@ def build_model_card(
         if value is not None and (not isinstance(value, str) or not HUB_ID.match(value)):
             raise ValueError(f"{name}={value!r} must be a folder name or a Hub repo id like 'user/name'.")
     if adapter and adapter_checkpoint:
-        raise ValueError("adapter and adapter_checkpoint exclude each other: a checkpoint is the adapter's base or not.")
+        raise ValueError("adapter and adapter_checkpoint exclude each other: pass one (an adapter's base or not).")
     remote_code = _uses_remote_code(meta) if has_remote_code is None else bool(has_remote_code)
 
     config = meta["pruning_config"]

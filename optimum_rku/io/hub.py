@@ -163,7 +163,8 @@ def push_to_hub(
         if nested is None:
             raise ValueError(
                 f"adapter_repo_id={adapter_repo_id!r}: {str(checkpoint_dir)!r} carries no adapter checkpoint "
-                f"({PRUNED_BASE_DIR}/ with {ADAPTER_DIR}/); recover with save_adapter=True (--save-adapter) to keep one."
+                f"({PRUNED_BASE_DIR}/ with {ADAPTER_DIR}/); recover with save_adapter=True (--save-adapter) to keep "
+                "one."
             )
         if adapter_repo_id == repo_id:
             raise ValueError(

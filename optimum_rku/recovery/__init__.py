@@ -2,7 +2,8 @@
 
 `recover_with_lora` wraps a (pruned) causal LM in PEFT LoRA adapters on every attention and MLP projection, trains
 them with `transformers.Trainer` on prompt/response data (loss on the response tokens only), then merges them back
-so the result is a plain model of the pruned shape. Because training runs through `Trainer`, `accelerate launch`
+so the result is a plain model of the pruned shape (or keeps the adapter, with the pruned model it was trained on,
+as an adapter checkpoint: `optimum_rku.io.adapter`). Because training runs through `Trainer`, `accelerate launch`
 (DDP, FSDP, DeepSpeed) works unchanged. With `teacher=` (the dense model) the loss distils the teacher's next-token
 distribution into the pruned model on the response tokens; the teacher is frozen and placed on each training device
 (not sharded under FSDP / DeepSpeed). `data` builds the training rows, `losses` the probe and distillation losses,
