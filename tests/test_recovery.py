@@ -119,6 +119,9 @@ def test_adapter_reload_equals_merged(recovered):
     assert torch.allclose(logits(unmerged), logits(recovered["model"]), atol=1e-5)
     merged_meta = json.loads((recovered["dir"] / "rku_config.json").read_text())
     assert merged_meta["recovery"]["adapter"] == "pruned_base/adapter"
+    card = (recovered["dir"] / "README.md").read_text()
+    assert "## LoRA adapter" in card and "the folder `pruned_base/` of this checkpoint" in card
+    assert 'subfolder="adapter"' in (base_dir / "README.md").read_text()  # the adapter checkpoint's own card
 
 
 def assert_no_machine_path(directory, *paths):
@@ -229,6 +232,7 @@ def test_unmerged_save_is_an_adapter_checkpoint(single_thread, tmp_path):
     assert torch.allclose(logits(RKUModelForCausalLM.from_pretrained(out).eval()), before, atol=1e-6)  # untrained
     meta = json.loads((out / "rku_config.json").read_text())
     assert meta["recovery"]["merged"] is False and meta["recovery"]["steps"] == 3
+    assert meta["recovery"]["adapter"] == pruner.recovery_summary["adapter"] == "adapter"
     card = (out / "README.md").read_text()
     assert 'PeftModel.from_pretrained(base, "<path-or-repo-id>", subfolder="adapter")' in card
     assert "## Use the pruned base alone" in card and "peft" in card.split("---")[1]

@@ -310,7 +310,7 @@ def recover_with_lora(
             (adapter_checkpoint / CONFIG_NAME).write_text(json.dumps(base_meta, indent=2, sort_keys=False) + "\n")
             for writer in _checkpoint_writers(base_meta):
                 writer(adapter_checkpoint)
-            summary["adapter"] = f"{PRUNED_BASE_DIR}/{ADAPTER_DIR}"
+            summary["adapter"] = f"{PRUNED_BASE_DIR}/{ADAPTER_DIR}" if merge else ADAPTER_DIR
         if not merge:
             out = peft_model
         else:
