@@ -99,3 +99,11 @@ def prompts(variant: Variant, tokenizer, count: int, gsm8k_dir: Path = SHARED_GS
         list(tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}], add_generation_prompt=True))
         for r in rows
     ]
+
+
+def write_results(output: str | Path, script: str, argv: list[str], args, results: list[dict]) -> None:
+    """The JSON a llama.cpp benchmark writes: its exact command, its settings (no paths) and its results."""
+    payload = {"command": f"python benchmarks/{script} " + " ".join(argv)}
+    payload |= {"settings": {k: v for k, v in vars(args).items() if k not in ("output", "work_dir", "gsm8k_dir")}}
+    payload["results"] = results
+    Path(output).write_text(json.dumps(payload, indent=2) + "\n")

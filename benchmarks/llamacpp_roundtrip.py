@@ -16,7 +16,6 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from llamacpp_models import ROOT, SHARED_GSM8K, gguf_file, parse_variant, prompts  # noqa: E402
+from llamacpp_models import ROOT, SHARED_GSM8K, gguf_file, parse_variant, prompts, write_results  # noqa: E402
 
 DEFAULT_VARIANTS = ["testbed:dense", "testbed:global:0.4", "testbed:uniform:0.4"]
 
@@ -144,10 +143,7 @@ def main(argv=None) -> int:
     results = [run_variant(v, args) for v in variants]
     print(table(results))
     if args.output:
-        payload = {"command": "python benchmarks/llamacpp_roundtrip.py " + " ".join(argv or os.sys.argv[1:])}
-        payload |= {"settings": {k: v for k, v in vars(args).items() if k not in ("output", "work_dir", "gsm8k_dir")}}
-        payload["results"] = results
-        Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
+        write_results(args.output, "llamacpp_roundtrip.py", list(argv or os.sys.argv[1:]), args, results)
     return 0
 
 

@@ -15,7 +15,6 @@ Prints a table and writes JSON (needs llama-cpp-python).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-from llamacpp_models import ROOT, SHARED_GSM8K, gguf_file, parse_variant  # noqa: E402
+from llamacpp_models import ROOT, SHARED_GSM8K, gguf_file, parse_variant, write_results  # noqa: E402
 
 DEFAULT_VARIANTS = ["testbed:dense", "testbed:global:0.4", "testbed:uniform:0.4"]
 KV_LINE = re.compile(
@@ -174,10 +173,7 @@ def main(argv=None) -> int:
     results = run(args)
     print(table(results))
     if args.output:
-        payload = {"command": "python benchmarks/llamacpp_speed.py " + " ".join(argv or sys.argv[1:])}
-        payload |= {"settings": {k: v for k, v in vars(args).items() if k not in ("output", "work_dir", "gsm8k_dir")}}
-        payload["results"] = results
-        Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
+        write_results(args.output, "llamacpp_speed.py", list(argv or sys.argv[1:]), args, results)
     return 0
 
 

@@ -17,6 +17,8 @@ from problems to report on (`--split test`). Writes JSON, a markdown table and a
     python benchmarks/real_model.py --quick                                  # < 15 min on 2 cores
     python benchmarks/real_model.py --output docs/real_model/full            # the full grid
     python benchmarks/real_model.py --summarize docs/real_model/select_*.json   # best variant per method
+
+One script on purpose (over ~450 lines): the command recorded in docs/benchmarks.md reproduces the whole run.
 """
 
 from __future__ import annotations

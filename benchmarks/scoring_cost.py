@@ -17,6 +17,8 @@ Usage:
     python benchmarks/scoring_cost.py                      # full run, writes docs/perf_scoring.json
     python benchmarks/scoring_cost.py --sizes 25M --repeats 2 --json /tmp/x.json   # quick check
     python benchmarks/scoring_cost.py --memory-model       # writes docs/perf_memory_model.json
+
+One script on purpose (over ~450 lines): the command recorded in docs/benchmarks.md reproduces every timing.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import optimum_rku.data.self_generated as self_generated
 from optimum_rku import RKUConfig, RKUPruner
 from optimum_rku.importance import available_importances, get_importance
 from optimum_rku.models.geometry import prunable_parameters
-from optimum_rku.pruning.removal import apply_plan, plan_masks
+from optimum_rku.pruning.masks import masked_model, plan_masks
+from optimum_rku.pruning.removal import apply_plan
 
 
 def test_calibration_accepts_list_of_strings():
@@ -54,7 +55,7 @@ def test_masked_generation_model_equals_physical_removal():
     plan = allocate(scores, RKUConfig(sparsity=0.4), prunable_parameters(pruner.model))
     dense = tiny_model("llama")
     masks = plan_masks(dense, plan)
-    with self_generated.masked_model(dense, masks):
+    with masked_model(dense, masks):
         masked = logits(dense)
     assert torch.allclose(masked, logits(apply_plan(pruner.model, plan)), atol=1e-5)
     assert not torch.allclose(logits(dense), masked, atol=1e-4)  # hooks are removed afterwards

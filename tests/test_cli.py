@@ -392,7 +392,7 @@ def test_testbed_defaults(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(testbed, "TESTBED_PATH", workspace / "base")
     out = tmp_path / "from-testbed"
     assert main(["prune", "--output", str(out), "--importance", "magnitude", "--sparsity", "0.2", "--quiet"]) == 0
-    assert json.loads((out / "rku_config.json").read_text())["is_testbed"] is True
+    assert json.loads((out / "rku_config.json").read_text())["data"] == "testbed"
     code = main(["eval", "--model", str(out), "--limit", "3", "--max-new-tokens", "4", "--compare-base", "--quiet"])
     assert code == 0
     summary = json.loads((out / "eval_results.json").read_text())

@@ -72,7 +72,7 @@ def test_default_pruner_is_the_testbed_with_testbed_calibration():
     from optimum_rku import RKUConfig, RKUPruner
 
     pruner = RKUPruner.from_pretrained()
-    assert pruner.is_testbed
+    assert pruner.data.name == "testbed"
     pruner.prune(RKUConfig(sparsity=0.2, num_calibration_samples=4), progress=False)
     assert "testbed" in pruner.scores.calibration["dataset"]
     assert pruner.scores.calibration["num_samples"] == 4

@@ -1,4 +1,7 @@
-"""Tests for harness-compatible GSM8K evaluation: extraction, prompts, batched generation, I/O and the evaluate metric."""
+"""Tests for harness-compatible GSM8K evaluation: extraction, prompts, batched generation, I/O and the evaluate metric.
+
+Over ~450 lines on purpose: every test reads the same scripted models, tokenizer and GSM8K rows built at the top.
+"""
 
 from __future__ import annotations
 
@@ -78,23 +81,31 @@ def make_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_random_llama(
-    tokenizer: PreTrainedTokenizerFast, seed: int = 11, attn_implementation: str = "sdpa"
-) -> LlamaForCausalLM:
-    """Build a tiny random Llama; eos is made likelier so some rows finish early and others run to the limit."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+def llama_config(tokenizer: PreTrainedTokenizerFast, **sizes) -> LlamaConfig:
+    """A small Llama config with the tokenizer's vocabulary and special ids, untied, long enough positions."""
+    return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **sizes,
+    )
+
+
+def make_random_llama(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 11, attn_implementation: str = "sdpa"
+) -> LlamaForCausalLM:
+    """Build a tiny random Llama; eos is made likelier so some rows finish early and others run to the limit."""
+    torch.manual_seed(seed)
+    config = llama_config(
+        tokenizer,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
     )
     model = LlamaForCausalLM(config).eval()
     model.set_attn_implementation(attn_implementation)
@@ -107,18 +118,13 @@ def make_scripted_llama(tokenizer: PreTrainedTokenizerFast, successors: dict[str
     """Build a 1-layer Llama whose greedy next token depends only on the current token (a fixed bigram script)."""
     vocab = tokenizer.get_vocab()
     size = len(tokenizer)
-    config = LlamaConfig(
-        vocab_size=size,
+    config = llama_config(
+        tokenizer,
         hidden_size=size,
         intermediate_size=8,
         num_hidden_layers=1,
         num_attention_heads=1,
         num_key_value_heads=1,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():

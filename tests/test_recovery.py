@@ -2,7 +2,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# LoRA recovery: train, merge, save, reload, distil.
+# LoRA recovery: train, merge, save, reload, distil, adapter checkpoints. Over ~450 lines on purpose: most tests read
+# the one module-scoped recovery run (a few seconds each on CPU), which a split would have to repeat.
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -395,7 +396,7 @@ def test_testbed_default_data_uses_train_split():
     from optimum_rku.testbed import make_problems
 
     tok = make_tokenizer()
-    ds, summary = prepare_recovery_dataset(tok, is_testbed=True, num_samples=3, seed=7)
+    ds, summary = prepare_recovery_dataset(tok, data="testbed", num_samples=3, seed=7)
     assert len(ds) == 3 and "testbed" in summary["dataset"]
     first = make_problems(3, seed=7, split="train")[0]
     assert tok.decode(ds[0]["input_ids"][:-1]) == tok.decode(

@@ -11,12 +11,11 @@ from typing import Any
 
 from optimum_rku import config as config_module
 from optimum_rku.config import RKUConfig
+from optimum_rku.data.gsm8k import GSM8K_HUB_ID
+from optimum_rku.data.providers import DEFAULT_MODEL
+from optimum_rku.evaluation.registry import DEFAULT_TASK, TASKS
 from optimum_rku.models.specs import SPECS
 
-TESTBED = "testbed"
-GSM8K = "openai/gsm8k"
-EVAL_RESULTS_FILE = "eval_results.json"
-SAMPLES_FILE = "gsm8k_samples.jsonl"
 INPUT_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -163,11 +162,11 @@ def config_from_args(args: argparse.Namespace) -> RKUConfig:
     return RKUConfig.from_dict(data)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_testbed: bool = True) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        default=TESTBED if default_testbed else None,
-        help="Hub id, local directory, or 'testbed' for the bundled reasoning testbed (default: testbed)",
+        default=DEFAULT_MODEL,
+        help=f"Hub id, local directory, or 'testbed' for the bundled reasoning testbed (default: {DEFAULT_MODEL})",
     )
     parser.add_argument("--torch-dtype", choices=DTYPES, default="auto", help="weights dtype (default: auto)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow remote code of Hub models")
@@ -181,7 +180,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_testbed: bool =
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration data (default: GSM8K train questions; testbed: its train split)")
-    group.add_argument("--dataset", default=None, help=f"Hub dataset id (e.g. {GSM8K})")
+    group.add_argument("--dataset", default=None, help=f"Hub dataset id (e.g. {GSM8K_HUB_ID})")
     group.add_argument("--dataset-config", default=None, help="dataset config (default: 'main' for GSM8K)")
     group.add_argument("--dataset-split", default="train", help="dataset split (default: train)")
     group.add_argument("--data-files", nargs="+", default=None, help="local json/jsonl/csv/parquet/txt files instead")
@@ -195,9 +194,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_eval_arguments(parser: argparse.ArgumentParser, limit_default: int | None) -> None:
     group = parser.add_argument_group("evaluation (GSM8K exact match, lm-evaluation-harness conventions)")
     group.add_argument(
+        "--task", choices=sorted(TASKS), default=DEFAULT_TASK, help=f"evaluation task (default: {DEFAULT_TASK})"
+    )
+    group.add_argument(
         "--dataset",
         default=None,
-        help=f"Hub id ({GSM8K}), a GSM8K-format json/jsonl file or a directory with test.jsonl/train.jsonl "
+        help=f"Hub id ({GSM8K_HUB_ID}), a GSM8K-format json/jsonl file or a directory with test.jsonl/train.jsonl "
         "(default: GSM8K; the testbed and checkpoints pruned from it: the testbed's own problems, offline)",
     )
     group.add_argument("--split", default="test", help="split to evaluate (default: test; testbed: train/test/ood)")

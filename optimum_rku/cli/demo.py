@@ -7,12 +7,10 @@ model on the same test problems, prints a table and writes `demo_results.json` p
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import os
-import time
 from pathlib import Path
 from typing import Any
+
+from optimum_rku.io.files import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +61,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from optimum_rku import RKUConfig, RKUPruner
+    from optimum_rku import RKUConfig
+    from optimum_rku.cli.comparison import compare_methods
     from optimum_rku.evaluation import evaluate_gsm8k
     from optimum_rku.testbed import load, make_problems
 
@@ -91,16 +90,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     # warm-up (untimed): the first generate pays one-time start-up costs that would be charged to the dense row
     evaluate_gsm8k(dense, tokenizer, dataset=problems[:2], num_fewshot=0, max_new_tokens=8, progress=False)
-    rows = []
-    dense_params = sum(p.numel() for p in dense.parameters())
-    rows.append(
-        {"method": "dense", "sparsity": 0.0, "achieved_sparsity": 0.0, "params": dense_params, **evaluate(dense)}
-    )
-    for method in methods:
-        start = time.perf_counter()
-        pruner = RKUPruner.from_pretrained(copy.deepcopy(dense), tokenizer=tokenizer)
-        pruner.is_testbed = True
-        config = RKUConfig(
+    configs = {
+        method: RKUConfig(
             sparsity=args.sparsity,
             importance=method,
             bias_compensation=method == "flap",  # FLAP as published (the testbed is a Llama: the bias reloads)
@@ -108,22 +99,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             num_calibration_samples=args.calibration_samples,
             seed=args.seed,
         )
-        model = pruner.prune(config, progress=progress)
-        prune_time = time.perf_counter() - start
-        rows.append(
-            {
-                "method": method,
-                "sparsity": args.sparsity,
-                "achieved_sparsity": pruner.plan.achieved_sparsity,
-                "params": sum(p.numel() for p in model.parameters()),
-                "prune_time_s": prune_time,
-                "kept_widths": [
-                    {"intermediate_size": lp.intermediate_size, "kv_heads": lp.num_kv_heads}
-                    for lp in pruner.plan.layers
-                ],
-                **evaluate(model),
-            }
-        )
+        for method in methods
+    }
+    rows = compare_methods(dense, tokenizer, configs, [args.sparsity], evaluate, progress=progress)
     results = {
         "model": "optimum-rku testbed",
         "num_problems": args.limit,
@@ -134,10 +112,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "itself (RKUConfig defaults: calibration='self_generated', objective='decode_nll')",
         "rows": rows,
     }
-    json_path = out_dir / "demo_results.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    json_path = atomic_write_json(out_dir / "demo_results.json", results)
     results["chart"] = str(plot_results(results, out_dir / "demo_accuracy.png"))
     results["json"] = str(json_path)
     return results

@@ -1,37 +1,33 @@
-"""`eval`: GSM8K exact match (or the testbed problems) of a model, written next to a checkpoint."""
+"""`eval`: a task's score (GSM8K exact match by default) of a model; next to a checkpoint, results and card follow.
+
+Without `--dataset` the problems are the model's data provider's own (GSM8K from the Hub; the testbed's problems
+for the testbed and checkpoints pruned from it).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from optimum_rku.cli.args import (
-    EVAL_RESULTS_FILE,
-    GSM8K,
-    SAMPLES_FILE,
-    TESTBED,
-    CLIError,
-    add_eval_arguments,
-    add_model_arguments,
-)
+from optimum_rku.cli.args import CLIError, add_eval_arguments, add_model_arguments
 from optimum_rku.cli.runtime import (
-    atomic_write_json,
-    is_testbed_model,
+    data_of,
     load_model,
     looks_like_path,
     model_argument,
     resolve_device,
     say,
 )
-from optimum_rku.config import CONFIG_NAME
+from optimum_rku.io.files import atomic_write_json
+from optimum_rku.io.loading import is_checkpoint
+from optimum_rku.io.metadata import EVAL_RESULTS_FILE, read_metadata
 
 
 def add(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_eval_arguments(parser, None)
-    parser.add_argument("--output", default=None, help=f"per-sample jsonl (default: <checkpoint>/{SAMPLES_FILE})")
+    parser.add_argument("--output", default=None, help="per-sample jsonl (default: <checkpoint>/<task>_samples.jsonl)")
     parser.add_argument(
         "--compare-base", action="store_true", help="also evaluate the dense model the checkpoint was pruned from"
     )
@@ -39,46 +35,44 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-# ------------------------------------------------------------------------------------------------- eval
-def eval_settings(args: argparse.Namespace, testbed: bool) -> dict[str, Any]:
-    """Resolved dataset / split / limit / shots, validated before any model is loaded."""
-    if testbed and args.dataset is None:
-        from optimum_rku.testbed.problems import SPLITS
+def eval_settings(args: argparse.Namespace, model_name: str | None) -> dict[str, Any]:
+    """Resolved task / problems / split / limit / shots, validated before any model is loaded."""
+    from optimum_rku.data.providers import providers
+    from optimum_rku.evaluation.registry import get_task
 
-        if args.split not in SPLITS:
-            raise CLIError(f"--split {args.split!r} is not a testbed split; allowed: {', '.join(SPLITS)}.")
-        limit = args.limit or 100
-        from optimum_rku.testbed import make_problems
-
-        problems = make_problems(limit, seed=args.seed, split=args.split)
-        return {
-            "dataset": problems,
-            "benchmark": "testbed",
-            "description": f"optimum-rku testbed ({args.split}, seed {args.seed})",
-            "limit": limit,
-            "num_fewshot": 0 if args.num_fewshot is None else args.num_fewshot,
-        }
-    dataset = args.dataset or GSM8K
-    path = Path(dataset).expanduser()
-    if not path.exists() and (looks_like_path(dataset) or dataset.endswith(".jsonl")):
-        raise FileNotFoundError(f"--dataset {dataset!r}: no such file or directory.")
-    benchmark = "gsm8k" if "gsm8k" in dataset.lower() else "custom"
+    task = get_task(args.task)
+    if args.dataset is None:
+        problems = data_of(model_name).evaluation_problems(args.split, args.limit, args.seed)
+        dataset, benchmark, description = problems.dataset, problems.benchmark, problems.description
+        limit, shots = problems.limit, problems.num_fewshot
+    else:
+        dataset = args.dataset
+        path = Path(dataset).expanduser()
+        if not path.exists() and (looks_like_path(dataset) or dataset.endswith(".jsonl")):
+            raise FileNotFoundError(f"--dataset {dataset!r}: no such file or directory.")
+        # problems that name a provider's Hub set (its id, or files of it) count as that set; others are "custom"
+        benchmark = next((p.name for p in providers() if p.hub_dataset and p.name in dataset.lower()), "custom")
+        dataset, description, limit, shots = (str(path) if path.exists() else dataset), args.dataset, args.limit, None
+    default_shots = task.default_num_fewshot if shots is None else shots
     return {
-        "dataset": str(path) if path.exists() else dataset,
+        "task": task,
+        "dataset": dataset,
         "benchmark": benchmark,
-        "description": dataset,
-        "limit": args.limit,
-        "num_fewshot": 5 if args.num_fewshot is None else args.num_fewshot,
+        "description": description,
+        "limit": limit,
+        "num_fewshot": default_shots if args.num_fewshot is None else args.num_fewshot,
     }
 
 
 def evaluate_model(model, tokenizer, settings: dict[str, Any], args: argparse.Namespace, output: Path | None):
-    from optimum_rku.evaluation import evaluate_gsm8k
+    """Run the settings' task and return its result as the record `eval_results.json` holds."""
+    from optimum_rku.evaluation.runner import evaluate
 
-    return evaluate_gsm8k(
+    result = evaluate(
         model,
         tokenizer,
-        dataset=settings["dataset"],
+        settings["task"],
+        settings["dataset"],
         split=args.split,
         num_fewshot=settings["num_fewshot"],
         limit=settings["limit"],
@@ -88,66 +82,58 @@ def evaluate_model(model, tokenizer, settings: dict[str, Any], args: argparse.Na
         output_path=output,
         progress=not args.quiet,
     )
+    return {**result.to_dict(), "benchmark": settings["benchmark"], "dataset": settings["description"]}
 
 
-def results_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+def results_table(rows: list[tuple[str, dict[str, Any]]], task) -> str:
+    """One markdown row per evaluated model: problems, shots, every metric of the task, throughput."""
     lines = [
-        "| model | dataset | split | n | shots | exact match (strict) | exact match (flexible) | tokens/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| model | dataset | split | n | shots | " + " | ".join(m.label for m in task.metrics) + " | tokens/s |",
+        "|---|---|---|---:|---:|" + "---:|" * len(task.metrics) + "---:|",
     ]
     for name, r in rows:
+        scores = " | ".join(f"{100 * r[m.key]:.2f}%" for m in task.metrics)
         lines.append(
-            f"| {name} | {r['dataset']} | {r['split']} | {r['num_samples']} | {r['num_fewshot']} | "
-            f"{100 * r['exact_match_strict']:.2f}% | {100 * r['exact_match_flexible']:.2f}% | {r['tokens_per_s']:.1f} |"
+            f"| {name} | {r['dataset']} | {r['split']} | {r['num_samples']} | {r['num_fewshot']} | {scores} | "
+            f"{r['tokens_per_s']:.1f} |"
         )
     return "\n".join(lines)
 
 
-def result_record(result, settings: dict[str, Any], split: str) -> dict[str, Any]:
-    data = result.to_dict()
-    data["benchmark"] = settings["benchmark"]
-    data["dataset"] = settings["description"]
-    data["split"] = split
-    return data
-
-
 def run(args: argparse.Namespace) -> int:
-    """Evaluate a model on GSM8K (or the testbed), print a table, write samples and `eval_results.json`."""
+    """Evaluate a model, print a table, write samples and (next to a checkpoint) `eval_results.json` and its card."""
+    from optimum_rku.data.providers import base_model_of
+
     model_name = model_argument(args)
-    checkpoint = Path(model_name).expanduser() if model_name else None
-    is_checkpoint = bool(checkpoint and (checkpoint / CONFIG_NAME).is_file())
-    testbed = not args.gguf_file and is_testbed_model(model_name)
-    settings = eval_settings(args, testbed)
-    output = Path(args.output).expanduser() if args.output else (checkpoint / SAMPLES_FILE if is_checkpoint else None)
+    checkpoint = Path(model_name).expanduser() if model_name and is_checkpoint(model_name) else None
+    settings = eval_settings(args, model_name)
+    samples_file = settings["task"].samples_file()
+    output = Path(args.output).expanduser() if args.output else (checkpoint / samples_file if checkpoint else None)
     if output is not None and output.is_dir():
-        output = output / SAMPLES_FILE
+        output = output / samples_file
     base_name = None
     if args.compare_base:
-        if not is_checkpoint:
+        if checkpoint is None:
             raise CLIError("--compare-base needs --model to be an optimum-rku checkpoint directory.")
-        meta = json.loads((checkpoint / CONFIG_NAME).read_text())
-        base_name = None if meta.get("is_testbed") else meta.get("base_model")
-        if not meta.get("is_testbed") and not base_name:
+        base_name = base_model_of(read_metadata(checkpoint))
+        if not base_name:
             raise CLIError(f"{str(checkpoint)!r} does not record its base model; evaluate the base separately.")
     device = resolve_device(args.device)
 
     model, tokenizer = load_model(model_name, args.torch_dtype, args.trust_remote_code, args.gguf_file)
     model.to(device)
-    split = args.split
-    result = evaluate_model(model, tokenizer, settings, args, output)
-    record = result_record(result, settings, split)
-    rows = [(model_name or TESTBED, record)]
+    record = evaluate_model(model, tokenizer, settings, args, output)
+    rows = [(model_name or args.gguf_file, record)]
     if args.compare_base:
         del model
         base, base_tokenizer = load_model(base_name, args.torch_dtype, args.trust_remote_code)
         base.to(device)
-        dense = result_record(evaluate_model(base, base_tokenizer, settings, args, None), settings, split)
-        record["dense"] = dense
-        rows.append((f"dense base ({base_name or TESTBED})", dense))
-    say(results_table(rows))
+        record["dense"] = evaluate_model(base, base_tokenizer, settings, args, None)
+        rows.append((f"dense base ({base_name})", record["dense"]))
+    say(results_table(rows, settings["task"]))
     if output is not None:
         say(f"per-sample results: {output}")
-    if is_checkpoint and not args.no_save:
+    if checkpoint is not None and not args.no_save:
         atomic_write_json(checkpoint / EVAL_RESULTS_FILE, record)
         say(f"summary: {checkpoint / EVAL_RESULTS_FILE}")
         from optimum_rku.io.card import CARD_FILE, is_generated_card, write_model_card

@@ -6,14 +6,13 @@ import argparse
 from pathlib import Path
 
 from optimum_rku.cli.args import (
-    GSM8K,
     add_calibration_arguments,
     add_config_arguments,
     add_model_arguments,
     config_from_args,
     positive_int,
 )
-from optimum_rku.cli.runtime import check_files, dtype_of, model_argument, require_testbed, say
+from optimum_rku.cli.runtime import calibration_texts, check_files, dtype_of, model_argument, say
 from optimum_rku.io.labels import human_count
 
 
@@ -28,7 +27,6 @@ def add(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-# ------------------------------------------------------------------------------------------------- prune
 def run(args: argparse.Namespace) -> int:
     """Prune a model and save the checkpoint; print parameters before/after and where it went."""
     config = config_from_args(args)
@@ -41,32 +39,19 @@ def run(args: argparse.Namespace) -> int:
 
     from optimum_rku.pruner import RKUPruner
 
-    if model_name is None and not args.gguf_file:
-        require_testbed()
     load_kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     pruner = RKUPruner.from_pretrained(
         model_name, torch_dtype=dtype_of(args.torch_dtype), trust_remote_code=args.trust_remote_code, **load_kwargs
     )
-    calibration = None
-    if args.dataset or data_files:
-        dataset = args.dataset or GSM8K
-        dataset_config = args.dataset_config or ("main" if dataset == GSM8K and not data_files else None)
-        columns = args.text_column[0] if len(args.text_column) == 1 else list(args.text_column)
-        files = data_files[0] if data_files and len(data_files) == 1 else data_files
-        source = dict(
-            num_samples=config.num_calibration_samples,
-            dataset_config_name=dataset_config,
-            dataset_split=args.dataset_split,
-            text_column=columns,
-            data_files=files,
-            seed=config.seed,
-        )
-        if config.calibration == "self_generated":  # the pruner generates answers from plain texts
-            from optimum_rku.data.calibration import load_texts
-
-            calibration, _ = load_texts(dataset, **source)
-        else:
-            calibration = pruner.get_calibration_dataset(dataset, **source, max_length=config.calibration_seq_len)
+    calibration = calibration_texts(
+        args.dataset,
+        data_files,
+        args.text_column,
+        config.num_calibration_samples,
+        config.seed,
+        args.dataset_config,
+        args.dataset_split,
+    )
     pruner.prune(
         config,
         save_dir=args.output,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from optimum_rku.cli.args import EVAL_RESULTS_FILE
 from optimum_rku.cli.runtime import say
+from optimum_rku.io.metadata import EVAL_RESULTS_FILE
 
 
 def add(parser: argparse.ArgumentParser) -> None:

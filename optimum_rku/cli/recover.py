@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from optimum_rku.cli.args import GSM8K, TESTBED, CLIError, non_negative_int, positive_float, positive_int, unit_float
+from optimum_rku.cli.args import CLIError, non_negative_int, positive_float, positive_int, unit_float
 from optimum_rku.cli.runtime import check_files, load_model, say
 from optimum_rku.config import CONFIG_NAME
 
@@ -55,15 +55,13 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-# ------------------------------------------------------------------------------------------------- recover
 def _load_teacher(name: str, meta: dict[str, Any]):
     """The dense teacher for `recover --teacher`: 'base' is the model the checkpoint was pruned from."""
     if name == "base":
-        if meta.get("is_testbed"):
-            name = TESTBED
-        elif meta.get("base_model"):
-            name = str(meta["base_model"])
-        else:
+        from optimum_rku.data.providers import base_model_of
+
+        name = base_model_of(meta)
+        if not name:
             raise CLIError("--teacher base: the checkpoint does not record its base model; pass its path or Hub id.")
     teacher, _ = load_model(name, "float32")
     return teacher
@@ -97,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
+    from optimum_rku.data.gsm8k import hub_config
     from optimum_rku.recovery import recover_with_lora
 
     train_dataset = None
     if args.dataset:
         import datasets
 
-        config_name = args.dataset_config or ("main" if args.dataset == GSM8K else None)
+        config_name = args.dataset_config or hub_config(args.dataset)
         try:
             train_dataset = datasets.load_dataset(args.dataset, config_name, split=args.dataset_split)
         except Exception as err:  # network, auth, missing dataset: one actionable line
@@ -124,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         metadata=meta,
         source=str(checkpoint),
-        is_testbed=bool(meta.get("is_testbed", False)),
         data_files=data_files[0] if data_files and len(data_files) == 1 else data_files,
         num_samples=args.num_samples,
         max_length=args.max_length,

@@ -1,19 +1,15 @@
-"""Shared runtime of the commands: model names and loading, devices, dtypes, files, printing."""
+"""What the commands share at run time: model names checked before work, loading, devices, dtypes, files, printing."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from optimum_rku.cli.args import TESTBED, CLIError
-from optimum_rku.config import CONFIG_NAME
+from optimum_rku.cli.args import CLIError
 
 
-# ------------------------------------------------------------------------------------------------- shared runtime
 def say(*parts: Any) -> None:
     print(*parts, flush=True)
 
@@ -22,12 +18,14 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith(".json")
 
 
-def check_model_name(name: str | None) -> str | None:
-    """None for the testbed, else the name; a path-like name that does not exist is a clear input error."""
-    if name is None or name == TESTBED:
-        return None
+def check_model_name(name: Any) -> str:
+    """The name as given; a model alias ("testbed") passes, a path-like name that does not exist is an input error."""
+    from optimum_rku.data.providers import is_model_alias
+
     if not isinstance(name, str) or not name.strip():
         raise CLIError(f"--model {name!r} is empty; pass a Hub id, a directory or 'testbed'.")
+    if is_model_alias(name):
+        return name
     path = Path(name).expanduser()
     if path.exists() and not path.is_dir() and path.suffix != ".gguf":
         raise CLIError(f"--model {name!r} is a file; pass a model directory, a .gguf file, a Hub id or 'testbed'.")
@@ -39,10 +37,21 @@ def check_model_name(name: str | None) -> str | None:
 
 
 def model_argument(args: argparse.Namespace) -> str | None:
-    """--model checked; None with --gguf-file alone (a path to a GGUF file or 'smollm2': no testbed involved)."""
-    if getattr(args, "gguf_file", None) and args.model == TESTBED:
+    """--model checked; None with --gguf-file alone (a path to a GGUF file or 'smollm2' names the model itself)."""
+    from optimum_rku.data.providers import DEFAULT_MODEL
+
+    if getattr(args, "gguf_file", None) and args.model == DEFAULT_MODEL:
         return None
     return check_model_name(args.model)
+
+
+def data_of(name: str | None):
+    """The data provider of the model named `name` (for a checkpoint: the one its `rku_config.json` records)."""
+    from optimum_rku.data.providers import provider_for
+    from optimum_rku.io.loading import is_checkpoint
+    from optimum_rku.io.metadata import read_metadata
+
+    return provider_for(name, read_metadata(name) if is_checkpoint(name) else None)
 
 
 def check_files(files: Sequence[str] | None, flag: str) -> list[str] | None:
@@ -52,23 +61,6 @@ def check_files(files: Sequence[str] | None, flag: str) -> list[str] | None:
         if not Path(name).expanduser().is_file():
             raise FileNotFoundError(f"{flag} {name!r}: no such file.")
     return [str(Path(name).expanduser()) for name in files]
-
-
-def is_testbed_model(name: str | None) -> bool:
-    """The testbed itself, or a local checkpoint pruned from it (rku_config.json says is_testbed)."""
-    if name is None or name == TESTBED:
-        return True
-    path = Path(name).expanduser()
-    if (path / CONFIG_NAME).is_file():
-        try:
-            return bool(json.loads((path / CONFIG_NAME).read_text()).get("is_testbed", False))
-        except (OSError, json.JSONDecodeError):
-            return False
-    try:
-        from optimum_rku.testbed import TESTBED_PATH
-    except ImportError:
-        return False
-    return path.exists() and path.resolve() == Path(TESTBED_PATH).resolve()
 
 
 def dtype_of(name: str):
@@ -87,47 +79,46 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def require_testbed() -> None:
-    """Clear error when the bundled testbed weights are not there (they are trained in-project)."""
-    from optimum_rku import testbed
-
-    if not (Path(testbed.TESTBED_PATH) / "config.json").is_file():
-        raise FileNotFoundError(
-            "The bundled testbed model is missing; train it with `optimum-rku testbed train` or pass --model."
-        )
-
-
 def load_model(
     name: str | None, torch_dtype: str = "auto", trust_remote_code: bool = False, gguf_file: str | None = None
 ):
-    """(model, tokenizer) for the testbed, an optimum-rku checkpoint (any width layout), a GGUF file or any causal LM."""
-    from optimum_rku.io.sources import load_causal_lm, resolve_gguf
+    """(model, tokenizer) in eval mode through the library's loader; any causal LM loads (evaluation needs no family
+    optimum-rku can prune)."""
+    from optimum_rku.io.loading import load_pretrained
 
-    name, gguf_file = resolve_gguf(name, gguf_file)
-    if gguf_file is not None:
-        from optimum_rku.io.checkpoint import load_tokenizer
-
-        model = load_causal_lm(name, gguf_file=gguf_file, dtype=dtype_of(torch_dtype))
-        return model.eval(), load_tokenizer(name, gguf_file=gguf_file)
-    if name is None or name == TESTBED:
-        from optimum_rku import testbed
-
-        require_testbed()
-        return testbed.load() if torch_dtype == "auto" else testbed.load(torch_dtype=dtype_of(torch_dtype))
-    kwargs: dict[str, Any] = {"dtype": dtype_of(torch_dtype)}
-    if (Path(name).expanduser() / CONFIG_NAME).is_file():
-        from optimum_rku.io.checkpoint import RKUModelForCausalLM
-
-        model = RKUModelForCausalLM.from_pretrained(name, **kwargs)
-    else:
-        model = load_causal_lm(name, trust_remote_code=trust_remote_code, **kwargs)
-    from optimum_rku.io.checkpoint import load_tokenizer
-
-    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
-    return model.eval(), tokenizer
+    loaded = load_pretrained(
+        name,
+        torch_dtype=dtype_of(torch_dtype),
+        trust_remote_code=trust_remote_code,
+        require_supported=False,
+        **({"gguf_file": gguf_file} if gguf_file else {}),
+    )
+    return loaded.model.eval(), loaded.tokenizer
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def calibration_texts(
+    dataset: str | None,
+    data_files: Sequence[str] | None,
+    text_column: Sequence[str],
+    num_samples: int,
+    seed: int,
+    dataset_config: str | None = None,
+    dataset_split: str = "train",
+):
+    """The calibration texts named on the command line (a Hub dataset or local files), or None: the model's default."""
+    if not dataset and not data_files:
+        return None
+    from optimum_rku.data.calibration import load_texts
+    from optimum_rku.data.gsm8k import GSM8K_HUB_ID, hub_config
+
+    dataset = dataset or GSM8K_HUB_ID
+    texts, _ = load_texts(
+        dataset,
+        num_samples=num_samples,
+        dataset_config_name=dataset_config or hub_config(dataset, data_files),
+        dataset_split=dataset_split,
+        text_column=text_column[0] if len(text_column) == 1 else list(text_column),
+        data_files=data_files[0] if data_files and len(data_files) == 1 else data_files,
+        seed=seed,
+    )
+    return texts

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_DATASET = "openai/gsm8k"
+from optimum_rku.data.gsm8k import GSM8K_CONFIG, GSM8K_HUB_ID
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
@@ -45,10 +45,10 @@ class CalibrationTexts(list):
 
 
 def load_texts(
-    dataset_name: str | Sequence[str] | None = DEFAULT_DATASET,
+    dataset_name: str | Sequence[str] | None = GSM8K_HUB_ID,
     *,
     num_samples: int = 128,
-    dataset_config_name: str | None = "main",
+    dataset_config_name: str | None = GSM8K_CONFIG,
     dataset_split: str = "train",
     text_column: str | Sequence[str] = "question",
     data_files: Any = None,
@@ -143,3 +143,65 @@ def iter_batches(dataset, batch_size: int, pad_token_id: int, device: torch.devi
         if has_labels:
             batch["loss_mask"] = loss_mask.to(device)
         yield batch
+
+
+def resolve_calibration(
+    calibration_dataset: Any,
+    config,
+    *,
+    model,
+    tokenizer,
+    data,
+    summary: dict[str, Any] | None = None,
+    masks: dict | None = None,
+):
+    """The tokenized calibration set of a run and its summary, from a tokenized Dataset, a list of strings, or None
+    (the data provider's default texts).
+
+    Texts become the model's own answers with `calibration="self_generated"` (`masks` make the partially pruned
+    model write them), else they are tokenized as they are. `summary` describes a tokenized Dataset given as is.
+    """
+    if calibration_dataset is None:
+        texts, found = data.calibration_texts(config.num_calibration_samples, config.seed)
+    elif isinstance(calibration_dataset, (list, tuple)):
+        texts, found = load_texts(list(calibration_dataset), num_samples=config.num_calibration_samples)
+        found = {**found, **getattr(calibration_dataset, "summary", {})}  # texts from load_texts: keep source
+    else:
+        import datasets
+
+        if not isinstance(calibration_dataset, datasets.Dataset):
+            raise TypeError(
+                "calibration_dataset must be a tokenized datasets.Dataset, a list of strings or None, "
+                f"got {type(calibration_dataset).__name__}."
+            )
+        if len(calibration_dataset) == 0:
+            raise ValueError("The calibration set is empty.")
+        if "input_ids" not in calibration_dataset.column_names:
+            raise ValueError(
+                "calibration_dataset must be tokenized (an 'input_ids' column); see get_calibration_dataset."
+            )
+        if "attention_mask" not in calibration_dataset.column_names:
+            calibration_dataset = calibration_dataset.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
+        found = dict(summary or {}) or {"dataset": "user-provided tokenized dataset"}
+        found["num_samples"] = len(calibration_dataset)
+        found["num_tokens"] = count_tokens(calibration_dataset)
+        return calibration_dataset, found
+    if tokenizer is None:
+        raise ValueError("This pruner has no tokenizer: pass tokenizer=... to RKUPruner.from_pretrained.")
+    if config.calibration == "self_generated":
+        from optimum_rku.data.prompts import uses_chat_template
+        from optimum_rku.data.self_generated import self_generated_dataset
+
+        dataset = self_generated_dataset(model, tokenizer, texts, config, masks=masks)
+        found = {
+            **found,
+            "calibration": "self_generated",
+            "generation": "greedy" if not config.generation_do_sample else "sampled",
+            "chat_template": uses_chat_template(tokenizer, config.generation_chat_template),
+        }
+    else:
+        dataset = tokenize_texts(tokenizer, texts, config.calibration_seq_len)
+    found["num_samples"] = len(dataset)
+    found["num_tokens"] = count_tokens(dataset)
+    found.setdefault("seed", config.seed)
+    return dataset, found

@@ -1,4 +1,7 @@
-"""The one generation loop: batched greedy decoding with left padding, per-row stop strings and eos."""
+"""The one generation loop: batched decoding with left padding, per-row stop strings and eos.
+
+Evaluation (`evaluation.runner`) and self-generated calibration (`data.self_generated`) both generate through it.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +79,21 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def pad_and_eos(model: Any, tokenizer: Any) -> tuple[int, set[int]]:
+    """The pad id generation uses (the eos when there is none) and every eos id of the tokenizer and the model."""
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    eos_ids = as_id_set(getattr(tokenizer, "eos_token_id", None))
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        eos_ids |= as_id_set(generation_config.eos_token_id)
+    if pad_id is None:
+        if not eos_ids:
+            raise ValueError("tokenizer has neither pad_token_id nor eos_token_id; set tokenizer.pad_token first")
+        pad_id = getattr(tokenizer, "eos_token_id", None)
+        pad_id = pad_id if pad_id is not None else min(eos_ids)
+    return int(pad_id), eos_ids
+
+
 def generate_completions(
     model: Any,
     tokenizer: Any,
@@ -83,15 +101,23 @@ def generate_completions(
     *,
     batch_size: int,
     max_new_tokens: int,
-    add_special_tokens: bool,
-    pad_id: int,
-    eos_ids: set[int],
-    progress: bool,
+    add_special_tokens: bool = True,
+    pad_id: int | None = None,
+    eos_ids: set[int] | None = None,
+    progress: bool = True,
     stop_strings: Sequence[str] = STOP_STRINGS,
-    desc: str = "GSM8K",
+    desc: str = "generating",
+    sampling: dict[str, float] | None = None,
 ) -> tuple[list[str], list[int]]:
-    """Greedy-decode all prompts in length-sorted, left-padded batches; return completions and generated counts."""
+    """Decode all prompts in length-sorted, left-padded batches; return completions and generated token counts.
+
+    Greedy unless `sampling` gives `temperature` and `top_p`. Each row stops at its first eos or stop string (the
+    completion is cut there); pad and eos ids default to the tokenizer's and the model's.
+    """
     from tqdm.auto import tqdm
+
+    if pad_id is None or eos_ids is None:
+        pad_id, eos_ids = pad_and_eos(model, tokenizer)
 
     encoded = [list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]) for prompt in prompts]
     max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -112,16 +138,17 @@ def generate_completions(
     # Decode with special tokens so "</s>"/"<|im_end|>" act as stop strings, then drop the rest like skip_special_tokens.
     special_tokens = sorted((t for t in getattr(tokenizer, "all_special_tokens", ()) if t), key=len, reverse=True)
     generation_config = GenerationConfig(
-        do_sample=False,
+        do_sample=sampling is not None,
         num_beams=1,
         max_new_tokens=max_new_tokens,
         pad_token_id=pad_id,
         eos_token_id=sorted(eos_ids) or None,
         use_cache=True,
-        # Neutral sampling values so a sampling-oriented model generation_config cannot leak in (or warn); other
-        # settings (e.g. repetition_penalty) are inherited from model.generation_config, as in the harness.
-        temperature=1.0,
-        top_p=1.0,
+        # Neutral sampling values (unless sampling is asked for) so a sampling-oriented model generation_config
+        # cannot leak in (or warn); other settings (e.g. repetition_penalty) are inherited from
+        # model.generation_config, as in the harness.
+        temperature=(sampling or {}).get("temperature", 1.0),
+        top_p=(sampling or {}).get("top_p", 1.0),
         top_k=50,
         typical_p=1.0,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 #: the plain question prompt (lm-evaluation-harness gsm8k `doc_to_text`)
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 #: where a completion ends: the next question, or an end-of-turn token written out as text
@@ -25,3 +27,8 @@ def question_prompt(tokenizer, question: str, chat: bool) -> str:
         return PROMPT_TEMPLATE.format(question=question)
     messages = [{"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def qa_pair(question: Any, answer: Any) -> tuple[str, str]:
+    """A worked problem as a (prompt, response) training pair: `Question: q\\nAnswer:` and " " + the answer."""
+    return PROMPT_TEMPLATE.format(question=str(question).strip()), " " + str(answer).strip()

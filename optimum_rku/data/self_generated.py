@@ -9,40 +9,15 @@ sequence. With `num_iterations > 1` the pruner regenerates the answers between s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from optimum_rku.data.prompts import STOP_STRINGS, question_prompt, uses_chat_template
+from optimum_rku.data.generation import generate_completions
+from optimum_rku.data.prompts import question_prompt, uses_chat_template
+from optimum_rku.pruning.masks import masked_model
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def masked_model(model, masks: dict | None) -> Iterator[None]:
-    """Zero the masked channels at every down_proj / o_proj input (the removal masks of `plan_masks`) while active."""
-    from optimum_rku.models.blocks import blocks
-
-    handles = []
-    if masks:
-        for block in blocks(model):
-            for part, linear in (("ffn", block.down_proj), ("attn", block.o_proj)):
-                mask = masks.get((block.index, part))
-                if mask is None:
-                    continue
-
-                def hook(module, args, mask=mask):
-                    y = args[0]
-                    return (y * mask.to(dtype=y.dtype, device=y.device),) + tuple(args[1:])
-
-                handles.append(linear.register_forward_pre_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def generate_answers(
@@ -55,44 +30,35 @@ def generate_answers(
     masks: dict | None = None,
     add_special_tokens: bool = True,
 ) -> list[str]:
-    """Greedy (or sampled, per config) continuations of `prompts`, cut at the first stop string.
+    """Greedy (or sampled, per config) continuations of `prompts`, cut at the first stop string, through the shared
+    generation loop; `masks` zero removed structures while it runs (the partially pruned model answers).
 
     `add_special_tokens=False` for prompts that already carry them (chat-templated text starts with its own BOS).
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
+    sampling = None
+    if config.generation_do_sample:
+        sampling = {"temperature": config.generation_temperature, "top_p": config.generation_top_p}
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)
     was_training = model.training
     model.eval()
-    answers: list[str] = []
     try:
-        with masked_model(model, masks):
-            for start in tqdm(
-                range(0, len(prompts), batch_size), desc="self-generating calibration", disable=not progress
-            ):
-                chunk = list(prompts[start : start + batch_size])
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(
-                    device
-                )
-                kwargs = {"do_sample": config.generation_do_sample}
-                if config.generation_do_sample:
-                    kwargs.update(temperature=config.generation_temperature, top_p=config.generation_top_p)
-                with torch.no_grad():
-                    out = model.generate(
-                        **enc, max_new_tokens=config.generation_max_new_tokens, pad_token_id=pad_id, **kwargs
-                    )
-                for row in out[:, enc["input_ids"].shape[1] :]:
-                    text = tokenizer.decode(row, skip_special_tokens=True)
-                    cut = min((text.find(s) for s in STOP_STRINGS if s in text), default=len(text))
-                    answers.append(text[:cut].strip())
+        with masked_model(model, masks), torch.no_grad():
+            completions, _ = generate_completions(
+                model,
+                tokenizer,
+                prompts,
+                batch_size=batch_size,
+                max_new_tokens=config.generation_max_new_tokens,
+                add_special_tokens=add_special_tokens,
+                progress=progress,
+                desc="self-generating calibration",
+                sampling=sampling,
+            )
     finally:
-        tokenizer.padding_side = side
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
-    return answers
+    return [text.strip() for text in completions]
 
 
 def self_generated_dataset(

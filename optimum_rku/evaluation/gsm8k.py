@@ -1,18 +1,20 @@
-"""GSM8K few-shot exact-match evaluation that follows the lm-evaluation-harness ``gsm8k`` task conventions."""
+"""GSM8K few-shot exact match as an evaluation task, following the lm-evaluation-harness ``gsm8k`` task conventions.
+
+Extraction and prompts are plain functions (also used by the offline `evaluate` metric in `metrics/`); `GSM8KTask` is
+the task the runner and the CLI use; `evaluate_gsm8k` runs it with GSM8K's defaults (5-shot, Hub `openai/gsm8k`).
+"""
 
 from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from optimum_rku.data.generation import as_id_set, generate_completions
-from optimum_rku.evaluation.results import GSM8KResult
-from optimum_rku.evaluation.sources import DEFAULT_DATASET, GSM8K_SPLITS, resolve_source, sample_fewshot, validate_rows
+from optimum_rku.data.gsm8k import GSM8K_CONFIG, GSM8K_HUB_ID, GSM8K_SPLITS
+from optimum_rku.data.prompts import PROMPT_TEMPLATE
+from optimum_rku.evaluation.results import EvaluationResult
+from optimum_rku.evaluation.task import EvaluationTask, Metric
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -85,7 +87,7 @@ def is_correct(completion: str, reference_answer: str, mode: AnswerMode = "stric
 
 def format_question(question: str) -> str:
     """Render a question as the harness ``doc_to_text`` (``Question: {q}\\nAnswer:``)."""
-    return f"Question: {question}\nAnswer:"
+    return PROMPT_TEMPLATE.format(question=question)
 
 
 def _format_example(example: Mapping[str, str]) -> str:
@@ -110,182 +112,79 @@ def build_chat_messages(question: str, fewshot_examples: Sequence[Mapping[str, s
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Entry point
+# The task
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
-    """Raise TypeError/ValueError naming the argument when it is not an int >= minimum."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
-        raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+class GSM8KResult(EvaluationResult):
+    """A GSM8K result: `exact_match_strict` and `exact_match_flexible` (also in `metrics`), settings and samples."""
+
+    def __init__(
+        self,
+        *,
+        exact_match_strict: float | None = None,
+        exact_match_flexible: float | None = None,
+        metrics: dict[str, float] | None = None,
+        task: str = "gsm8k",
+        **fields: Any,
+    ) -> None:
+        metrics = dict(metrics or {})
+        for key, value in (("exact_match_strict", exact_match_strict), ("exact_match_flexible", exact_match_flexible)):
+            if value is not None:
+                metrics[key] = value
+        super().__init__(task=task, metrics=metrics, **fields)
 
 
-def _check_split(name: str, value: Any) -> None:
-    """Require a non-empty split name."""
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{name} must be a non-empty str such as one of {GSM8K_SPLITS}, got {value!r}")
+class GSM8KTask(EvaluationTask):
+    """GSM8K: `Question: ... Answer:` prompts, greedy until `Question:`, exact match of the strict / flexible number."""
+
+    name = "gsm8k"
+    title = "GSM8K"
+    fields = ("question", "answer")
+    metrics = (
+        Metric("exact_match_strict", "correct_strict", "exact match, strict-match"),
+        Metric("exact_match_flexible", "correct_flexible", "exact match, flexible-extract"),
+    )
+    default_num_fewshot = 5
+    hub_config = GSM8K_CONFIG
+    hub_splits = GSM8K_SPLITS
+    result_class = GSM8KResult
+    card_notes = (
+        "Greedy decoding, `Question: ... Answer:` prompts, generation stops at `Question:`; strict-match reads the "
+        "number after `####`, flexible-extract the last number of the completion (lm-evaluation-harness `gsm8k`)."
+    )
+
+    def prompt(self, row: Mapping[str, str], shots: Sequence[Mapping[str, str]], tokenizer: Any, chat: bool) -> str:
+        if chat:
+            messages = build_chat_messages(row["question"], shots)
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return build_prompt(row["question"], shots)
+
+    def score(self, row: Mapping[str, str], completion: str) -> dict[str, Any]:
+        target = _reference_target(row["answer"])
+        strict, flexible = extract_answer(completion, "strict"), extract_answer(completion, "flexible")
+        return {
+            "extracted_strict": strict,
+            "extracted_flexible": flexible,
+            "target": target,
+            "correct_strict": strict is not None and strict == target,
+            "correct_flexible": flexible is not None and flexible == target,
+        }
 
 
 def evaluate_gsm8k(
     model: Any,
     tokenizer: Any,
-    dataset: str | os.PathLike[str] | Dataset | DatasetDict | Sequence[Mapping[str, str]] = DEFAULT_DATASET,
+    dataset: str | os.PathLike[str] | Dataset | DatasetDict | Sequence[Mapping[str, str]] = GSM8K_HUB_ID,
     split: str = "test",
     num_fewshot: int = 5,
-    limit: int | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
-    apply_chat_template: bool = False,
-    output_path: str | os.PathLike[str] | None = None,
-    fewshot_seed: int = 1234,
-    fewshot_split: str = "train",
-    progress: bool = True,
-    fewshot_examples: Sequence[Mapping[str, str]] | None = None,
+    **options: Any,
 ) -> GSM8KResult:
-    """Run harness-compatible few-shot GSM8K (greedy, stop at ``Question:``) and score strict/flexible exact match."""
-    call_start = time.perf_counter()
-    # ---- cheap argument checks first, before any loading or generation ----
-    if not callable(getattr(model, "generate", None)):
-        raise TypeError(f"model must be a generative transformers model with .generate(), got {type(model).__name__}")
-    if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
-        raise TypeError(f"tokenizer must be a transformers tokenizer (callable with .decode), got {type(tokenizer)}")
-    _check_int("num_fewshot", num_fewshot, 0)
-    _check_int("limit", limit, 1, allow_none=True)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_new_tokens", max_new_tokens, 1)
-    if isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int):
-        raise TypeError(f"fewshot_seed must be an int, got {fewshot_seed!r} ({type(fewshot_seed).__name__})")
-    _check_split("split", split)
-    _check_split("fewshot_split", fewshot_split)
-    if not isinstance(apply_chat_template, bool):
-        raise TypeError(f"apply_chat_template must be a bool, got {apply_chat_template!r}")
-    if apply_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "apply_chat_template=True but the tokenizer has no chat_template; use apply_chat_template=False"
-        )
-    if output_path is not None and not isinstance(output_path, (str, os.PathLike)):
-        raise TypeError(f"output_path must be a str, os.PathLike or None, got {type(output_path).__name__}")
-    if fewshot_examples is not None:
-        if isinstance(fewshot_examples, (str, bytes)) or not isinstance(fewshot_examples, Sequence):
-            raise TypeError(
-                f"fewshot_examples must be a list of {{'question', 'answer'}} dicts or None, got {type(fewshot_examples)}"
-            )
-        fewshot_pool: list[dict[str, str]] | None = validate_rows(fewshot_examples, "fewshot_examples")
-    else:
-        fewshot_pool = None
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    eos_ids = as_id_set(getattr(tokenizer, "eos_token_id", None))
-    model_generation_config = getattr(model, "generation_config", None)
-    if model_generation_config is not None:
-        eos_ids |= as_id_set(model_generation_config.eos_token_id)
-    if pad_id is None:
-        if not eos_ids:
-            raise ValueError("tokenizer has neither pad_token_id nor eos_token_id; set tokenizer.pad_token first")
-        pad_id = getattr(tokenizer, "eos_token_id", None)
-        pad_id = pad_id if pad_id is not None else min(eos_ids)
+    """Run harness-compatible few-shot GSM8K (greedy, stop at ``Question:``) and score strict/flexible exact match.
 
-    source = resolve_source(dataset, split, fewshot_split)
-    same_pool = False
-    if num_fewshot > 0 and fewshot_pool is None:
-        if source.fewshot_loader is None:
-            raise ValueError(
-                f"num_fewshot={num_fewshot} needs few-shot examples but none are available for {source.description}: "
-                f"pass fewshot_examples=[{{'question': ..., 'answer': ...}}, ...], a path/directory with "
-                f"{fewshot_split}.jsonl, or num_fewshot=0"
-            )
-        same_pool = source.fewshot_is_eval
+    `options` are those of `optimum_rku.evaluation.runner.evaluate`: `limit`, `batch_size` (8), `max_new_tokens`
+    (256), `apply_chat_template`, `output_path`, `fewshot_seed`, `fewshot_split`, `progress`, `fewshot_examples`.
+    """
+    from optimum_rku.evaluation.runner import evaluate
 
-    # ---- load data ----
-    rows = source.rows_loader()
-    if not rows:
-        raise ValueError(f"dataset {source.description} has no rows")
-    if limit is not None:
-        rows = rows[:limit]
-    if num_fewshot > 0 and fewshot_pool is None:
-        fewshot_pool = source.fewshot_loader()
-    pool = fewshot_pool or []
-    needed = num_fewshot + 1 if same_pool else num_fewshot
-    if num_fewshot > 0 and len(pool) < needed:
-        raise ValueError(f"num_fewshot={num_fewshot} but only {len(pool)} few-shot examples are available")
-    shots = sample_fewshot(rows, pool, num_fewshot, fewshot_seed, same_pool)
-
-    if apply_chat_template:
-        prompts = [
-            tokenizer.apply_chat_template(
-                build_chat_messages(row["question"], examples), tokenize=False, add_generation_prompt=True
-            )
-            for row, examples in zip(rows, shots)
-        ]
-    else:
-        prompts = [build_prompt(row["question"], examples) for row, examples in zip(rows, shots)]
-
-    # ---- generate ----
-    was_training = bool(getattr(model, "training", False))
-    if hasattr(model, "eval"):
-        model.eval()
-    generation_start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            completions, counts = generate_completions(
-                model,
-                tokenizer,
-                prompts,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                add_special_tokens=not apply_chat_template,
-                pad_id=int(pad_id),
-                eos_ids=eos_ids,
-                progress=progress,
-            )
-    finally:
-        if was_training and hasattr(model, "train"):
-            model.train()
-    generation_time = time.perf_counter() - generation_start
-
-    # ---- score ----
-    samples: list[dict[str, Any]] = []
-    for index, (row, prompt, completion, count) in enumerate(zip(rows, prompts, completions, counts)):
-        target = _reference_target(row["answer"])
-        strict = extract_answer(completion, "strict")
-        flexible = extract_answer(completion, "flexible")
-        samples.append(
-            {
-                "index": index,
-                "question": row["question"],
-                "prompt": prompt,
-                "completion": completion,
-                "extracted_strict": strict,
-                "extracted_flexible": flexible,
-                "target": target,
-                "correct_strict": strict is not None and strict == target,
-                "correct_flexible": flexible is not None and flexible == target,
-                "generated_tokens": count,
-            }
-        )
-    num = len(samples)
-    generated_tokens = sum(counts)
-    result = GSM8KResult(
-        exact_match_strict=sum(s["correct_strict"] for s in samples) / num,
-        exact_match_flexible=sum(s["correct_flexible"] for s in samples) / num,
-        num_samples=num,
-        num_fewshot=num_fewshot,
-        split=split,
-        dataset=source.description,
-        total_time_s=time.perf_counter() - call_start,
-        generated_tokens=generated_tokens,
-        tokens_per_s=generated_tokens / generation_time if generation_time > 0 else 0.0,
-        samples=samples,
-        generation_time_s=generation_time,
-        apply_chat_template=apply_chat_template,
-        max_new_tokens=max_new_tokens,
-        fewshot_seed=fewshot_seed,
-    )
-    if output_path is not None:
-        result.save(output_path)
-    return result
+    return evaluate(model, tokenizer, "gsm8k", dataset, split=split, num_fewshot=num_fewshot, **options)

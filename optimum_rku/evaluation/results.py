@@ -1,40 +1,22 @@
-"""`GSM8KResult`: exact match, throughput and per-sample records of one evaluation, saved as jsonl plus a summary."""
+"""`EvaluationResult`: a task's metrics, throughput and per-sample records of one run, saved as jsonl plus a summary."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a temporary sibling and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+from optimum_rku.io.files import atomic_write_json, atomic_write_text
 
 
-def _summary_path(samples_path: Path) -> Path:
-    """Return the summary json path stored beside a samples jsonl file."""
-    return samples_path.with_name(f"{samples_path.stem}_summary.json")
+@dataclasses.dataclass(kw_only=True)
+class EvaluationResult:
+    """Outcome of one evaluation: the task's metrics (also readable as attributes), run settings and samples."""
 
-
-@dataclasses.dataclass
-class GSM8KResult:
-    """Outcome of a GSM8K run: harness-style strict/flexible exact match, throughput and per-sample records."""
-
-    exact_match_strict: float
-    exact_match_flexible: float
+    task: str
+    metrics: dict[str, float]
     num_samples: int
     num_fewshot: int
     split: str
@@ -48,20 +30,26 @@ class GSM8KResult:
     max_new_tokens: int = 256
     fewshot_seed: int = 1234
 
+    def __getattr__(self, name: str) -> Any:
+        metrics = self.__dict__.get("metrics") or {}
+        if name in metrics:
+            return metrics[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
-        """Return a JSON-serializable dict, omitting the (large) per-sample records unless asked."""
+        """A JSON-ready dict with the metrics as top-level keys, without the (large) samples unless asked."""
         data = dataclasses.asdict(self)
+        metrics = data.pop("metrics")
         if not include_samples:
             data.pop("samples")
-        return data
+        return {**metrics, **data}
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
-        """Atomically write samples as jsonl at ``path`` (or ``dir/gsm8k_samples.jsonl``) plus a summary json beside."""
+        """Atomically write samples as jsonl at `path` (or `dir/<task>_samples.jsonl`) plus a summary json beside."""
         samples_path = Path(path)
         if samples_path.is_dir():
-            samples_path = samples_path / "gsm8k_samples.jsonl"
-        lines = "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in self.samples)
-        _atomic_write_text(samples_path, lines)
-        summary_path = _summary_path(samples_path)
-        _atomic_write_text(summary_path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+            samples_path = samples_path / f"{self.task}_samples.jsonl"
+        atomic_write_text(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples))
+        summary_path = samples_path.with_name(f"{samples_path.stem}_summary.json")
+        atomic_write_json(summary_path, self.to_dict())
         return samples_path, summary_path

@@ -1,7 +1,8 @@
 """Where evaluation problems come from: a Hub id, local json/jsonl files or directories, datasets, or lists of dicts.
 
 Sources are classified without loading anything big, so argument checks never trigger downloads; few-shot pools are
-read lazily from the train split beside the evaluated one.
+read lazily from the train split beside the evaluated one. Every row must hold the task's string `fields`; Hub
+datasets load with the task's `hub_config` and `hub_splits`.
 """
 
 from __future__ import annotations
@@ -13,35 +14,36 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATASET = "openai/gsm8k"
+
+def _offline_hint(task) -> str:
+    example = ", ".join(f"{name!r}: ..." for name in task.fields)
+    return (
+        f"If you are offline or the Hub is unreachable, pass local {task.title} files instead: "
+        "dataset='path/to/test.jsonl' (few-shot examples are read from train.jsonl beside it), "
+        "a directory containing test.jsonl and train.jsonl, a datasets.Dataset, "
+        f"or a list of {{{example}}} dicts (with fewshot_examples=... when num_fewshot > 0)."
+    )
 
 
-GSM8K_SPLITS: tuple[str, ...] = ("train", "test")
+def _named(fields: Sequence[str]) -> str:
+    return " and ".join(repr(name) for name in fields)
 
 
-_OFFLINE_HINT = (
-    "If you are offline or the Hub is unreachable, pass local GSM8K files instead: "
-    "dataset='path/to/test.jsonl' (few-shot examples are read from train.jsonl beside it), "
-    "a directory containing test.jsonl and train.jsonl, a datasets.Dataset, "
-    "or a list of {'question': ..., 'answer': ...} dicts (with fewshot_examples=... when num_fewshot > 0)."
-)
-
-
-def validate_rows(rows: Sequence[Any], source: str) -> list[dict[str, str]]:
-    """Check that every row has string ``question`` and ``answer`` fields and keep only those."""
+def validate_rows(rows: Sequence[Any], source: str, fields: Sequence[str]) -> list[dict]:
+    """Check that every row has the string `fields` and keep only those."""
     clean: list[dict[str, str]] = []
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise TypeError(f"{source}: row {index} must be a mapping with 'question' and 'answer', got {type(row)}")
-        missing = [key for key in ("question", "answer") if not isinstance(row.get(key), str)]
+            raise TypeError(f"{source}: row {index} must be a mapping with {_named(fields)}, got {type(row)}")
+        missing = [key for key in fields if not isinstance(row.get(key), str)]
         if missing:
-            raise ValueError(f"{source}: row {index} needs string fields 'question' and 'answer' (bad: {missing})")
-        clean.append({"question": row["question"], "answer": row["answer"]})
+            raise ValueError(f"{source}: row {index} needs string fields {_named(fields)} (bad: {missing})")
+        clean.append({key: row[key] for key in fields})
     return clean
 
 
-def _read_json_rows(path: Path) -> list[dict[str, str]]:
-    """Read GSM8K rows from a jsonl file (one object per line) or a json list."""
+def _read_json_rows(path: Path, fields: Sequence[str]) -> list[dict[str, str]]:
+    """Read rows from a jsonl file (one object per line) or a json list."""
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -54,7 +56,7 @@ def _read_json_rows(path: Path) -> list[dict[str, str]]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{number} is not valid JSON: {exc}") from exc
-    return validate_rows(rows, str(path))
+    return validate_rows(rows, str(path), fields)
 
 
 def _split_file(directory: Path, split: str) -> Path | None:
@@ -66,18 +68,18 @@ def _split_file(directory: Path, split: str) -> Path | None:
     return None
 
 
-def _load_hub(dataset: str, split: str) -> list[dict[str, str]]:
-    """Load a split of a Hub dataset (config ``main``), turning connection failures into an actionable error."""
+def _load_hub(dataset: str, split: str, task) -> list[dict[str, str]]:
+    """Load a split of a Hub dataset (the task's config), turning connection failures into an actionable error."""
     import datasets
 
     try:
-        loaded = datasets.load_dataset(dataset, "main", split=split)
+        loaded = datasets.load_dataset(dataset, task.hub_config, split=split)
     except Exception as exc:  # any Hub/offline/config failure gets the same actionable hint
         raise RuntimeError(
-            f"Could not load dataset {dataset!r} (config 'main', split {split!r}) from the Hugging Face Hub: "
-            f"{type(exc).__name__}: {exc}. {_OFFLINE_HINT}"
+            f"Could not load dataset {dataset!r} (config {task.hub_config!r}, split {split!r}) from the Hugging Face "
+            f"Hub: {type(exc).__name__}: {exc}. {_offline_hint(task)}"
         ) from exc
-    return validate_rows(loaded.to_list(), f"{dataset}[{split}]")
+    return validate_rows(loaded.to_list(), f"{dataset}[{split}]", task.fields)
 
 
 class ProblemSource:
@@ -97,8 +99,9 @@ class ProblemSource:
         self.fewshot_is_eval = fewshot_is_eval
 
 
-def resolve_source(dataset: Any, split: str, fewshot_split: str) -> ProblemSource:
+def resolve_source(dataset: Any, split: str, fewshot_split: str, task) -> ProblemSource:
     """Classify the ``dataset`` argument (Hub id, local path, Dataset(Dict) or list) without loading anything big."""
+    fields = task.fields
     if isinstance(dataset, (str, os.PathLike)):
         path = Path(dataset).expanduser()
         if path.is_dir():
@@ -108,17 +111,17 @@ def resolve_source(dataset: Any, split: str, fewshot_split: str) -> ProblemSourc
                 raise ValueError(f"split {split!r}: no {split}.jsonl in directory {str(path)!r} (found: {available})")
             fewshot_file = _split_file(path, fewshot_split)
             return ProblemSource(
-                lambda: _read_json_rows(eval_file),
+                lambda: _read_json_rows(eval_file, fields),
                 str(eval_file),
-                (lambda: _read_json_rows(fewshot_file)) if fewshot_file is not None else None,
+                (lambda: _read_json_rows(fewshot_file, fields)) if fewshot_file is not None else None,
                 fewshot_file == eval_file,
             )
         if path.is_file():
             fewshot_file = _split_file(path.parent, fewshot_split)
             return ProblemSource(
-                lambda: _read_json_rows(path),
+                lambda: _read_json_rows(path, fields),
                 str(path),
-                (lambda: _read_json_rows(fewshot_file)) if fewshot_file is not None else None,
+                (lambda: _read_json_rows(fewshot_file, fields)) if fewshot_file is not None else None,
                 fewshot_file is not None and fewshot_file.resolve() == path.resolve(),
             )
         text = os.fspath(dataset)
@@ -126,21 +129,21 @@ def resolve_source(dataset: Any, split: str, fewshot_split: str) -> ProblemSourc
             raise FileNotFoundError(
                 f"dataset file {text!r} does not exist (pass a jsonl file, a directory or a Hub id)"
             )
-        if split not in GSM8K_SPLITS:
-            raise ValueError(f"split must be one of {GSM8K_SPLITS} for Hub dataset {text!r}, got {split!r}")
-        if fewshot_split not in GSM8K_SPLITS:
+        if split not in task.hub_splits:
+            raise ValueError(f"split must be one of {task.hub_splits} for Hub dataset {text!r}, got {split!r}")
+        if fewshot_split not in task.hub_splits:
             raise ValueError(
-                f"fewshot_split must be one of {GSM8K_SPLITS} for Hub dataset {text!r}, got {fewshot_split!r}"
+                f"fewshot_split must be one of {task.hub_splits} for Hub dataset {text!r}, got {fewshot_split!r}"
             )
         return ProblemSource(
-            lambda: _load_hub(text, split),
-            f"{text} (main, {split})",
-            lambda: _load_hub(text, fewshot_split),
+            lambda: _load_hub(text, split, task),
+            f"{text} ({task.hub_config}, {split})",
+            lambda: _load_hub(text, fewshot_split, task),
             split == fewshot_split,
         )
 
     if isinstance(dataset, (list, tuple)):
-        rows = validate_rows(dataset, "dataset list")
+        rows = validate_rows(dataset, "dataset list", fields)
         return ProblemSource(lambda: rows, f"list ({len(rows)} rows)", None, False)
 
     import datasets
@@ -150,27 +153,28 @@ def resolve_source(dataset: Any, split: str, fewshot_split: str) -> ProblemSourc
             raise ValueError(f"split {split!r} not in DatasetDict (available: {sorted(dataset)})")
         has_fewshot = fewshot_split in dataset
         return ProblemSource(
-            lambda: validate_rows(dataset[split].to_list(), f"DatasetDict[{split}]"),
+            lambda: validate_rows(dataset[split].to_list(), f"DatasetDict[{split}]", fields),
             f"DatasetDict[{split}]",
-            (lambda: validate_rows(dataset[fewshot_split].to_list(), f"DatasetDict[{fewshot_split}]"))
+            (lambda: validate_rows(dataset[fewshot_split].to_list(), f"DatasetDict[{fewshot_split}]", fields))
             if has_fewshot
             else None,
             split == fewshot_split,
         )
     if isinstance(dataset, datasets.Dataset):
-        missing = {"question", "answer"} - set(dataset.column_names)
+        missing = set(fields) - set(dataset.column_names)
         if missing:
-            raise ValueError(f"Dataset needs 'question' and 'answer' columns, missing {sorted(missing)}")
+            raise ValueError(f"Dataset needs {_named(fields)} columns, missing {sorted(missing)}")
         name = dataset.info.dataset_name or "Dataset"
         return ProblemSource(
-            lambda: validate_rows(dataset.to_list(), name), f"{name} ({dataset.num_rows} rows)", None, False
+            lambda: validate_rows(dataset.to_list(), name, fields), f"{name} ({dataset.num_rows} rows)", None, False
         )
     if isinstance(dataset, Sequence) and not isinstance(dataset, (bytes, bytearray)):
-        rows = validate_rows(dataset, "dataset list")
+        rows = validate_rows(dataset, "dataset list", fields)
         return ProblemSource(lambda: rows, f"list ({len(rows)} rows)", None, False)
+    listed = ", ".join(repr(name) for name in fields)
     raise TypeError(
         "dataset must be a Hub id, a json/jsonl path or directory, a datasets.Dataset/DatasetDict or a list of "
-        f"{{'question', 'answer'}} dicts, got {type(dataset).__name__}"
+        f"{{{listed}}} dicts, got {type(dataset).__name__}"
     )
 
 

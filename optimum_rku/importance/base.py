@@ -72,7 +72,7 @@ class Importance:
 
 def group_slices(values: torch.Tensor, block: BlockView, granularity: str) -> torch.Tensor:
     """Sum per-channel o_proj-input values into per-query-head or per-KV-group totals."""
-    width = block.head_dim if granularity == "query_head" else block.head_dim * block.group_size
+    width = block.structure_width(granularity)
     return values.view(-1, width).sum(dim=1)
 
 

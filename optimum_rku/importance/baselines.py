@@ -162,9 +162,7 @@ class FlapImportance(Importance):
             result.mlp_raw, result.mlp = metric, _standardize(metric)
         if _require(stats, "attn", ("sum", "sq"), self.name, block):
             channels = self._fluctuation(block.o_proj.weight, stats.attn, tokens)
-            width = (
-                block.head_dim if config.attention_granularity == "query_head" else block.head_dim * block.group_size
-            )
+            width = block.structure_width(config.attention_granularity)
             metric = channels.view(-1, width).mean(dim=1)
             result.attention_raw, result.attention = metric, _standardize(metric)
         return result
@@ -223,7 +221,7 @@ class RandomImportance(Importance):
 
     def score_block(self, block: BlockView, stats: BlockStats, config) -> StructureScores:
         g = torch.Generator().manual_seed(config.seed * 1000 + block.index)
-        n_attn = block.num_heads if config.attention_granularity == "query_head" else block.num_kv_heads
+        n_attn = block.num_structures(config.attention_granularity)
         ffn = torch.rand(block.intermediate_size, generator=g)
         attn = torch.rand(n_attn, generator=g)
         return StructureScores(mlp=ffn, attention=attn, mlp_raw=ffn, attention_raw=attn)

@@ -5,19 +5,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from optimum_rku.data.providers import DataProvider, provider_for, providers
+from optimum_rku.evaluation.registry import task_of
 from optimum_rku.io.labels import human_count, percent, source_label
 
 
-def benchmark_kind(result: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
-    """Which problem set a result is on: 'gsm8k', 'testbed' or 'custom'."""
-    if result.get("benchmark") in ("gsm8k", "testbed", "custom"):
-        return result["benchmark"]
-    description = str(result.get("dataset", "")).lower()
-    if "gsm8k" in description:
-        return "gsm8k"
-    if "testbed" in description or (meta.get("is_testbed") and description.startswith("list")):
-        return "testbed"
-    return "custom"
+def problem_provider(result: Mapping[str, Any], meta: Mapping[str, Any]) -> DataProvider | None:
+    """The data provider whose own problems a result is on, or None for problems the user supplied ("custom")."""
+    name = result.get("benchmark")
+    if name is None:  # results written before the problem set was recorded: read it from their description
+        description = str(result.get("dataset", "")).lower()
+        name = next((p.name for p in providers() if p.name in description), None)
+        own = provider_for(metadata=meta)
+        if name is None and description.startswith("list") and own.model_alias:  # the checkpoint's own problems
+            name = own.name
+    return next((p for p in providers() if p.name == name), None)
+
+
+def problems_label(result: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """How the card's tables name a result's problem set."""
+    provider = problem_provider(result, meta)
+    return provider.problems_label if provider else f"custom ({task_of(result).title} format)"
 
 
 def layer_table(meta: Mapping[str, Any]) -> str:
@@ -49,26 +57,21 @@ def eval_section(
             "## Evaluation\n\nNot evaluated yet. `optimum-cli rku eval --model <this checkpoint>` runs GSM8K "
             "(lm-evaluation-harness conventions) and stores the result in `eval_results.json`; the card picks it up."
         )
+    reference = pruned or dense
+    task = task_of(reference)
     rows = [
-        "| model | problems | split | n-shot | exact match, strict-match | exact match, flexible-extract |",
-        "|---|---|---|---:|---:|---:|",
+        "| model | problems | split | n-shot | " + " | ".join(m.label for m in task.metrics) + " |",
+        "|---|---|---|---:|" + "---:|" * len(task.metrics),
     ]
     for label, result in (("this model (pruned)", pruned), (f"dense base ({base_label})", dense)):
         if result is None:
             continue
-        kind = benchmark_kind(result, meta)
-        problems = {"gsm8k": "GSM8K", "testbed": "testbed (GSM8K format)"}.get(kind, "custom (GSM8K format)")
         rows.append(
-            f"| {label} | {problems}, {result['num_samples']} problems | {result['split']} | "
-            f"{result['num_fewshot']} | {percent(float(result['exact_match_strict']), 2)} | "
-            f"{percent(float(result['exact_match_flexible']), 2)} |"
+            f"| {label} | {problems_label(result, meta)}, {result['num_samples']} problems | {result['split']} | "
+            f"{result['num_fewshot']} | " + " | ".join(percent(float(result[m.key]), 2) for m in task.metrics) + " |"
         )
-    reference = pruned or dense
     new_tokens = reference.get("max_new_tokens")
-    notes = (
-        "Greedy decoding, `Question: ... Answer:` prompts, generation stops at `Question:`; strict-match reads the "
-        "number after `####`, flexible-extract the last number of the completion (lm-evaluation-harness `gsm8k`)."
-    )
+    notes = task.card_notes
     if new_tokens:
         notes += f" At most {new_tokens} new tokens per problem."
     return "## Evaluation\n\n" + "\n".join(rows) + "\n\n" + notes
@@ -84,8 +87,8 @@ def calibration_section(meta: Mapping[str, Any]) -> str:
             f"## Calibration\n\nNone: `{config.get('importance')}` importance is data-free, so no calibration "
             "data was used."
         )
-    if meta.get("is_testbed") and not source:
-        source = "optimum-rku testbed (train split, questions only)"
+    if not source:  # checkpoints that recorded no source calibrated on their provider's default texts
+        source = provider_for(metadata=meta).calibration_label
     items = [
         ("importance", config.get("importance")),
         ("objective", scoring.get("objective") or config.get("objective")),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.io.files import atomic_write
 from optimum_rku.io.labels import percent
 from optimum_rku.io.metadata import check_meta
 
@@ -54,14 +54,5 @@ def plot_allocation(meta: Mapping[str, Any], path: str | os.PathLike) -> Path:
     )
     ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
-    target_path = Path(path)
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target_path.parent, prefix=f".{target_path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, target_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    target_path = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
     return target_path

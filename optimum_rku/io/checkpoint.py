@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from optimum_rku.config import CONFIG_NAME
+from optimum_rku.io.files import staged_directory
 from optimum_rku.io.metadata import REMOTE_CODE_FILE
 from optimum_rku.models.specs import get_spec
 
@@ -99,31 +99,14 @@ def save_checkpoint(
     `writers` are callables `f(directory)` run inside the temp dir (model card, charts) before the move.
     """
     target = check_save_dir(save_dir, source, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with staged_directory(target) as tmp:
         _write_model(model, tokenizer, tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         for writer in writers or []:
             writer(tmp)
-        install_directory(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
-
-
-def install_directory(staged: Path, target: Path) -> None:
-    """Move a fully written directory `staged` (beside `target`) to `target`, replacing an existing one by renames."""
-    if target.exists():
-        backup = target.parent / f".{target.name}.old-{os.getpid()}"
-        target.rename(backup)
-        staged.rename(target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        staged.rename(target)
 
 
 #: `from_pretrained` arguments that say where a checkpoint's files are (passed on to the config as well).

@@ -12,6 +12,9 @@ read except biases); `export_gguf` then streams one tensor at a time into a temp
 renames it into place, so a failed export leaves nothing behind. Tensor names come from gguf-py's
 `get_tensor_name_map` (llama.cpp's own table); llama.cpp's rotary layout for the `llama`/`deci` builders is the
 interleaved one, so q/k rows are reordered within each head (a fixed permutation, undone by transformers' GGUF loader).
+
+One file on purpose (over ~450 lines): the export plan and the writer share the tensor naming and per-family
+transforms; the tokenizer keys live in `gguf_vocab.py`.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.data.providers import provider_for
+from optimum_rku.io.files import atomic_write
 from optimum_rku.io.gguf_vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -378,7 +382,8 @@ def plan_gguf_export(
 
 def _model_name(directory: Path, meta: dict) -> str:
     base = str(meta.get("base_model") or "")
-    stem = "testbed" if meta.get("is_testbed") else Path(base).name if base else directory.resolve().name
+    alias = provider_for(metadata=meta).model_alias if meta else None
+    stem = alias or (Path(base).name if base else directory.resolve().name)
     return f"{stem}-rku" if meta else stem
 
 
@@ -495,11 +500,8 @@ def export_gguf(
     target = _check_output(output, directory, overwrite, tokenizer_gguf)
     plan = plan_gguf_export(directory, dtype, pre_tokenizer=pre_tokenizer, tokenizer_gguf=tokenizer_gguf)
     ckpt = _Checkpoint(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
+
+    def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(str(tmp), plan.arch)
         _write_hparams(writer, plan)
         from optimum_rku.io.gguf_vocab import write_vocab
@@ -526,11 +528,8 @@ def export_gguf(
             data, _ = _encode(_transform(tensor, array), tensor.qtype)
             writer.write_tensor_data(data)
         writer.close()
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, write)
     logger.info("Wrote %s\n%s", target, plan.summary())
     return target
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.data.providers import base_model_of, is_model_alias
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
 
@@ -23,7 +25,7 @@ def hub_model_id(name: Any) -> str | None:
     match = CACHE_DIR.search(name.replace("\\", "/"))
     if match:  # a snapshot in the Hugging Face cache: models--org--name/snapshots/<sha>
         return f"{match.group(1)}/{match.group(2)}"
-    if name == "testbed" or Path(name).expanduser().exists() or name.lower().endswith(DATA_SUFFIXES):
+    if is_model_alias(name) or Path(name).expanduser().exists() or name.lower().endswith(DATA_SUFFIXES):
         return None
     return name if HUB_ID.match(name) else None
 
@@ -67,7 +69,7 @@ def checkpoint_name(meta: Mapping[str, Any], repo_id: str | None) -> str:
     """Card title / model-index name: the repo name, else `<base>-rku-<sparsity>`."""
     if repo_id:
         return repo_id.split("/")[-1]
-    base = "testbed" if meta.get("is_testbed") else (meta.get("base_model") or "model")
+    base = base_model_of(meta) or "model"
     base_id = hub_model_id(str(base))
     stem = (base_id or Path(str(base)).name or "model").split("/")[-1]
     target = float(meta["pruning_config"].get("sparsity", meta["plan"].get("target_sparsity", 0.0)))

@@ -14,15 +14,10 @@ from typing import Any
 from optimum_rku.config import CONFIG_NAME
 
 EVAL_RESULTS_FILE = "eval_results.json"
-
-
 REMOTE_CODE_FILE = "modeling_rku.py"
-
-
 REQUIRED_META_KEYS = ("pruning_config", "plan", "parameters", "dense_widths")
-
-
-REQUIRED_EVAL_KEYS = ("exact_match_strict", "exact_match_flexible", "num_samples", "num_fewshot", "split")
+#: what every evaluation result holds besides its task's metrics
+REQUIRED_EVAL_KEYS = ("num_samples", "num_fewshot", "split")
 
 
 def check_meta(meta: Any) -> dict[str, Any]:
@@ -38,7 +33,8 @@ def check_meta(meta: Any) -> dict[str, Any]:
 
 
 def result_dict(results: Any, name: str = "eval_results") -> dict[str, Any] | None:
-    """Normalize a `GSM8KResult`, its `to_dict()`, or a path to such a JSON file into a plain dict (None stays None)."""
+    """Normalize an evaluation result (e.g. `GSM8KResult`), its `to_dict()`, or a path to such a JSON file into a
+    plain dict (None stays None); it must hold its task's metrics."""
     if results is None:
         return None
     if hasattr(results, "to_dict") and callable(results.to_dict):
@@ -54,11 +50,17 @@ def result_dict(results: Any, name: str = "eval_results") -> dict[str, Any] | No
             raise ValueError(f"{name}: {str(path)!r} does not hold a JSON object.")
     else:
         raise TypeError(
-            f"{name} must be a GSM8KResult, its to_dict() dict, a JSON file path or None, got {type(results).__name__}."
+            f"{name} must be an evaluation result (e.g. GSM8KResult), its to_dict() dict, a JSON file path or None, "
+            f"got {type(results).__name__}."
         )
-    missing = [key for key in REQUIRED_EVAL_KEYS if key not in data]
+    from optimum_rku.evaluation.registry import task_of
+
+    missing = [m.key for m in task_of(data).metrics if m.key not in data]
+    missing += [key for key in REQUIRED_EVAL_KEYS if key not in data]
     if missing:
-        raise ValueError(f"{name} is missing {missing}; pass what optimum_rku.evaluation.evaluate_gsm8k returns.")
+        raise ValueError(
+            f"{name} is missing {missing}; pass what optimum_rku.evaluation.evaluate (or evaluate_gsm8k) returns."
+        )
     return data
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.data.gsm8k import hub_config
+from optimum_rku.data.providers import provider_for
 from optimum_rku.io.labels import DATA_SUFFIXES, checkpoint_name, hub_dataset_id, hub_model_id
 
 
@@ -20,10 +22,7 @@ def reproduce_command(meta: Mapping[str, Any], output: str | None = None) -> str
         f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         for f in dataclasses.fields(RKUConfig)
     }
-    if meta.get("is_testbed"):
-        model = "testbed"
-    else:
-        model = hub_model_id(meta.get("base_model")) or "<path-to-base-model>"
+    model = provider_for(metadata=meta).model_alias or hub_model_id(meta.get("base_model")) or "<path-to-base-model>"
     out = output or checkpoint_name(meta, None)
     parts = ["optimum-cli rku prune", f"--model {model}", f"--output {out}"]
     for key, value in config.items():
@@ -40,15 +39,15 @@ def reproduce_command(meta: Mapping[str, Any], output: str | None = None) -> str
     calibration = meta.get("calibration") or {}
     source = calibration.get("dataset")
     dataset_id = hub_dataset_id(source)
-    if dataset_id and not meta.get("is_testbed"):
+    if dataset_id:
         parts.append(f"--dataset {dataset_id}")
-        if calibration.get("config") not in (None, "main"):
+        if calibration.get("config") != hub_config(dataset_id):
             parts.append(f"--dataset-config {calibration['config']}")
         if calibration.get("split") not in (None, "train"):
             parts.append(f"--dataset-split {calibration['split']}")
-    elif source and not meta.get("is_testbed") and str(source).lower().endswith(DATA_SUFFIXES):
+    elif source and str(source).lower().endswith(DATA_SUFFIXES):
         parts.append(f"--data-files <{Path(str(source)).name}>")
     column = calibration.get("text_column")
-    if isinstance(column, str) and column not in ("question", "preprocess_function") and not meta.get("is_testbed"):
+    if isinstance(column, str) and column not in ("question", "preprocess_function"):
         parts.append(f"--text-column {column}")
     return " \\\n    ".join(parts)

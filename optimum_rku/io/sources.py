@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +140,7 @@ def gguf_to_checkpoint(
     import torch
     from transformers import AutoTokenizer
 
+    from optimum_rku.io.files import staged_directory
     from optimum_rku.models.specs import check_supported
 
     if dtype not in ("float32", "bfloat16", "float16"):
@@ -158,21 +157,12 @@ def gguf_to_checkpoint(
     model = load_causal_lm(directory, gguf_file=name, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model.config.name_or_path = name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make the final directory private
-    try:
+    with staged_directory(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE.md").write_text(
             f"Dequantized by optimum-rku from `{name}` to {dtype}. The weights are the GGUF file's quantized values "
             "(e.g. Q4_1), not the original release; results measured on this directory say so.\n"
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Wrote %s (from %s)", target, name)
     return target

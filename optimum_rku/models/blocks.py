@@ -56,6 +56,14 @@ class BlockView:
         """Query heads per KV head."""
         return self.num_heads // self.num_kv_heads
 
+    def structure_width(self, granularity: str) -> int:
+        """o_proj input channels per attention structure: a query head's `head_dim`, or a KV group's heads."""
+        return self.head_dim if granularity == "query_head" else self.head_dim * self.group_size
+
+    def num_structures(self, granularity: str) -> int:
+        """Attention structures of the block: query heads, or KV groups."""
+        return self.num_heads if granularity == "query_head" else self.num_kv_heads
+
     def owner(self, projection: str) -> nn.Module:
         """The attention or MLP module that holds `projection`."""
         return self.attn if projection in PART_PROJECTIONS["attn"] else self.mlp

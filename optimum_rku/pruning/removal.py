@@ -147,23 +147,3 @@ def update_config(model: nn.Module) -> None:
         # the attention reads its head counts from `self.config`: each layer gets its own, as a reload builds it
         for index, view in enumerate(blocks(model)):
             view.attn.config = config.per_layer_config[index] if config.is_heterogeneous else config
-
-
-def plan_masks(model: nn.Module, plan: PruningPlan) -> dict[tuple[int, str], torch.Tensor]:
-    """0/1 masks over down_proj / o_proj input channels that zero exactly the structures `plan` removes."""
-    masks = {}
-    for block, layer_plan in zip(blocks(model), plan.layers):
-        ffn = torch.zeros(block.intermediate_size)
-        ffn[layer_plan.kept_channels] = 1.0
-        attn = torch.zeros(block.num_heads * block.head_dim)
-        attn[block.head_channels(layer_plan.kept_heads)] = 1.0
-        masks[(block.index, "ffn")] = ffn
-        masks[(block.index, "attn")] = attn
-    return masks
-
-
-def combine_masks(old: dict | None, new: dict) -> dict:
-    """Nested masks: a structure removed earlier stays removed."""
-    if not old:
-        return dict(new)
-    return {key: new[key] * old[key] if key in old else new[key] for key in new}

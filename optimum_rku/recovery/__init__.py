@@ -17,8 +17,9 @@ Defaults (every one can be overridden through `lora_config` / `training_args`):
 * Training: max_steps=200, per-device batch 8, gradient accumulation 1, learning rate 2e-4, cosine schedule with 5%
   warmup, no weight decay, bf16 when a CUDA device supports it, seed 2016, logging every 10 steps, `report_to="none"`,
   `save_strategy="no"` (no checkpoints during training), `output_dir` a temporary directory removed afterwards.
-* Data: the bundled testbed's train split (2000 problems) for the testbed; GSM8K train (question + worked answer)
-  otherwise, from the Hub (`openai/gsm8k`) or local files (`data_files=`).
+* Data: the recovery pairs of the model's data provider (`optimum_rku.data.providers`: GSM8K train, question +
+  worked answer, from the Hub (`openai/gsm8k`); the bundled testbed's train split for the testbed), or local files
+  (`data_files=`).
 """
 
 from optimum_rku.recovery.data import (

@@ -7,22 +7,13 @@ from typing import Any
 
 import torch
 
-from optimum_rku.data.prompts import PROMPT_TEMPLATE
-
-DEFAULT_NUM_TESTBED_PROBLEMS = 2000
-
+from optimum_rku.data.prompts import PROMPT_TEMPLATE, qa_pair
+from optimum_rku.data.providers import get_provider
 
 DEFAULT_MAX_LENGTH = 512
 
 
-GSM8K_DATASET = "openai/gsm8k"
-
-
 IGNORE_INDEX = -100
-
-
-def _pair_from_qa(question: Any, answer: Any) -> tuple[str, str]:
-    return PROMPT_TEMPLATE.format(question=str(question).strip()), " " + str(answer).strip()
 
 
 def _rows_to_pairs(rows: Sequence[Any], columns: Sequence[str], source: str) -> list[tuple[str | None, str]]:
@@ -31,7 +22,7 @@ def _rows_to_pairs(rows: Sequence[Any], columns: Sequence[str], source: str) -> 
     if {"prompt", "response"} <= cols:
         return [(str(r["prompt"]), str(r["response"])) for r in rows]
     if {"question", "answer"} <= cols:
-        return [_pair_from_qa(r["question"], r["answer"]) for r in rows]
+        return [qa_pair(r["question"], r["answer"]) for r in rows]
     if "text" in cols:
         return [(None, str(r["text"])) for r in rows]
     raise ValueError(
@@ -53,30 +44,12 @@ def _pairs_from_list(items: Sequence[Any]) -> list[tuple[str | None, str]]:
     raise TypeError(f"A recovery list must hold only strings or only dicts, got {kinds}.")
 
 
-def _default_pairs(is_testbed: bool, num_samples: int | None, seed: int, data_files: Any) -> tuple[list, dict]:
-    if is_testbed and data_files is None:
-        from optimum_rku.testbed import make_problems
+def _local_pairs(data_files: Any, num_samples: int | None, seed: int) -> tuple[list, dict]:
+    """Pairs from local json/jsonl/csv/parquet files of any supported layout, shuffled with `seed`."""
+    from optimum_rku.data.calibration import load_local_files
 
-        n = num_samples or DEFAULT_NUM_TESTBED_PROBLEMS
-        problems = make_problems(n, seed=seed, split="train")
-        pairs = [_pair_from_qa(p["question"], p["answer"]) for p in problems]
-        return pairs, {"dataset": "optimum-rku testbed (train split, question + worked answer)", "seed": seed}
-    import datasets
-
-    if data_files is not None:
-        from optimum_rku.data.calibration import load_local_files
-
-        ds = load_local_files(data_files, "Recovery")
-        source = str(data_files)
-    else:
-        try:
-            ds = datasets.load_dataset(GSM8K_DATASET, "main", split="train")
-        except Exception as err:  # network, auth, missing dataset: one actionable message
-            raise RuntimeError(
-                f"Could not load the default recovery data {GSM8K_DATASET!r} ({type(err).__name__}: {err}). "
-                "Offline? Pass local files, e.g. data_files='gsm8k/train.jsonl', or train_dataset=[...]."
-            ) from None
-        source = GSM8K_DATASET
+    ds = load_local_files(data_files, "Recovery")
+    source = str(data_files)
     if len(ds) == 0:
         raise ValueError(f"The recovery dataset {source!r} is empty.")
     ds = ds.shuffle(seed=seed)
@@ -113,7 +86,7 @@ def prepare_recovery_dataset(
     tokenizer,
     train_dataset: Any = None,
     *,
-    is_testbed: bool = False,
+    data: Any = None,
     data_files: Any = None,
     num_samples: int | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
@@ -121,7 +94,8 @@ def prepare_recovery_dataset(
 ):
     """Tokenized recovery data (`input_ids`, `attention_mask`, `labels` with the prompt masked) and its summary.
 
-    `train_dataset` may be None (testbed train split / GSM8K train), a `datasets.Dataset` with a `text`,
+    `train_dataset` may be None (local `data_files`, else the recovery pairs of `data`, a data provider or its name:
+    GSM8K train by default, the testbed's train split for the testbed), a `datasets.Dataset` with a `text`,
     `prompt`/`response` or `question`/`answer` layout (or already tokenized with `input_ids` and `labels`), a list of
     strings (loss on every token), or a list of `{"prompt", "response"}` / `{"question", "answer"}` dicts. Prompt and
     response are concatenated as given; question/answer rows use the `Question: q\\nAnswer: a` format.
@@ -136,8 +110,10 @@ def prepare_recovery_dataset(
         raise ValueError(f"num_samples={num_samples!r} must be a positive int or None.")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length={max_length!r} must be an int >= 2.")
-    if train_dataset is None:
-        pairs, summary = _default_pairs(is_testbed, num_samples, seed, data_files)
+    if train_dataset is None and data_files is not None:
+        pairs, summary = _local_pairs(data_files, num_samples, seed)
+    elif train_dataset is None:
+        pairs, summary = get_provider(data).recovery_pairs(num_samples, seed)
     elif data_files is not None:
         raise ValueError("Pass either train_dataset or data_files, not both.")
     elif isinstance(train_dataset, datasets.Dataset):

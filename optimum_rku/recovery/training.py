@@ -18,8 +18,11 @@ from typing import Any
 import torch
 
 from optimum_rku.config import CONFIG_NAME
+from optimum_rku.data.providers import provider_for
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, write_adapter
-from optimum_rku.io.checkpoint import check_save_dir, install_directory, save_checkpoint
+from optimum_rku.io.card import checkpoint_writers
+from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
+from optimum_rku.io.files import install_directory
 from optimum_rku.io.metadata import read_metadata
 from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
@@ -143,23 +146,6 @@ def _default_metadata(model, source: Any) -> dict[str, Any]:
     }
 
 
-def _infer_testbed(metadata: dict[str, Any], model) -> bool:
-    if metadata.get("is_testbed"):
-        return True
-    from optimum_rku.testbed import is_testbed_name
-
-    name = getattr(model.config, "_name_or_path", "")
-    return bool(name) and is_testbed_name(name)
-
-
-def _checkpoint_writers(meta: dict[str, Any]) -> list:
-    try:
-        from optimum_rku.io.card import checkpoint_writers
-    except ImportError:
-        return []
-    return list(checkpoint_writers(meta))
-
-
 def recover_with_lora(
     model,
     tokenizer,
@@ -173,7 +159,7 @@ def recover_with_lora(
     overwrite: bool = False,
     metadata: dict[str, Any] | None = None,
     source: str | os.PathLike | None = None,
-    is_testbed: bool | None = None,
+    data: Any = None,
     data_files: Any = None,
     num_samples: int | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
@@ -192,7 +178,9 @@ def recover_with_lora(
     before recovery with the LoRA adapter in `pruned_base/adapter/`. With `merge=False`, `save_dir` is that adapter
     checkpoint itself (`save_adapter` defaults to True then). The adapter's `base_model_name_or_path` is `..`, the
     directory above it, never an absolute path: the directory can be moved or pushed whole (`optimum_rku.io.adapter`).
-    With `teacher` (the dense model, same tokenizer) the loss is knowledge distillation on the response tokens:
+    Without `train_dataset` / `data_files`, the pairs come from `data` (a data provider or its name; default: the
+    provider of the model the checkpoint was pruned from). With `teacher` (the dense model, same tokenizer) the loss
+    is knowledge distillation on the response tokens:
     `(1 - distillation_alpha) * CE + distillation_alpha * T^2 * KL(teacher || student)` at temperature T.
     """
     from peft import get_peft_model
@@ -224,12 +212,13 @@ def recover_with_lora(
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}.")
     meta = copy.deepcopy(metadata) if metadata is not None else _default_metadata(model, source)
-    testbed = _infer_testbed(meta, model) if is_testbed is None else bool(is_testbed)
+    if data is None:  # the provider of the model this checkpoint was pruned from (recorded, else by its name)
+        data = provider_for(getattr(model.config, "_name_or_path", None) or None, meta)
     data_seed = seed if seed is not None else DEFAULT_TRAINING_ARGS["seed"]
     dataset, data_summary = prepare_recovery_dataset(
         tokenizer,
         train_dataset,
-        is_testbed=testbed,
+        data=data,
         data_files=data_files,
         num_samples=num_samples,
         max_length=max_length,
@@ -308,7 +297,7 @@ def recover_with_lora(
             write_adapter(peft_model, tokenizer, adapter_checkpoint / ADAPTER_DIR)
             base_meta = {**meta, "recovery": {**summary, "merged": False, "adapter": ADAPTER_DIR}}
             (adapter_checkpoint / CONFIG_NAME).write_text(json.dumps(base_meta, indent=2, sort_keys=False) + "\n")
-            for writer in _checkpoint_writers(base_meta):
+            for writer in checkpoint_writers(base_meta):
                 writer(adapter_checkpoint)
             summary["adapter"] = f"{PRUNED_BASE_DIR}/{ADAPTER_DIR}" if merge else ADAPTER_DIR
         if not merge:
@@ -330,7 +319,7 @@ def recover_with_lora(
                 meta,
                 source=source,
                 overwrite=overwrite,
-                writers=[move_staged] + _checkpoint_writers(meta),
+                writers=[move_staged] + checkpoint_writers(meta),
             )
             logger.info("Saved recovered model to %s", target)
         elif target is not None and main:  # merge=False: the adapter checkpoint is the whole output

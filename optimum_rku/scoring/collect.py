@@ -16,6 +16,7 @@ from optimum_rku.data.calibration import iter_batches
 from optimum_rku.importance import BlockStats, Importance
 from optimum_rku.models.blocks import BlockView, blocks, decoder
 from optimum_rku.models.specs import PROJECTIONS
+from optimum_rku.pruning.masks import masked_input
 from optimum_rku.scoring.objectives import objective_value
 from optimum_rku.scoring.offload import check_no_weight_gradients, stream_offloaded_weights
 
@@ -55,12 +56,12 @@ class StatsCollector:
         mask = self.masks.get((block.index, part))
 
         def hook(module, args):
-            y = args[0]
             if mask is not None:
-                y = y * mask.to(dtype=y.dtype, device=y.device)
+                args = masked_input(args, mask)
+            y = args[0]
             m = self.token_mask
             if m is None:
-                return (y,) + tuple(args[1:]) if mask is not None else None
+                return args if mask is not None else None
             m = m.to(device=y.device, dtype=torch.float32)
             with torch.no_grad():
                 yf = y.detach().float()
@@ -97,9 +98,7 @@ class StatsCollector:
                                 stats.add(part, "mask_sq_group", torch.einsum("btg,bt->g", groups * groups, m))
 
                 y.register_hook(grad_hook)
-            if mask is not None:
-                return (y,) + tuple(args[1:])
-            return None
+            return args if mask is not None else None
 
         return hook
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from optimum_rku.importance import BlockStats, get_importance
+from optimum_rku.importance import BlockStats, Importance, StructureScores, get_importance
 from optimum_rku.models.blocks import BlockView, blocks
 from optimum_rku.models.geometry import layer_widths, structure_costs
 from optimum_rku.scoring.collect import collect_stats
@@ -19,9 +19,10 @@ def compute_scores(
     masks: dict | None = None,
     calibration_summary: dict | None = None,
     progress: bool = True,
+    importance: Importance | None = None,
 ) -> PruningScores:
-    """Score every FFN channel and attention structure of `model` with `config.importance`."""
-    importance = get_importance(config.importance)
+    """Score every FFN channel and attention structure of `model` with `importance` (default: `config.importance`)."""
+    importance = get_importance(config.importance) if importance is None else importance
     views = blocks(model)
     # calibration means for bias compensation (True, or "auto": the pruner decides later whether to use them)
     wants_means = bool(getattr(config, "bias_compensation", False)) and importance.needs_calibration
@@ -42,7 +43,7 @@ def compute_scores(
             mlp_loss.append(result.mlp_loss.detach().float().cpu())
             attention_loss.append(result.attention_loss.detach().float().cpu())
         zeros_mlp = torch.zeros(block.intermediate_size)
-        n_attn = block.num_heads if config.attention_granularity == "query_head" else block.num_kv_heads
+        n_attn = block.num_structures(config.attention_granularity)
         zeros_attn = torch.zeros(n_attn)
         mlp.append((result.mlp if result.mlp is not None else zeros_mlp).detach().float().cpu())
         attention.append((result.attention if result.attention is not None else zeros_attn).detach().float().cpu())
@@ -93,5 +94,17 @@ def _structure_mask(channel_mask: torch.Tensor, block: BlockView, part: str, gra
     kept = channel_mask.bool().cpu()
     if part == "ffn":
         return kept
-    width = block.head_dim if granularity == "query_head" else block.head_dim * block.group_size
+    width = block.structure_width(granularity)
     return kept.view(-1, width).any(dim=1)
+
+
+class _Unscored(Importance):
+    """Scores every structure 0 and needs no data: what a plan that removes nothing is allocated from."""
+
+    def score_block(self, block: BlockView, stats: BlockStats, config) -> StructureScores:
+        return StructureScores()
+
+
+def zero_scores(model: torch.nn.Module, config) -> PruningScores:
+    """All-zero scores with the model's widths and costs (sparsity 0 needs a plan but no scoring pass)."""
+    return compute_scores(model, config, progress=False, importance=_Unscored())

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .problems import extract_answer, format_example, format_prompt, make_problems
-from .tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TESTBED_PATH = Path(__file__).resolve().parent / "model"
-#: the name that stands for the bundled testbed wherever a model name is expected
+#: the name that stands for the bundled testbed wherever a model name is expected (its data provider's alias)
 TESTBED = "testbed"
 
 __all__ = [
@@ -24,7 +22,6 @@ __all__ = [
     "extract_answer",
     "format_example",
     "format_prompt",
-    "is_testbed_name",
     "load",
     "make_problems",
     "quick_accuracy",
@@ -32,24 +29,23 @@ __all__ = [
 ]
 
 
-def load(torch_dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the committed testbed model (eval mode) and its tokenizer from ``TESTBED_PATH``, offline."""
+def load(torch_dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the committed testbed model (eval mode, float32 unless `torch_dtype`) and its tokenizer, offline."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch_dtype = torch.float32 if torch_dtype is None else torch_dtype
     model = AutoModelForCausalLM.from_pretrained(TESTBED_PATH, dtype=torch_dtype)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(TESTBED_PATH)
     return model, tokenizer
 
 
-def is_testbed_name(name: Any) -> bool:
-    """Whether a model name means the bundled testbed: None, "testbed", or the path of its directory."""
-    if name is None or name == TESTBED:
-        return True
-    try:
-        return Path(str(name)).expanduser().resolve() == TESTBED_PATH
-    except OSError:
-        return False
+def build_tokenizer(*args: Any, **kwargs: Any):
+    """Build the testbed tokenizer (lazy wrapper around :func:`optimum_rku.testbed.tokenizer.build_tokenizer`)."""
+    from .tokenizer import build_tokenizer as _build
+
+    return _build(*args, **kwargs)
 
 
 def train_testbed(*args: Any, **kwargs: Any) -> dict:

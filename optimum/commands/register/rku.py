@@ -37,21 +37,22 @@ def _subcommand(name: str, help_text: str) -> CommandInfo:
     return CommandInfo(name=name, help=help_text, subcommand_class=cls)
 
 
-_HELP = {
-    "prune": "Prune a model with RKU (or a baseline) and save the checkpoint",
-    "eval": "Evaluate a model on GSM8K exact match (testbed: its own problems)",
-    "recover": "Recover accuracy of a pruned checkpoint with a short LoRA fine-tune",
-    "push": "Upload a pruned checkpoint with its model card to the Hugging Face Hub",
-    "import-gguf": "Dequantize a GGUF file (e.g. 'smollm2') into a local transformers model directory",
-    "export": "Export a checkpoint for another runtime: `export gguf` writes one GGUF file for llama.cpp / Ollama",
-    "benchmark": "Compare methods and sparsities: prune, evaluate, print a table",
-}
+try:  # the help lines live with the commands (optimum_rku.cli.registry); parsers only import argparse there
+    from optimum_rku.cli.registry import COMMANDS
+
+    _HELP = {name: command.help for name, command in COMMANDS.items()}
+    _UNAVAILABLE = ""
+except Exception as err:  # optimum-cli imports every register module at startup: other commands must keep working
+    _HELP = {}
+    _UNAVAILABLE = f" (unavailable: optimum-rku failed to import, {type(err).__name__}: {err})"
 
 
 class RKUCommand(BaseOptimumCLICommand):
     """`optimum-cli rku`: structured pruning of reasoning LLMs with Relative Kinetic Utility (optimum-rku)."""
 
-    COMMAND = CommandInfo(name="rku", help="Structured pruning of reasoning LLMs with RKU (optimum-rku)")
+    COMMAND = CommandInfo(
+        name="rku", help="Structured pruning of reasoning LLMs with RKU (optimum-rku)" + _UNAVAILABLE
+    )
     SUBCOMMANDS = tuple(_subcommand(name, text) for name, text in _HELP.items())
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import datasets
 import evaluate
 
-# Self-contained on purpose: `evaluate.load` copies this file alone into its module cache, so the tiny extraction
-# logic is duplicated from optimum_rku.evaluation.gsm8k (tests check that both agree).
-STRICT_PATTERN = re.compile(r"#### (\-?[0-9\.\,]+)")
-FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-_REFERENCE_PREFIX = re.compile(r"(?s).*#### ")
-_TRAILING_PERIOD = re.compile(r"\.$")
+# The extraction is the library's own: this file ships inside optimum-rku, so wherever `evaluate.load` reads it from,
+# optimum_rku is importable (tests check that the metric and the evaluator agree).
+from optimum_rku.evaluation.gsm8k import extract_answer, normalize_answer
+
 _MODES = ("both", "strict", "flexible")
 
 _DESCRIPTION = """\
@@ -42,27 +38,6 @@ _CITATION = """\
   year={2021}
 }
 """
-
-
-def normalize_answer(text: str) -> str:
-    """Normalize like the harness exact_match: drop commas, ``$``, text up to ``#### `` and a trailing period."""
-    text = text.strip().replace(",", "").replace("$", "")
-    text = _REFERENCE_PREFIX.sub("", text)
-    text = _TRAILING_PERIOD.sub("", text.strip())
-    return text.strip().lower()
-
-
-def extract_answer(completion: str, mode: str = "strict") -> str | None:
-    """Extract the normalized answer: strict = first ``#### N``, flexible = last number; None when absent."""
-    if mode == "strict":
-        match = STRICT_PATTERN.search(completion)
-        raw = match.group(1) if match else None
-    else:
-        matches = FLEXIBLE_PATTERN.findall(completion)
-        raw = next((group for group in matches[-1] if group), None) if matches else None
-    if raw is None:
-        return None
-    return normalize_answer(raw) or None
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
