@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.io.metadata import TOKENIZER_FILES
+
 ADAPTER_DIR = "adapter"
 PRUNED_BASE_DIR = "pruned_base"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -32,16 +34,7 @@ LOCAL_BASE_REFERENCE = ".."
 ADAPTER_UPLOAD_PATTERNS = (
     ADAPTER_CONFIG_FILE,
     "adapter_model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
+    *TOKENIZER_FILES,
 )
 
 

@@ -25,7 +25,14 @@ from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nes
 from optimum_rku.io.card import CARD_FILE, build_model_card, is_generated_card
 from optimum_rku.io.chart import CHART_FILE, plot_allocation
 from optimum_rku.io.gguf_export import gguf_files
-from optimum_rku.io.metadata import EVAL_RESULTS_FILE, REMOTE_CODE_FILE, read_eval_results, read_metadata, result_dict
+from optimum_rku.io.metadata import (
+    EVAL_RESULTS_FILE,
+    REMOTE_CODE_FILE,
+    TOKENIZER_FILES,
+    read_eval_results,
+    read_metadata,
+    result_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +48,7 @@ UPLOAD_PATTERNS = (
     EVAL_RESULTS_FILE,
     REMOTE_CODE_FILE,
     CHART_FILE,
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
+    *TOKENIZER_FILES,
 )
 _AUTH_STATUSES = (401, 403)
 DEFAULT_COMMIT_MESSAGE = "Upload pruned model with optimum-rku"

@@ -15,6 +15,19 @@ from optimum_rku.config import CONFIG_NAME
 
 EVAL_RESULTS_FILE = "eval_results.json"
 REMOTE_CODE_FILE = "modeling_rku.py"
+#: Files `save_pretrained` of a tokenizer may write (uploaded with checkpoints and adapters alike).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 REQUIRED_META_KEYS = ("pruning_config", "plan", "parameters", "dense_widths")
 #: what every evaluation result holds besides its task's metrics
 REQUIRED_EVAL_KEYS = ("num_samples", "num_fewshot", "split")
