@@ -188,12 +188,10 @@ class RKUConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write `rku_config.json` into `save_directory` (created if missing)."""
-        path = Path(save_directory)
-        path.mkdir(parents=True, exist_ok=True)
-        target = path / CONFIG_NAME
-        target.write_text(self.to_json_string())
-        return target
+        """Write `rku_config.json` into `save_directory` (created if missing), atomically."""
+        from optimum_rku.io.files import atomic_write_text
+
+        return atomic_write_text(Path(save_directory) / CONFIG_NAME, self.to_json_string())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> RKUConfig:

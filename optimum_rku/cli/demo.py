@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from optimum_rku.io.files import atomic_write_json
+from optimum_rku.io.files import atomic_write, atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +147,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         f"Testbed GSM8K-style accuracy at {100 * sparsity:.0f}% structured sparsity (n={results['num_problems']})"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
     plt.close(fig)
     return path
 

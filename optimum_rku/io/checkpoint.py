@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from optimum_rku.config import CONFIG_NAME
-from optimum_rku.io.files import staged_directory
+from optimum_rku.io.files import clean_stale, restore_interrupted, staged_directory
 from optimum_rku.io.metadata import REMOTE_CODE_FILE
 from optimum_rku.models.specs import get_spec
 
@@ -18,6 +18,7 @@ from optimum_rku.models.specs import get_spec
 def check_save_dir(save_dir: str | os.PathLike, source: str | os.PathLike | None, overwrite: bool) -> Path:
     """Validate an output directory before any heavy work: never the source model, never a non-empty dir silently."""
     target = Path(save_dir).expanduser().resolve()
+    clean_stale(target)  # leftovers of killed saves; one killed mid-replace gets its previous checkpoint back
     if source is not None and Path(source).expanduser().exists():
         source_path = Path(source).expanduser().resolve()
         if source_path.is_file():  # a GGUF file: its directory holds the source
@@ -146,6 +147,7 @@ class RKUModelForCausalLM:
         from optimum_rku.models.modeling_rku import rku_class
 
         kwargs.pop("trust_remote_code", None)
+        restore_interrupted(pretrained_model_name_or_path)
         hub = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
         config = kwargs.pop("config", None) or load_rku_config(pretrained_model_name_or_path, **hub)
         spec = get_spec(config)

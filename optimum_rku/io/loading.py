@@ -47,6 +47,7 @@ def load_pretrained(
             f"{type(model_or_path).__name__}."
         )
     from optimum_rku.io.checkpoint import RKUModelForCausalLM, is_rku_checkpoint, load_tokenizer
+    from optimum_rku.io.files import restore_interrupted
     from optimum_rku.io.metadata import read_metadata
     from optimum_rku.io.sources import load_causal_lm, load_config, resolve_gguf
     from optimum_rku.models.specs import check_supported
@@ -57,6 +58,7 @@ def load_pretrained(
     data = provider_for(model_or_path) if gguf_file is None else get_provider(None)
     own = data.model_path() if gguf_file is None and data.model_alias is not None else None
     path = str(own or model_or_path)
+    restore_interrupted(path)  # a checkpoint whose replace was killed between two renames: its previous state
     kwargs: dict[str, Any] = {"dtype": torch_dtype, **model_kwargs}
     if device_map is not None:
         kwargs["device_map"] = device_map

@@ -135,12 +135,12 @@ def gguf_to_checkpoint(
 ) -> Path:
     """Dequantize a GGUF file (or "smollm2") into a local transformers model directory (safetensors + tokenizer).
 
-    The directory is written to a temporary sibling and renamed into place, so a failed run leaves nothing behind.
+    The directory is staged beside `output` and moved into place, so a failed or killed run leaves nothing partial.
     """
     import torch
     from transformers import AutoTokenizer
 
-    from optimum_rku.io.files import staged_directory
+    from optimum_rku.io.files import restore_interrupted, staged_directory
     from optimum_rku.models.specs import check_supported
 
     if dtype not in ("float32", "bfloat16", "float16"):
@@ -149,6 +149,7 @@ def gguf_to_checkpoint(
     if name is None:
         raise ValueError(f"{str(gguf)!r} is not a .gguf file; allowed: a path to a .gguf file or {SMOLLM2!r}.")
     target = Path(output).expanduser()
+    restore_interrupted(target)  # a run killed mid-replace: judge (and keep) the previous directory
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise ValueError(f"Output {str(output)!r} exists and is not empty; pass overwrite=True (--overwrite).")
     if Path(directory).resolve().is_relative_to(target.resolve()):

@@ -22,7 +22,7 @@ from optimum_rku.data.providers import provider_for
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, write_adapter
 from optimum_rku.io.card import checkpoint_writers
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
-from optimum_rku.io.files import install_directory
+from optimum_rku.io.files import install_directory, new_staging_directory
 from optimum_rku.io.metadata import read_metadata
 from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
@@ -232,8 +232,7 @@ def recover_with_lora(
     try:
         main = args.should_save
         if target is not None and main:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.recovery-", dir=target.parent))
+            staging = new_staging_directory(target)  # beside the target; removed as stale if this run is killed
             if save_adapter:  # the adapter's base: the pruned model before any training
                 save_checkpoint(model, tokenizer, staging / PRUNED_BASE_DIR, meta, overwrite=True)
         model.train()
@@ -324,7 +323,7 @@ def recover_with_lora(
             logger.info("Saved recovered model to %s", target)
         elif target is not None and main:  # merge=False: the adapter checkpoint is the whole output
             check_save_dir(target, source, overwrite)
-            install_directory(staging / PRUNED_BASE_DIR, target)
+            install_directory(staging / PRUNED_BASE_DIR, target)  # one step: a kill leaves the previous state
             logger.info("Saved the pruned model and its LoRA adapter to %s", target)
     finally:
         if staging is not None:
