@@ -8,6 +8,7 @@ and removal (`pruning`), saving (`io.checkpoint`). A model's default data comes 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -32,7 +33,7 @@ from optimum_rku.pruning.allocation import PruningPlan, allocate
 from optimum_rku.pruning.masks import combine_masks, plan_masks
 from optimum_rku.pruning.removal import apply_plan
 from optimum_rku.pruning.run import PruningRun, check_scores, resolve_run
-from optimum_rku.scoring import PruningScores, compute_scores
+from optimum_rku.scoring import NonFiniteError, PruningScores, compute_scores
 from optimum_rku.scoring.compute import zero_scores
 
 logger = logging.getLogger(__name__)
@@ -192,15 +193,16 @@ class RKUPruner(OptimumQuantizer):
 
     def _score(self, run: PruningRun, calibration_dataset, batch_size: int, progress: bool) -> PruningScores:
         dataset, summary = self._calibration(run, calibration_dataset)
-        return compute_scores(
-            self.model,
-            run.config,
-            dataset,
-            batch_size,
-            calibration_summary=summary,
-            progress=progress,
-            importance=run.importance,
-        )
+        with self._naming_offending_text(dataset):
+            return compute_scores(
+                self.model,
+                run.config,
+                dataset,
+                batch_size,
+                calibration_summary=summary,
+                progress=progress,
+                importance=run.importance,
+            )
 
     # ------------------------------------------------------------------ pruning
     def prune(
@@ -267,14 +269,33 @@ class RKUPruner(OptimumQuantizer):
                 dataset, summary = self._calibration(run, calibration_dataset, masks=masks)
                 summary["regenerated_per_iteration"] = True
             previous = scores
-            scores = compute_scores(
-                self.model, step_config, dataset, batch_size, masks, summary, progress, importance=run.importance
-            )
+            with self._naming_offending_text(dataset):
+                scores = compute_scores(
+                    self.model, step_config, dataset, batch_size, masks, summary, progress, importance=run.importance
+                )
             if config.bias_compensation and previous is not None:
                 _keep_means_of_removed(scores, previous, masks)
             plan = allocate(scores, step_config, prunable)
             masks = combine_masks(masks, plan_masks(self.model, plan))
         return plan, scores
+
+    @contextlib.contextmanager
+    def _naming_offending_text(self, dataset):
+        """A NaN / inf stop that names calibration rows also quotes the text of the first one (to drop it)."""
+        try:
+            yield
+        except NonFiniteError as err:
+            if dataset is None or not err.rows or self.tokenizer is None or err.rows[0] >= len(dataset):
+                raise
+            text = self.tokenizer.decode(dataset[err.rows[0]]["input_ids"], skip_special_tokens=True)
+            text = " ".join(text.split())
+            quoted = repr(text[:80] + ("..." if len(text) > 80 else ""))
+            raise NonFiniteError(
+                f"{err} Calibration row {err.rows[0]} reads {quoted}.",
+                layer=err.layer,
+                statistic=err.statistic,
+                rows=err.rows,
+            ) from None
 
     # ------------------------------------------------------------------ saving
     def metadata(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 (`PruningScores` and its JSON / safetensors I/O), `offload` (scoring accelerate-offloaded models in bounded memory).
 """
 
+from optimum_rku.scoring.collect import NonFiniteError
 from optimum_rku.scoring.compute import compute_scores
 from optimum_rku.scoring.scores import PruningScores
 
-__all__ = ["PruningScores", "compute_scores"]
+__all__ = ["NonFiniteError", "PruningScores", "compute_scores"]

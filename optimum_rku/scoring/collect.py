@@ -20,6 +20,123 @@ from optimum_rku.pruning.masks import masked_input
 from optimum_rku.scoring.objectives import objective_value
 from optimum_rku.scoring.offload import check_no_weight_gradients, stream_offloaded_weights
 
+#: what a statistic key measures, for error messages ("grad_sq" and "mask_sq*" come from backward)
+_PART_NAMES = {"ffn": "FFN (down_proj input)", "attn": "attention (o_proj input)"}
+
+
+def nonfinite_remedy(dtype: torch.dtype) -> str:
+    """What to do about NaN / inf met while scoring a model of `dtype` (appended to every such error)."""
+    name = str(dtype).replace("torch.", "")
+    if dtype in (torch.float32, torch.float64):
+        return (
+            f"The weights are already {name}: drop the offending calibration text, or check the model's weights "
+            "for NaN / inf."
+        )
+    return (
+        f"The weights are {name}: score in float32 (RKUPruner.from_pretrained(..., torch_dtype=torch.float32); "
+        "CLI --torch-dtype float32), or drop the offending calibration text."
+    )
+
+
+class NonFiniteError(ValueError):
+    """NaN or inf in a scoring statistic: names the layer, the statistic and the calibration rows it came from."""
+
+    def __init__(self, message: str, *, layer: int | None, statistic: str, rows: list[int]):
+        super().__init__(message)
+        self.layer, self.statistic, self.rows = layer, statistic, rows
+
+
+def _nonfinite(entries: list[tuple]) -> list[tuple]:
+    """The entries `(..., tensor)` whose tensor holds a NaN or inf (one host sync per device, not per tensor)."""
+    by_device: dict = {}
+    for entry in entries:
+        by_device.setdefault(entry[-1].device, []).append(entry)
+    bad = []
+    for group in by_device.values():
+        flags = torch.stack([torch.isfinite(entry[-1]).all() for entry in group]).tolist()
+        bad += [entry for entry, ok in zip(group, flags) if not ok]
+    return bad
+
+
+def _kind(value: torch.Tensor) -> str:
+    return "NaN" if bool(torch.isnan(value).any()) else "inf"
+
+
+def _rows_text(rows: list[int]) -> str:
+    return f"row {rows[0]}" if len(rows) == 1 else f"rows {rows[0]}-{rows[-1]}"
+
+
+def check_finite(stats: list[BlockStats], stage: str, rows: list[int], dtype: torch.dtype) -> None:
+    """Raise `NonFiniteError` if a `stage` ("forward" or "backward") statistic of any block holds NaN or inf.
+
+    Forward problems are reported at the first layer in forward order (where an overflow starts, later layers only
+    inherit it), backward problems at the last layer (where backward meets them first).
+    """
+    backward = stage == "backward"
+    entries = []
+    for index, block_stats in enumerate(stats):
+        for part, store in (("ffn", block_stats.ffn), ("attn", block_stats.attn)):
+            for key, value in store.items():
+                if key.startswith(("grad", "mask")) == backward:
+                    entries.append((index, part, key, value))
+    bad = _nonfinite(entries)
+    if not bad:
+        return
+    index, part, key, value = (max if backward else min)(bad, key=lambda e: e[0])
+    what = "gradient" if backward else "activation"
+    raise NonFiniteError(
+        f"Scoring hit {_kind(value)} in layer {index} {_PART_NAMES[part]}: {what} statistic {key!r} after calibration "
+        f"{_rows_text(rows)}. {nonfinite_remedy(dtype)}",
+        layer=index,
+        statistic=key,
+        rows=rows,
+    )
+
+
+def _locate_nonfinite(model: torch.nn.Module, batch: dict) -> tuple[int, str] | None:
+    """Re-run one batch forward and return the first (layer, part) whose down_proj / o_proj input is not finite."""
+    found: list[tuple[int, str]] = []
+    mask = batch["attention_mask"].bool()
+    handles = []
+
+    def probe(index: int, part: str):
+        def hook(module, args):
+            if not found and not bool(torch.isfinite(args[0][mask.to(args[0].device)]).all()):
+                found.append((index, part))
+
+        return hook
+
+    for block in blocks(model):
+        handles.append(block.o_proj.register_forward_pre_hook(probe(block.index, "attn")))
+        handles.append(block.down_proj.register_forward_pre_hook(probe(block.index, "ffn")))
+    try:
+        with torch.no_grad():
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _check_objective(model, batch: dict, value: torch.Tensor, objective: str, rows: list[int]) -> None:
+    """The objective of one batch must be finite before its backward spreads NaN into every gradient."""
+    if bool(torch.isfinite(value.detach())):
+        return
+    dtype = next(model.parameters()).dtype
+    where = _locate_nonfinite(model, batch)  # only on this failure path: one more forward of one batch
+    if where is None:
+        place, layer = "the final norm / LM head output", None
+    else:
+        layer, part = where
+        place = f"layer {layer} {_PART_NAMES[part]}"
+    raise NonFiniteError(
+        f"Scoring hit {_kind(value.detach())} in the objective {objective!r} on calibration {_rows_text(rows)}; it "
+        f"first appears in {place}. {nonfinite_remedy(dtype)}",
+        layer=layer,
+        statistic=f"objective:{objective}",
+        rows=rows,
+    )
+
 
 class StatsCollector:
     """Hooks on every down_proj / o_proj input: accumulate activation and gradient statistics, apply masks."""
@@ -172,15 +289,24 @@ def collect_stats(
                 desc=f"scoring ({importance.name})",
                 disable=not progress,
             )
+            dtype = next(model.parameters()).dtype
+            first = 0
             for batch in bar:
+                rows = list(range(first, first + batch["input_ids"].shape[0]))
+                first = rows[-1] + 1
                 collector.set_tokens(batch["attention_mask"])
                 tokens += int(batch["attention_mask"].sum())
                 if need_backward:
                     with torch.enable_grad():
-                        objective_value(model, batch, objective).backward()
+                        value = objective_value(model, batch, objective)
+                        check_finite(collector.stats, "forward", rows, dtype)
+                        _check_objective(model, batch, value, objective, rows)
+                        value.backward()
+                    check_finite(collector.stats, "backward", rows, dtype)
                 else:
                     with torch.no_grad():
                         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                    check_finite(collector.stats, "forward", rows, dtype)
             stats = collector.stats
             if importance.needs_weight_gradients:
                 for block, block_stats in zip(blocks(model), stats):
@@ -188,6 +314,17 @@ def collect_stats(
                         name: block.weight_grad(name).detach()  # no copy: read out per block by the method
                         for name in PROJECTIONS
                     }
+                entries = [(b.index, name, g) for b, s in zip(blocks(model), stats) for name, g in s.weight_grads.items()]
+                bad = _nonfinite(entries)
+                if bad:  # accumulated over every batch: the rows cannot be told apart any more
+                    index, name, grad = max(bad, key=lambda e: e[0])
+                    raise NonFiniteError(
+                        f"Scoring hit {_kind(grad)} in layer {index} {name} weight gradient (summed over all "
+                        f"calibration rows). {nonfinite_remedy(dtype)}",
+                        layer=index,
+                        statistic=f"weight_grad:{name}",
+                        rows=[],
+                    )
     finally:
         handle.remove()
         model.train(was_training)

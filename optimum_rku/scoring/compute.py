@@ -7,7 +7,7 @@ import torch
 from optimum_rku.importance import BlockStats, Importance, StructureScores, get_importance
 from optimum_rku.models.blocks import BlockView, blocks
 from optimum_rku.models.geometry import layer_widths, structure_costs
-from optimum_rku.scoring.collect import collect_stats
+from optimum_rku.scoring.collect import NonFiniteError, collect_stats, nonfinite_remedy
 from optimum_rku.scoring.scores import PruningScores
 
 
@@ -37,8 +37,10 @@ def compute_scores(
         stats, tokens = [BlockStats() for _ in views], 0
     mlp, attention, mlp_raw, attention_raw, mlp_cost, attention_cost = [], [], [], [], [], []
     mlp_loss, attention_loss = [], []
+    dtype = next(model.parameters()).dtype
     for block, block_stats in zip(views, stats):
         result = importance.score_block(block, block_stats, config)
+        _check_scores_finite(result, block.index, importance, dtype)
         if result.mlp_loss is not None and result.attention_loss is not None:
             mlp_loss.append(result.mlp_loss.detach().float().cpu())
             attention_loss.append(result.attention_loss.detach().float().cpu())
@@ -87,6 +89,24 @@ def compute_scores(
         attention_loss=attention_loss if len(attention_loss) == len(views) else None,
         head_dim=views[0].head_dim if views else None,
     )
+
+
+def _check_scores_finite(result, layer: int, importance, dtype: torch.dtype) -> None:
+    """NaN or inf scores would be ranked as if they meant something: stop, naming the layer and the score."""
+    for name in ("mlp", "attention", "mlp_raw", "attention_raw", "mlp_loss", "attention_loss"):
+        value = getattr(result, name)
+        if value is not None and not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "inf"
+            if importance.needs_calibration:
+                cause, remedy = "its weights or statistics hold NaN / inf", nonfinite_remedy(dtype)
+            else:
+                cause, remedy = "a data-free method: the weights hold NaN / inf", "Check the model's weights."
+            raise NonFiniteError(
+                f"Importance {importance.name!r} gave {kind} {name} scores in layer {layer} ({cause}). {remedy}",
+                layer=layer,
+                statistic=f"score:{name}",
+                rows=[],
+            )
 
 
 def _structure_mask(channel_mask: torch.Tensor, block: BlockView, part: str, granularity: str) -> torch.Tensor:
