@@ -222,8 +222,11 @@ class RKUPruner(OptimumQuantizer):
         if save_dir is not None:
             check_save_dir(save_dir, self.source, overwrite)
         if scores is not None:
+            if not isinstance(scores, PruningScores):
+                kind = type(scores).__name__
+                raise TypeError(f"scores must be PruningScores (e.g. PruningScores.load(path)), got {kind}.")
             run = run.with_scores(scores)
-            check_scores(scores, run.config, self.dense_widths)
+            check_scores(scores, run.config, self.dense_widths, self.model)
             if scores.head_dim is None:  # scores saved by an older version: the widths matched, so head_dim does too
                 scores = dataclasses.replace(scores, head_dim=head_dim_of(self.model.config))
         config = run.config

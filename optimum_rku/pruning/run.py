@@ -14,8 +14,9 @@ from typing import Any
 
 from optimum_rku.config import RKUConfig
 from optimum_rku.importance import Importance, get_importance
+from optimum_rku.models.geometry import layer_widths
 from optimum_rku.models.specs import check_output_bias, output_bias_flag
-from optimum_rku.scoring.scores import PruningScores
+from optimum_rku.scoring.scores import PruningScores, fingerprint_mismatch, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +77,56 @@ def resolve_run(pruning_config: Any, model, tokenizer, num_layers: int) -> Pruni
     return PruningRun(config, importance, auto)
 
 
-def check_scores(scores: Any, config: RKUConfig, widths: list[dict[str, int]]) -> None:
-    """Precomputed scores must match the model's widths and the config's granularity (and hold means if needed)."""
+def check_scores(scores: Any, config: RKUConfig, widths: list[dict[str, int]], model=None) -> None:
+    """Scores of another model, architecture, granularity or method, or inconsistent ones: one clear line each.
+
+    `widths` are the dense model's; `model` (still dense) is compared with the scores' architecture and fingerprint.
+    """
     if not isinstance(scores, PruningScores):
-        raise TypeError(f"scores must be PruningScores, got {type(scores).__name__}.")
-    if config.bias_compensation and (scores.mlp_input_mean is None or scores.attention_input_mean is None):
+        raise TypeError(f"scores must be PruningScores (e.g. PruningScores.load(path)), got {type(scores).__name__}.")
+    scores.validate()
+    if model is not None and scores.architecture is not None and scores.architecture != model.config.model_type:
         raise ValueError(
-            "bias_compensation=True needs scores that hold calibration input means; compute them with "
-            "compute_scores(RKUConfig(..., bias_compensation=True))."
+            f"These scores were computed on a {scores.architecture!r} model; this pruner holds a "
+            f"{model.config.model_type!r} model. Compute scores on this model: pruner.compute_scores(config)."
         )
     if scores.widths != widths:
-        raise ValueError("These scores were computed on a model with other layer widths than this pruner's model.")
+        difference = _widths_difference(scores.widths, widths)
+        raise ValueError(
+            f"These scores were computed on a model with other layer widths ({difference}). Compute scores on this "
+            "model: pruner.compute_scores(config)."
+        )
+    if model is not None and scores.fingerprint is not None and layer_widths(model) == widths:
+        differs = fingerprint_mismatch(scores.fingerprint, model_fingerprint(model))
+        if differs:
+            raise ValueError(
+                f"These scores were computed on another model of the same shape: {differs}. Compute scores on this "
+                "model: pruner.compute_scores(config)."
+            )
     if scores.attention_granularity != config.attention_granularity:
         raise ValueError(
             f"Scores use attention_granularity={scores.attention_granularity!r} but the config asks for "
             f"{config.attention_granularity!r}."
         )
+    for name in ("importance", "normalization"):
+        if getattr(scores, name) != getattr(config, name):
+            raise ValueError(
+                f"Scores use {name}={getattr(scores, name)!r} but the config asks for {getattr(config, name)!r}; "
+                f"pass RKUConfig({name}={getattr(scores, name)!r}, ...) so rku_config.json records what ranked."
+            )
+    if config.bias_compensation and (scores.mlp_input_mean is None or scores.attention_input_mean is None):
+        raise ValueError(
+            "bias_compensation=True needs scores that hold calibration input means; compute them with "
+            "compute_scores(RKUConfig(..., bias_compensation=True))."
+        )
+
+
+def _widths_difference(scored: list[dict[str, int]], here: list[dict[str, int]]) -> str:
+    """The first difference between two per-layer width lists, in words."""
+    if len(scored) != len(here):
+        return f"{len(scored)} layers there, {len(here)} here"
+    for index, (a, b) in enumerate(zip(scored, here)):
+        for key in sorted(a.keys() | b.keys()):
+            if a.get(key) != b.get(key):
+                return f"layer {index} {key}: {a.get(key)} there, {b.get(key)} here"
+    return "they differ"

@@ -8,7 +8,7 @@ from optimum_rku.importance import BlockStats, Importance, StructureScores, get_
 from optimum_rku.models.blocks import BlockView, blocks
 from optimum_rku.models.geometry import layer_widths, structure_costs
 from optimum_rku.scoring.collect import NonFiniteError, collect_stats, nonfinite_remedy
-from optimum_rku.scoring.scores import PruningScores
+from optimum_rku.scoring.scores import PruningScores, model_fingerprint
 
 
 def compute_scores(
@@ -88,6 +88,8 @@ def compute_scores(
         mlp_loss=mlp_loss if len(mlp_loss) == len(views) else None,
         attention_loss=attention_loss if len(attention_loss) == len(views) else None,
         head_dim=views[0].head_dim if views else None,
+        architecture=getattr(getattr(model, "config", None), "model_type", None),
+        fingerprint=model_fingerprint(model),
     )
 
 
