@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -10,6 +11,11 @@ from typing import Any
 import torch
 
 from optimum_rku.data.gsm8k import GSM8K_CONFIG, GSM8K_HUB_ID
+
+logger = logging.getLogger(__name__)
+
+#: a calibration row needs a next token to predict: shorter rows are dropped (with a warning)
+MIN_ROW_TOKENS = 2
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
@@ -118,6 +124,76 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int):
     return datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
 
 
+def context_length(model) -> int | None:
+    """The longest sequence the model's positions cover (`max_position_embeddings`), or None if it does not say."""
+    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def calibration_length(model, seq_len: int) -> int:
+    """`seq_len` capped at the model's context (rows are cut there; `report_context_cut` says when one was)."""
+    context = context_length(model)
+    return min(seq_len, context) if context is not None else seq_len
+
+
+def report_context_cut(rows, length: int, seq_len: int) -> None:
+    """Warn when `calibration_seq_len` was capped at the model's context and some row reached that cap."""
+    if length >= seq_len:
+        return
+    cut = sum(len(ids) >= length for ids in rows["input_ids"])
+    if cut:
+        logger.warning(
+            "%d calibration row(s) were cut at %d tokens, the model's context (max_position_embeddings), shorter than "
+            "calibration_seq_len=%d.",
+            cut,
+            length,
+            seq_len,
+        )
+
+
+def _preview(rows: list[int]) -> str:
+    return f"{rows[:5]}{' ...' if len(rows) > 5 else ''}"
+
+
+def fit_rows(dataset, max_length: int | None = None):
+    """Drop rows with fewer than `MIN_ROW_TOKENS` tokens and cut rows longer than `max_length`, each with a warning.
+
+    A one-token row has no next token to predict, so gradient objectives read nothing from it (only such rows: every
+    score would be zero); a row longer than the model's context runs positions the model never saw. An empty result
+    is a ValueError.
+    """
+    lengths = [int(sum(mask)) for mask in dataset["attention_mask"]]
+    short = [i for i, n in enumerate(lengths) if n < MIN_ROW_TOKENS]
+    if len(short) == len(lengths):
+        raise ValueError(
+            f"The calibration set is empty: all {len(lengths)} calibration texts are shorter than {MIN_ROW_TOKENS} "
+            "tokens (a single token has no next token to predict); pass longer texts."
+        )
+    if short:
+        logger.warning(
+            "Dropped %d of %d calibration texts shorter than %d tokens (rows %s): a single token has no next token "
+            "to predict.",
+            len(short),
+            len(lengths),
+            MIN_ROW_TOKENS,
+            _preview(short),
+        )
+        dropped = set(short)
+        dataset = dataset.select([i for i in range(len(lengths)) if i not in dropped])
+    if max_length is not None:
+        long = [i for i, ids in enumerate(dataset["input_ids"]) if len(ids) > max_length]
+        if long:
+            logger.warning(
+                "Cut %d calibration rows longer than the model's context to %d tokens (rows %s).",
+                len(long),
+                max_length,
+                _preview(long),
+            )
+            columns = [c for c in ("input_ids", "attention_mask", "loss_mask") if c in dataset.column_names]
+            dataset = dataset.map(lambda row: {c: row[c][:max_length] for c in columns})
+    return dataset
+
+
 def count_tokens(dataset) -> int:
     return int(sum(sum(mask) for mask in dataset["attention_mask"]))
 
@@ -182,6 +258,7 @@ def resolve_calibration(
             )
         if "attention_mask" not in calibration_dataset.column_names:
             calibration_dataset = calibration_dataset.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
+        calibration_dataset = fit_rows(calibration_dataset, context_length(model))
         found = dict(summary or {}) or {"dataset": "user-provided tokenized dataset"}
         found["num_samples"] = len(calibration_dataset)
         found["num_tokens"] = count_tokens(calibration_dataset)
@@ -199,8 +276,13 @@ def resolve_calibration(
             "generation": "greedy" if not config.generation_do_sample else "sampled",
             "chat_template": uses_chat_template(tokenizer, config.generation_chat_template),
         }
+        if "loss_mask" not in dataset.column_names:  # every answer was empty: scored on the questions instead
+            found["fallback"] = "no answer tokens were generated; scored on the question text"
     else:
-        dataset = tokenize_texts(tokenizer, texts, config.calibration_seq_len)
+        length = calibration_length(model, config.calibration_seq_len)
+        dataset = tokenize_texts(tokenizer, texts, length)
+        report_context_cut(dataset, length, config.calibration_seq_len)
+    dataset = fit_rows(dataset)
     found["num_samples"] = len(dataset)
     found["num_tokens"] = count_tokens(dataset)
     found.setdefault("seed", config.seed)

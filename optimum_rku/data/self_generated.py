@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from optimum_rku.data.calibration import calibration_length, context_length, report_context_cut
 from optimum_rku.data.generation import generate_completions
 from optimum_rku.data.prompts import question_prompt, uses_chat_template
 from optimum_rku.pruning.masks import masked_model
@@ -35,6 +36,7 @@ def generate_answers(
 
     `add_special_tokens=False` for prompts that already carry them (chat-templated text starts with its own BOS).
     """
+    max_new_tokens = _answer_room(model, tokenizer, prompts, config, add_special_tokens)
     sampling = None
     if config.generation_do_sample:
         sampling = {"temperature": config.generation_temperature, "top_p": config.generation_top_p}
@@ -49,7 +51,7 @@ def generate_answers(
                 tokenizer,
                 prompts,
                 batch_size=batch_size,
-                max_new_tokens=config.generation_max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 add_special_tokens=add_special_tokens,
                 progress=progress,
                 desc="self-generating calibration",
@@ -59,6 +61,33 @@ def generate_answers(
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
     return [text.strip() for text in completions]
+
+
+def _answer_room(model, tokenizer, prompts: Sequence[str], config, add_special_tokens: bool) -> int:
+    """`generation_max_new_tokens`, or less where the longest prompt plus that many tokens would not fit the context.
+
+    The generation loop would otherwise cut the prompts down to what is left (one token when the answer budget alone
+    fills a small model's context), so the model would answer questions it never saw.
+    """
+    wanted = config.generation_max_new_tokens
+    context = context_length(model)
+    if context is None or not prompts:
+        return wanted
+    longest = max(len(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts)
+    if longest + wanted <= context:
+        return wanted
+    room = max(context - longest, min(wanted, context // 2))  # a prompt that fills the context is cut to fit
+    if room == wanted:
+        return wanted
+    logger.warning(
+        "generation_max_new_tokens=%d does not fit the model's context (max_position_embeddings=%d) after the "
+        "longest calibration prompt (%d tokens): answers are capped at %d new tokens.",
+        wanted,
+        context,
+        longest,
+        room,
+    )
+    return room
 
 
 def self_generated_dataset(
@@ -74,8 +103,9 @@ def self_generated_dataset(
 
     if not questions:
         raise ValueError("The calibration set is empty: no questions to answer.")
-    chat = uses_chat_template(tokenizer, config.generation_chat_template)
+    chat = uses_chat_template(tokenizer, config.generation_chat_template, warn=True)
     prompts = [question_prompt(tokenizer, q, chat) for q in questions]
+    max_length = calibration_length(model, config.calibration_seq_len)
     answers = generate_answers(
         model, tokenizer, prompts, config, progress=progress, masks=masks, add_special_tokens=not chat
     )
@@ -83,13 +113,14 @@ def self_generated_dataset(
     for prompt, answer in zip(prompts, answers):
         prompt_ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
         text = prompt + (answer if chat else " " + answer) if answer else prompt
-        full_ids = tokenizer(text, add_special_tokens=not chat)["input_ids"][: config.calibration_seq_len]
+        full_ids = tokenizer(text, add_special_tokens=not chat)["input_ids"][:max_length]
         shared = 0
         while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
             shared += 1
         rows["input_ids"].append(full_ids)
         rows["attention_mask"].append([1] * len(full_ids))
         rows["loss_mask"].append([0] * shared + [1] * (len(full_ids) - shared))
+    report_context_cut(rows, max_length, config.calibration_seq_len)
     if not any(any(m) for m in rows["loss_mask"]):
         # Nothing to read the model's own reasoning from: score the text itself (decode_nll then equals nll).
         logger.warning(
