@@ -102,6 +102,7 @@ def calibration_section(meta: Mapping[str, Any]) -> str:
         ("max sequence length", calibration.get("max_length") or config.get("calibration_seq_len")),
         ("seed", calibration.get("seed", config.get("seed"))),
         ("scoring iterations", config.get("num_iterations")),
+        ("fallback", calibration.get("fallback")),
         ("scoring time", f"{scoring['time_s']:.1f} s" if isinstance(scoring.get("time_s"), (int, float)) else None),
     ]
     lines = [f"- **{key}**: {value}" for key, value in items if value not in (None, "", [])]
