@@ -320,6 +320,10 @@ def test_recover_and_benchmark_commands(workspace, tmp_path, capsys):
     assert "## Recovery" in card and "- lora" in card and "| LoRA rank / alpha / dropout | 4 / 8 / " in card
     assert "| distillation | from " in card and "alpha 0.25, T 1.0 |" in card
     assert f"saved to {recovered.resolve()}" in capsys.readouterr().out
+    refused = [*("recover", "--checkpoint", str(out), "--output", str(tmp_path / "chat"), "--chat-template", "on")]
+    assert main([*refused, "--data-files", str(workspace / "train.jsonl"), "--quiet"]) == 2  # no chat template
+    assert "chat_template='on' but the tokenizer has no chat_template" in capsys.readouterr().err
+    assert not (tmp_path / "chat").exists()
 
     code = main(
         [

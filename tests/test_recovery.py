@@ -397,7 +397,7 @@ def test_testbed_default_data_uses_train_split():
 
     tok = make_tokenizer()
     ds, summary = prepare_recovery_dataset(tok, data="testbed", num_samples=3, seed=7)
-    assert len(ds) == 3 and "testbed" in summary["dataset"]
+    assert len(ds) == 3 and "testbed" in summary["dataset"] and summary["question_format"] == "plain"
     first = make_problems(3, seed=7, split="train")[0]
     assert tok.decode(ds[0]["input_ids"][:-1]) == tok.decode(
         tok(f"Question: {first['question']}\nAnswer: {first['answer']}")["input_ids"]
@@ -412,6 +412,116 @@ def test_self_distillation_dataset_uses_dense_answers():
     assert ds.column_names == ["prompt", "response"] and ds[1]["prompt"] == "Question: 2+3?\nAnswer:"
     tokenized, _ = prepare_recovery_dataset(tok, ds)
     assert tokenized[0]["labels"][0] == IGNORE_INDEX
+
+
+CHAT = "{{ bos_token }}{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
+
+
+def chat_tokenizer():
+    """The tiny tokenizer with a chat template, adding BOS like Llama's (the template writes its own BOS too)."""
+    from tokenizers import processors
+
+    tok = make_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    tok.chat_template = CHAT
+    return tok
+
+
+def test_chat_tokenizer_recovery_rows_use_its_template():
+    tok = chat_tokenizer()
+    rows = [{"question": " 2+2? ", "answer": "2+2=4 #### 4"}]
+    ds, summary = prepare_recovery_dataset(tok, rows, max_length=128)
+    ids, labels = ds[0]["input_ids"], ds[0]["labels"]
+    prompt = tok(tok.decode([2]) + "<|user|>2+2?<|bot|>", add_special_tokens=False)["input_ids"]
+    assert ids[: len(prompt)] == prompt and ids.count(tok.bos_token_id) == 1  # the template's BOS, not a second one
+    assert labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt) and labels[len(prompt) :] == ids[len(prompt) :]
+    assert tok.decode(ids[len(prompt) : -1]) == "2+2=4 #### 4" and ids[-1] == tok.eos_token_id  # answer + eos
+    assert summary["question_format"] == "chat_template"
+
+    import datasets  # the default GSM8K layout (local files or the Hub) goes through the same formatter
+
+    from_dataset = prepare_recovery_dataset(tok, datasets.Dataset.from_dict({k: [v] for k, v in rows[0].items()}))[0]
+    assert from_dataset[0]["input_ids"] == ids
+
+    plain, summary = prepare_recovery_dataset(tok, rows, max_length=128, chat_template="off")
+    prompt = tok("Question: 2+2?\nAnswer:")["input_ids"]
+    assert prompt[0] == tok.bos_token_id and plain[0]["input_ids"][: len(prompt)] == prompt
+    assert tok.decode(plain[0]["input_ids"][len(prompt) : -1]) == " 2+2=4 #### 4"
+    assert summary["question_format"] == "plain"
+    given, summary = prepare_recovery_dataset(tok, [{"prompt": "<s>Q", "response": " a"}])  # rendered by the user
+    assert given[0]["input_ids"][:2] == [tok.bos_token_id, tok("Q", add_special_tokens=False)["input_ids"][0]]
+    assert "question_format" not in summary  # prompt/response rows are used as given
+
+    provided, summary = prepare_recovery_dataset(tok, data="testbed", num_samples=2, seed=7)  # a provider's pairs
+    first = provided[0]["input_ids"]
+    prefix = tok("<s><|user|>", add_special_tokens=False)["input_ids"]
+    assert first[: len(prefix)] == prefix and first.count(tok.bos_token_id) == 1
+    assert summary["question_format"] == "chat_template"
+
+    no_template = make_tokenizer()  # the testbed's kind of tokenizer: no chat template, plain rows
+    _, summary = prepare_recovery_dataset(no_template, rows)
+    assert summary["question_format"] == "plain"
+    with pytest.raises(ValueError, match="chat_template='on' but the tokenizer has no chat_template"):
+        prepare_recovery_dataset(no_template, rows, chat_template="on")
+    with pytest.raises(ValueError, match="chat_template='yes' is not supported; allowed: 'auto', 'on', 'off'"):
+        prepare_recovery_dataset(tok, rows, chat_template="yes")
+
+
+def test_a_chat_template_that_fails_falls_back_under_auto_only(caplog):
+    tok = make_tokenizer()
+    tok.chat_template = "{{ raise_exception('a system turn is required') }}"
+    rows = [{"question": "2+2?", "answer": "4"}]
+    with caplog.at_level("WARNING"):
+        ds, summary = prepare_recovery_dataset(tok, rows)
+    assert summary["question_format"] == "plain" and "a system turn is required" in caplog.text
+    assert tok.decode(ds[0]["input_ids"]).startswith("Question: 2+2?")
+    with pytest.raises(ValueError, match="chat_template='on' but the tokenizer's chat_template fails.*system turn"):
+        prepare_recovery_dataset(tok, rows, chat_template="on")
+
+
+def test_self_distillation_asks_a_chat_model_through_its_template(monkeypatch):
+    import optimum_rku.data.self_generated as self_generated
+
+    seen = []
+
+    def spy(model, tokenizer, prompts, config, **kwargs):
+        seen.append((list(prompts), kwargs.get("add_special_tokens", True)))
+        return [" 4 "] * len(prompts)
+
+    monkeypatch.setattr(self_generated, "generate_answers", spy)
+    tok = chat_tokenizer()
+    ds = self_distillation_dataset(tiny_model("llama"), tok, ["2+2?"], progress=False)
+    assert seen[-1] == (["<s><|user|>2+2?<|bot|>"], False) and ds[0] == {"prompt": seen[-1][0][0], "response": "4"}
+    row = prepare_recovery_dataset(tok, ds)[0][0]
+    assert row["input_ids"].count(tok.bos_token_id) == 1 and tok.decode(row["input_ids"][-2:-1]) == "4"
+    ds = self_distillation_dataset(tiny_model("llama"), tok, ["2+2?"], progress=False, chat_template="off")
+    assert seen[-1] == (["Question: 2+2?\nAnswer:"], True) and ds[0]["response"] == " 4"
+
+
+def test_summary_counts_tokens_seen_and_training_time(single_thread):
+    tok = make_tokenizer()
+    rows = pairs(8)
+    data, _ = prepare_recovery_dataset(tok, rows)
+    _, summary = recover_with_lora(
+        tiny_model("llama"),
+        tok,
+        rows,
+        lora_config={"r": 2},
+        training_args={
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "include_num_input_tokens_seen": "non_padding",
+        },
+        progress=False,
+        return_summary=True,
+    )
+    assert summary["steps"] == 2 and summary["epochs"] == 1.0  # 2 batches of 4 = every row once
+    assert summary["input_tokens_seen"] == sum(len(ids) for ids in data["input_ids"])
+    assert 0 < summary["train_runtime_s"] <= summary["time_s"]
+    _, summary = recover_with_lora(
+        tiny_model("llama"), tok, rows, training_args={"max_steps": 1}, progress=False, return_summary=True
+    )
+    assert "input_tokens_seen" not in summary  # not tracked unless asked for
 
 
 def test_training_args_defaults_and_overrides():
@@ -454,6 +564,7 @@ def no_training(monkeypatch):
         ({"train_dataset": ["a b"], "merge": False, "save_dir": "x", "save_adapter": False}, ValueError, "nothing"),
         ({"train_dataset": ["a b"], "save_adapter": True}, ValueError, "save_dir"),
         ({"train_dataset": "a b"}, TypeError, "train_dataset"),
+        ({"train_dataset": [{"question": "q", "answer": "a"}], "chat_template": "on"}, ValueError, "chat_template"),
     ],
 )
 def test_bad_inputs_raise_before_training(no_training, kwargs, error, match):

@@ -42,7 +42,7 @@ class LettersData(DataProvider):
         self.asked.append("calibration")
         return ["abc def"] * num_samples, {"dataset": "letters (calibration)", "seed": seed}
 
-    def recovery_pairs(self, num_samples, seed):
+    def recovery_pairs(self, num_samples, seed, qa=None):  # pairs of its own: no (question, answer) to lay out
         self.asked.append("recovery")
         return [("Q: ab", " cd")] * (num_samples or 4), {"dataset": "letters (recovery)", "seed": seed}
 

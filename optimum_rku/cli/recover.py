@@ -29,6 +29,13 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=positive_int, default=512, help="tokens per example (default: 512)")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="training and data seed")
     parser.add_argument(
+        "--chat-template",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="question/answer rows through the tokenizer's chat template: 'auto' (when it has one, default), 'on' "
+        "(required), 'off' (plain 'Question: ...\\nAnswer:')",
+    )
+    parser.add_argument(
         "--teacher",
         default=None,
         help="distil a dense model into the pruned one: 'base' (the model the checkpoint was pruned from), a "
@@ -127,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         max_length=args.max_length,
         seed=args.seed,
+        chat_template=args.chat_template,
         teacher=teacher,
         distillation_alpha=args.distillation_alpha,
         distillation_temperature=args.distillation_temperature,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ PROVIDERS: tuple[str, ...] = ("optimum_rku.testbed.provider:TestbedData",)
 METADATA_KEY = "data"
 #: the model `RKUPruner.from_pretrained()` and the commands' `--model` load when given none: the bundled testbed
 DEFAULT_MODEL = "testbed"
+#: lays out one worked problem (question, answer) as a (prompt, response) training pair
+QAFormatter = Callable[[Any, Any], tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,11 @@ class DataProvider:
 
         return load_texts(GSM8K_HUB_ID, num_samples=num_samples, dataset_config_name=GSM8K_CONFIG, seed=seed)
 
-    def recovery_pairs(self, num_samples: int | None, seed: int) -> tuple[list[tuple[str | None, str]], dict]:
-        """(prompt, response) pairs for LoRA recovery: GSM8K train questions with their worked answers."""
+    def recovery_pairs(
+        self, num_samples: int | None, seed: int, qa: QAFormatter = qa_pair
+    ) -> tuple[list[tuple[str | None, str]], dict]:
+        """(prompt, response) pairs for LoRA recovery: GSM8K train questions with their worked answers, each laid out
+        by `qa` (the recovery data passes one that asks the model the way it is asked, e.g. its chat template)."""
         import datasets
 
         try:
@@ -89,7 +94,7 @@ class DataProvider:
         rows = rows.shuffle(seed=seed)
         if num_samples is not None:
             rows = rows.select(range(min(num_samples, len(rows))))
-        return [qa_pair(r["question"], r["answer"]) for r in rows], {"dataset": GSM8K_HUB_ID, "seed": seed}
+        return [qa(r["question"], r["answer"]) for r in rows], {"dataset": GSM8K_HUB_ID, "seed": seed}
 
     def evaluation_problems(self, split: str, limit: int | None, seed: int) -> EvaluationProblems:
         """GSM8K's own split from the Hub (the task's shots: 5, as lm-evaluation-harness)."""

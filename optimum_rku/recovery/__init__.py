@@ -19,7 +19,9 @@ Defaults (every one can be overridden through `lora_config` / `training_args`):
   `save_strategy="no"` (no checkpoints during training), `output_dir` a temporary directory removed afterwards.
 * Data: the recovery pairs of the model's data provider (`optimum_rku.data.providers`: GSM8K train, question +
   worked answer, from the Hub (`openai/gsm8k`); the bundled testbed's train split for the testbed), or local files
-  (`data_files=`).
+  (`data_files=`). Question/answer rows are asked the way the model is asked: through the tokenizer's chat template
+  when it has one (prompt = the user turn and generation prompt, response = the answer + eos;
+  `chat_template="auto"`), else as `Question: q\nAnswer: a`.
 """
 
 from optimum_rku.recovery.data import (

@@ -2,27 +2,89 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from optimum_rku.data.prompts import PROMPT_TEMPLATE, qa_pair
+from optimum_rku.data.prompts import chat_template_error, qa_pair, question_prompt
 from optimum_rku.data.providers import get_provider
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 512
 
 
 IGNORE_INDEX = -100
 
+#: how question/answer rows are laid out: "auto" (the tokenizer's chat template when it has one), "on", "off"
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 
-def _rows_to_pairs(rows: Sequence[Any], columns: Sequence[str], source: str) -> list[tuple[str | None, str]]:
+
+def recovery_chat_template(tokenizer, mode: str = "auto") -> bool:
+    """Whether question/answer rows are asked through the tokenizer's chat template: "auto" when it has one that
+    renders a user turn (else plain rows, with a warning when it fails), "on" (required), "off"."""
+    if not isinstance(mode, str) or mode not in CHAT_TEMPLATE_MODES:
+        raise ValueError(
+            f"chat_template={mode!r} is not supported; allowed: {', '.join(map(repr, CHAT_TEMPLATE_MODES))}."
+        )
+    if mode == "off":
+        return False
+    if not getattr(tokenizer, "chat_template", None):
+        if mode == "on":
+            raise ValueError(
+                "chat_template='on' but the tokenizer has no chat_template; allowed here: 'auto' or 'off' (plain "
+                "'Question: q\\nAnswer: a' rows), or set tokenizer.chat_template."
+            )
+        return False
+    error = chat_template_error(tokenizer)
+    if error is None:
+        return True
+    if mode == "on":
+        raise ValueError(
+            f"chat_template='on' but the tokenizer's chat_template fails to render a user turn ({error}); allowed "
+            "here: 'auto' (falls back to plain 'Question: q\\nAnswer: a' rows) or 'off', or fix the template."
+        )
+    logger.warning(
+        "The tokenizer's chat_template fails to render a user turn (%s): recovery rows use the plain "
+        "'Question: q\\nAnswer: a' format instead (chat_template='auto').",
+        error,
+    )
+    return False
+
+
+class QAFormat:
+    """(prompt, response) of a question/answer row, the way the model is asked.
+
+    Chat: the prompt is a user turn of the tokenizer's chat template with its generation prompt, the response the
+    answer (the eos that ends the turn is appended at tokenization). Plain: `Question: q\\nAnswer:` and `" " + a`.
+    """
+
+    def __init__(self, tokenizer, chat: bool):
+        self.tokenizer, self.chat, self.used = tokenizer, chat, False
+
+    def __call__(self, question: Any, answer: Any) -> tuple[str, str]:
+        self.used = True
+        if not self.chat:
+            return qa_pair(question, answer)
+        question, answer = str(question).strip(), str(answer).strip()
+        try:
+            return question_prompt(self.tokenizer, question, True), answer
+        except ValueError as err:  # the template rendered a probe question but not this one
+            detail = str(err).split("; set RKUConfig.generation_chat_template", 1)[0]
+            raise ValueError(f"{detail}; pass chat_template='off' (plain rows) or fix the template.") from None
+
+
+def _rows_to_pairs(
+    rows: Sequence[Any], columns: Sequence[str], source: str, qa: QAFormat
+) -> list[tuple[str | None, str]]:
     """(prompt, response) pairs from rows with a `text`, `prompt`/`response` or `question`/`answer` layout."""
     cols = set(columns)
     if {"prompt", "response"} <= cols:
         return [(str(r["prompt"]), str(r["response"])) for r in rows]
     if {"question", "answer"} <= cols:
-        return [qa_pair(r["question"], r["answer"]) for r in rows]
+        return [qa(r["question"], r["answer"]) for r in rows]
     if "text" in cols:
         return [(None, str(r["text"])) for r in rows]
     raise ValueError(
@@ -31,7 +93,7 @@ def _rows_to_pairs(rows: Sequence[Any], columns: Sequence[str], source: str) -> 
     )
 
 
-def _pairs_from_list(items: Sequence[Any]) -> list[tuple[str | None, str]]:
+def _pairs_from_list(items: Sequence[Any], qa: QAFormat) -> list[tuple[str | None, str]]:
     if all(isinstance(x, str) for x in items):
         return [(None, x) for x in items]
     if all(isinstance(x, Mapping) for x in items):
@@ -39,12 +101,12 @@ def _pairs_from_list(items: Sequence[Any]) -> list[tuple[str | None, str]]:
         for x in items:
             if set(x) != keys:
                 raise ValueError(f"Recovery rows must all have the same keys, got {sorted(keys)} and {sorted(x)}.")
-        return _rows_to_pairs(items, sorted(keys), "(list of dicts)")
+        return _rows_to_pairs(items, sorted(keys), "(list of dicts)", qa)
     kinds = sorted({type(x).__name__ for x in items})
     raise TypeError(f"A recovery list must hold only strings or only dicts, got {kinds}.")
 
 
-def _local_pairs(data_files: Any, num_samples: int | None, seed: int) -> tuple[list, dict]:
+def _local_pairs(data_files: Any, num_samples: int | None, seed: int, qa: QAFormat) -> tuple[list, dict]:
     """Pairs from local json/jsonl/csv/parquet files of any supported layout, shuffled with `seed`."""
     from optimum_rku.data.calibration import load_local_files
 
@@ -55,11 +117,23 @@ def _local_pairs(data_files: Any, num_samples: int | None, seed: int) -> tuple[l
     ds = ds.shuffle(seed=seed)
     if num_samples is not None:
         ds = ds.select(range(min(num_samples, len(ds))))
-    return _rows_to_pairs(ds, ds.column_names, repr(source)), {"dataset": source, "seed": seed}
+    return _rows_to_pairs(ds, ds.column_names, repr(source), qa), {"dataset": source, "seed": seed}
 
 
-def _encode_pairs(tokenizer, pairs: list[tuple[str | None, str]], max_length: int) -> dict[str, list[list[int]]]:
-    """Tokenize prompt + response + eos; labels copy the response (and eos) and are -100 on the prompt."""
+def _has_own_bos(tokenizer, prompt: str) -> bool:
+    """Whether `prompt` already starts with the BOS text (a rendered chat template): then none is added again."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return bool(bos) and prompt.startswith(bos)
+
+
+def _encode_pairs(
+    tokenizer, pairs: list[tuple[str | None, str]], max_length: int, templated: bool = False
+) -> dict[str, list[list[int]]]:
+    """Tokenize prompt + response + eos; labels copy the response (and eos) and are -100 on the prompt.
+
+    Prompts rendered by the chat template (`templated`) carry their own special tokens, as does a prompt that starts
+    with the BOS text: no special tokens are added to those.
+    """
     eos = tokenizer.eos_token_id
     out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     for prompt, response in pairs:
@@ -67,7 +141,8 @@ def _encode_pairs(tokenizer, pairs: list[tuple[str | None, str]], max_length: in
             ids = list(tokenizer(response)["input_ids"])
             start = 0
         else:
-            prompt_ids = list(tokenizer(prompt)["input_ids"])
+            special = not (templated or _has_own_bos(tokenizer, prompt))
+            prompt_ids = list(tokenizer(prompt, add_special_tokens=special)["input_ids"])
             ids = prompt_ids + list(tokenizer(response, add_special_tokens=False)["input_ids"])
             start = len(prompt_ids)
         if eos is not None and (not ids or ids[-1] != eos):
@@ -91,6 +166,7 @@ def prepare_recovery_dataset(
     num_samples: int | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     seed: int = 2016,
+    chat_template: str = "auto",
 ):
     """Tokenized recovery data (`input_ids`, `attention_mask`, `labels` with the prompt masked) and its summary.
 
@@ -98,7 +174,10 @@ def prepare_recovery_dataset(
     GSM8K train by default, the testbed's train split for the testbed), a `datasets.Dataset` with a `text`,
     `prompt`/`response` or `question`/`answer` layout (or already tokenized with `input_ids` and `labels`), a list of
     strings (loss on every token), or a list of `{"prompt", "response"}` / `{"question", "answer"}` dicts. Prompt and
-    response are concatenated as given; question/answer rows use the `Question: q\\nAnswer: a` format.
+    response are concatenated as given. Question/answer rows (a provider's pairs too) are asked the way the model is
+    asked: with `chat_template="auto"` (default) through the tokenizer's chat template when it has one (prompt = the
+    user turn and generation prompt, response = the answer + eos), else as `Question: q\\nAnswer: a`; "on" requires
+    the template, "off" always uses the plain format.
     """
     import datasets
 
@@ -110,10 +189,11 @@ def prepare_recovery_dataset(
         raise ValueError(f"num_samples={num_samples!r} must be a positive int or None.")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length={max_length!r} must be an int >= 2.")
+    qa = QAFormat(tokenizer, recovery_chat_template(tokenizer, chat_template))
     if train_dataset is None and data_files is not None:
-        pairs, summary = _local_pairs(data_files, num_samples, seed)
+        pairs, summary = _local_pairs(data_files, num_samples, seed, qa)
     elif train_dataset is None:
-        pairs, summary = get_provider(data).recovery_pairs(num_samples, seed)
+        pairs, summary = get_provider(data).recovery_pairs(num_samples, seed, qa=qa)
     elif data_files is not None:
         raise ValueError("Pass either train_dataset or data_files, not both.")
     elif isinstance(train_dataset, datasets.Dataset):
@@ -136,12 +216,12 @@ def prepare_recovery_dataset(
         rows = (
             train_dataset if num_samples is None else train_dataset.select(range(min(num_samples, len(train_dataset))))
         )
-        pairs = _rows_to_pairs(rows, columns, "(datasets.Dataset)")
+        pairs = _rows_to_pairs(rows, columns, "(datasets.Dataset)", qa)
         summary = {"dataset": "user-provided datasets.Dataset"}
     elif isinstance(train_dataset, (list, tuple)):
         if not train_dataset:
             raise ValueError("The recovery dataset is empty: pass at least one example.")
-        pairs = _pairs_from_list(list(train_dataset))[:num_samples]
+        pairs = _pairs_from_list(list(train_dataset), qa)[:num_samples]
         summary = {"dataset": "in-memory list"}
     else:
         raise TypeError(
@@ -150,13 +230,15 @@ def prepare_recovery_dataset(
         )
     if not pairs:
         raise ValueError("The recovery dataset is empty.")
-    encoded = _encode_pairs(tokenizer, pairs, max_length)
+    encoded = _encode_pairs(tokenizer, pairs, max_length, templated=qa.used and qa.chat)
     if not encoded["input_ids"]:
         raise ValueError(f"No recovery example has response tokens within max_length={max_length}.")
     ds = datasets.Dataset.from_dict(encoded)
     summary["num_examples"] = len(ds)
     summary["num_response_tokens"] = int(sum(sum(x != IGNORE_INDEX for x in row) for row in encoded["labels"]))
     summary["max_length"] = max_length
+    if qa.used:
+        summary["question_format"] = "chat_template" if qa.chat else "plain"
     return ds, summary
 
 
@@ -189,8 +271,13 @@ def self_distillation_dataset(
     do_sample: bool = False,
     seed: int = 2016,
     progress: bool = True,
+    chat_template: str = "auto",
 ):
-    """`datasets.Dataset` of `{prompt, response}` where the response is the *dense* model's own answer (distillation)."""
+    """`datasets.Dataset` of `{prompt, response}` where the response is the *dense* model's own answer (distillation).
+
+    The dense model is asked the way `prepare_recovery_dataset` asks: through the tokenizer's chat template when it
+    has one (`chat_template="auto"`), else with `Question: q\\nAnswer:`.
+    """
     import datasets
 
     from optimum_rku.config import RKUConfig
@@ -206,7 +293,16 @@ def self_distillation_dataset(
         raise TypeError(f"questions must be strings (or {{'question': ...}} dicts), got {sorted(set(bad))}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
+    qa = QAFormat(tokenizer, recovery_chat_template(tokenizer, chat_template))
     config = RKUConfig(generation_max_new_tokens=max_new_tokens, generation_do_sample=do_sample, seed=seed)
-    prompts = [PROMPT_TEMPLATE.format(question=q.strip()) for q in texts]
-    answers = generate_answers(dense_model, tokenizer, prompts, config, batch_size=batch_size, progress=progress)
-    return datasets.Dataset.from_dict({"prompt": prompts, "response": [" " + a.strip() for a in answers]})
+    prompts = [qa(q, "")[0] for q in texts]
+    answers = generate_answers(
+        dense_model,
+        tokenizer,
+        prompts,
+        config,
+        batch_size=batch_size,
+        progress=progress,
+        add_special_tokens=not qa.chat,
+    )
+    return datasets.Dataset.from_dict({"prompt": prompts, "response": [qa("", a)[1] for a in answers]})

@@ -164,6 +164,7 @@ def recover_with_lora(
     num_samples: int | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     seed: int | None = None,
+    chat_template: str = "auto",
     teacher=None,
     distillation_alpha: float = 0.5,
     distillation_temperature: float = 1.0,
@@ -182,6 +183,8 @@ def recover_with_lora(
     provider of the model the checkpoint was pruned from). With `teacher` (the dense model, same tokenizer) the loss
     is knowledge distillation on the response tokens:
     `(1 - distillation_alpha) * CE + distillation_alpha * T^2 * KL(teacher || student)` at temperature T.
+    Question/answer rows go through the tokenizer's chat template when it has one (`chat_template="auto"`; "on",
+    "off"), the way a chat model is asked; see `prepare_recovery_dataset`.
     """
     from peft import get_peft_model
     from transformers import PreTrainedModel, Trainer, set_seed
@@ -223,6 +226,7 @@ def recover_with_lora(
         num_samples=num_samples,
         max_length=max_length,
         seed=data_seed,
+        chat_template=chat_template,
     )
     args, temp_output = resolve_training_args(training_args, progress=progress, seed=seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -278,6 +282,7 @@ def recover_with_lora(
             "bf16": bool(args.bf16),
             "seed": args.seed,
             "train_loss": float(result.training_loss),
+            "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
             "loss_before": initial_loss,
             "loss_after": final_loss,
             "final_loss": history[-1][1] if history else float(result.training_loss),
@@ -285,6 +290,8 @@ def recover_with_lora(
             "time_s": round(time.perf_counter() - start, 3),
             "merged": merge,
         }
+        if str(args.include_num_input_tokens_seen) != "no":  # asked for through training_args
+            summary["input_tokens_seen"] = int(trainer.state.num_input_tokens_seen)
         if teacher is not None:
             summary["distillation"] = {
                 "teacher": str(getattr(teacher.config, "_name_or_path", "") or teacher.config.model_type),

@@ -8,7 +8,7 @@ from typing import Any
 
 from optimum_rku import testbed
 from optimum_rku.data.prompts import qa_pair
-from optimum_rku.data.providers import DataProvider, EvaluationProblems
+from optimum_rku.data.providers import DataProvider, EvaluationProblems, QAFormatter
 from optimum_rku.testbed.problems import SPLITS, make_problems
 
 #: recovery pairs drawn when no number is asked for
@@ -57,9 +57,11 @@ class TestbedData(DataProvider):
         problems = make_problems(num_samples, seed=seed, split="train")
         return [p["question"] for p in problems], {"dataset": self.calibration_label, "seed": seed}
 
-    def recovery_pairs(self, num_samples: int | None, seed: int) -> tuple[list[tuple[str | None, str]], dict]:
+    def recovery_pairs(
+        self, num_samples: int | None, seed: int, qa: QAFormatter = qa_pair
+    ) -> tuple[list[tuple[str | None, str]], dict]:
         problems = make_problems(num_samples or DEFAULT_RECOVERY_PROBLEMS, seed=seed, split="train")
-        pairs = [qa_pair(p["question"], p["answer"]) for p in problems]
+        pairs = [qa(p["question"], p["answer"]) for p in problems]
         return pairs, {"dataset": "optimum-rku testbed (train split, question + worked answer)", "seed": seed}
 
     def evaluation_problems(self, split: str, limit: int | None, seed: int) -> EvaluationProblems:
