@@ -192,6 +192,30 @@ def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train
     return dataset
 
 
+def scoring_fields(args, objective: str, activity: str) -> dict:
+    """The RKUConfig fields every scoring pass and plan of one (objective, activity) shares."""
+    return dict(
+        objective=objective,
+        activity=activity,
+        calibration="dataset",
+        num_calibration_samples=args.num_calibration,
+        seed=args.seed,
+    )
+
+
+def scoring_config(method: str, score_fields: dict, can_compensate: bool, rankings: list[str]) -> RKUConfig:
+    """The config scores are computed with: calibration means where compensation can use them, and the mask gradient
+    RKU needs when one of `rankings` resolves to `measured_loss` (one scoring pass serves every plan setting)."""
+    importance = get_importance(method)
+    measured = any(RKUConfig(importance=method, ranking=r).resolved_ranking == "measured_loss" for r in rankings)
+    return RKUConfig(
+        **score_fields,
+        importance=method,
+        bias_compensation=can_compensate and importance.needs_calibration,
+        ranking="measured_loss" if method == "rku" and measured else "score",
+    )
+
+
 def cached_scores(pruner, config: RKUConfig, dataset, kind: str, args):
     """Scores of one (method, calibration, objective, activity), cached on disk: scoring a real model takes minutes."""
     from optimum_rku.scoring import PruningScores
@@ -387,28 +411,14 @@ def run(args) -> dict:
         objectives = args.objectives if method == "rku" else [RKUConfig().objective]
         activities = args.activities if method == "rku" else [RKUConfig().activity]
         for objective, activity in itertools.product(objectives, activities):
-            score_fields = dict(
-                objective=objective,
-                activity=activity,
-                calibration="dataset",
-                num_calibration_samples=args.num_calibration,
-                seed=args.seed,
-            )
+            score_fields = scoring_fields(args, objective, activity)
             dataset = None
             if importance.needs_calibration:
                 if kind not in datasets_by_kind:
                     datasets_by_kind[kind] = calibration_dataset(kind, dense, tokenizer, questions, train, args)
                 dataset = datasets_by_kind[kind]
             t0 = time.perf_counter()
-            measured = any(
-                RKUConfig(importance=method, ranking=r).resolved_ranking == "measured_loss" for r in args.rankings
-            )
-            score_config = RKUConfig(
-                **score_fields,
-                importance=method,
-                bias_compensation=can_compensate and importance.needs_calibration,
-                ranking="measured_loss" if method == "rku" and measured else "score",
-            )
+            score_config = scoring_config(method, score_fields, can_compensate, args.rankings)
             scores = cached_scores(dense_pruner, score_config, dataset, kind, args)
             score_time = time.perf_counter() - t0
             for v, sparsity in itertools.product(variants(args, method, can_compensate), args.sparsities):

