@@ -18,7 +18,7 @@ template, answer tokens only), plain-text perplexity and next-token top-1 agreem
 exact match (`--em-problems`); plus training wall time, CPU time, steps, examples and tokens seen. Writes JSON (after
 every row), a markdown table and a chart (NLL before / after per method).
 
-    python benchmarks/real_recovery.py --threads 2                          # SmolLM2, about 1.3 h on 2 cores
+    python benchmarks/real_recovery.py --threads 2      # SmolLM2: about 1 h on 2 free cores, 18 GB of memory
     python benchmarks/real_recovery.py --model testbed --steps 3 --nll-problems 4 --train-problems 32 \\
         --num-calibration 4 --generation-tokens 16 --output runs/real_recovery_testbed   # end-to-end check
 """
@@ -59,11 +59,15 @@ from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
 from optimum_rku.models.specs import output_bias_flag  # noqa: E402
 
-# LoRA steps of every recovery run. Measured with a 10-step dry run of this script on SmolLM2-135M-Instruct pruned to
-# 30% by RKU (`--rows rku --steps 10 --threads 2`, at `nice -n 19`; batch 8, GSM8K train rows through the chat
-# template): distillation took DISTILL_S_PER_STEP s of training per step and LoRA alone LORA_S_PER_STEP s, so
-# STEPS steps of distillation (the slower run) fit 15 minutes on 2 cores with room for the before/after probes.
-DEFAULT_STEPS = 40
+# LoRA steps of every recovery run, measured with this script's 10-step dry run on SmolLM2-135M-Instruct pruned to
+# 30% by RKU (`--rows rku --steps 10 --nll-problems 8 --threads 1`, at `nice -n 19` beside other jobs, load average
+# 5-6 on 2 cores; batch 8 of GSM8K train rows through the chat template, 214 tokens per row on average). Wall time was
+# inflated by the other jobs, so the budget is set on process CPU time, which they do not inflate: per step the
+# training loop took 25.0 CPU-s with LoRA alone and 32.5 CPU-s with distillation (one more dense forward), and each
+# run spent about 70 CPU-s more on the before/after probe losses, adapter set-up and merge. A distillation run of
+# 25 steps is 70 + 25 x 32.5 = 882 CPU-s: it fits 15 CPU-minutes on one thread, so 15 minutes on 2 cores whatever the
+# second thread adds. Peak memory of the dry run: 17.5 GB RSS (activations of batch 8 and 49k-token logits).
+DEFAULT_STEPS = 25
 RECOVERIES = {"lora": "LoRA on gold solutions", "distill": "LoRA + distillation from the dense model"}
 ROWS = ("dense", "rku", "baseline")
 
@@ -270,7 +274,10 @@ def training_record(summary: dict, args) -> dict:
         "learning_rate": summary["learning_rate"],
         "rank": summary["rank"],
         "alpha": summary["alpha"],
-        "distillation": summary.get("distillation"),
+        # the dense model in memory (the library's summary names its source, a local path: not for shared results)
+        "distillation": None
+        if summary.get("distillation") is None
+        else {"teacher": "dense", **{k: summary["distillation"][k] for k in ("alpha", "temperature")}},
     }
 
 
@@ -446,7 +453,7 @@ def markdown(result: dict) -> str:
         f"GSM8K train problems ({'chat template' if result['chat_template'] else 'plain text'}, loss on the gold "
         f"solution), r={budget['rank']}, alpha={budget['alpha']}, learning rate {budget['learning_rate']:g}, cosine; "
         f"distillation alpha {budget['distill_alpha']:g}, T={budget['distill_temperature']:g}. "
-        f"Wall time {result.get('wall_time_s', 0) / 60:.1f} min on {result['threads']} threads (load average "
+        f"Wall time {result.get('wall_time_s', 0) / 60:.1f} min on {result['threads']} thread{'s' if result['threads'] != 1 else ''} (load average "
         f"{result['load_average_at_start'][1]:.1f} at the start).",
         "",
         f"Command: `{result['command']}`",
@@ -465,7 +472,8 @@ def markdown(result: dict) -> str:
             f"| {row['label']} | {RECOVERIES[row['recovery']]} | {row['params'] / 1e6:.1f}M | "
             f"{b['nll']:.3f} -> **{a['nll']:.3f}** | {b['ppl']:.2f} -> {a['ppl']:.2f} | "
             f"{b['agreement']:.3f} -> {a['agreement']:.3f} | {em} | {t['train_runtime_s'] / 60:.1f} min "
-            f"({t['s_per_step']:.1f} s/step) | {t['steps']} | {t['examples_seen']} | {tokens} |"
+            f"({t['s_per_step']:.1f} s/step; run {t['cpu_s'] / 60:.1f} CPU-min) | {t['steps']} | "
+            f"{t['examples_seen']} | {tokens} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -500,6 +508,7 @@ def chart(result: dict, path: Path) -> None:
             labelled.add(kind)
     ax.axhline(result["dense"]["nll"], color="black", lw=0.8, ls=":", label="dense, no training")
     ax.set_xticks(range(len(models)))
+    ax.set_xlim(-0.6, max(len(models), 2) - 0.4)
     ax.set_xticklabels([textwrap.fill(label, 30) for label in models], fontsize=7)
     ax.set_ylabel("gold-solution NLL per token (lower is better)")
     ax.set_title(

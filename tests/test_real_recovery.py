@@ -71,7 +71,11 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
     for method in ("rku", "wanda"):  # both recoveries start from the same pruned model
         lora, distill = rows[method, "lora"], rows[method, "distill"]
         assert lora["before"] == distill["before"] and lora["params"] < dense["params"]
-        assert lora["training"]["distillation"] is None and distill["training"]["distillation"]["alpha"] == 0.5
+        assert lora["training"]["distillation"] is None and distill["training"]["distillation"] == {
+            "teacher": "dense",
+            "alpha": 0.5,
+            "temperature": 1.0,
+        }
         assert distill["after"]["nll"] != lora["after"]["nll"]  # a different loss, a different model
     assert rows["wanda", "lora"]["setting"]["min_keep"] == 0.3 and rows["wanda", "lora"]["label"].startswith("wanda")
     assert rows["rku", "lora"]["setting"]["ranking"] == "expected_loss"  # RKU with its defaults
