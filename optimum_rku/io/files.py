@@ -53,7 +53,7 @@ def _pattern(target: Path) -> re.Pattern[str]:
 
 def _alive(pid: int) -> bool:
     """Whether process `pid` exists on this host (a process of another user counts as alive)."""
-    if pid == os.getpid():
+    if pid == os.getpid() or sys.platform == "win32":  # Windows: signal 0 is CTRL_C_EVENT, never probe with it
         return True
     try:
         os.kill(pid, 0)
