@@ -21,7 +21,7 @@ GENERATION_CHAT_TEMPLATES = ("auto", "on", "off")
 #: how `allocation="global"` compares units of different layers and types (docs/design.md, "Ranking")
 RANKINGS = ("auto", "score", "per_parameter", "standardized", "expected_loss", "measured_loss")
 #: what `ranking="auto"` means per importance (chosen on SmolLM2-135M-Instruct, docs/benchmarks.md); others: "score"
-AUTO_RANKING = {"rku": "expected_loss"}
+AUTO_RANKING = {"rku": "measured_loss"}
 #: RKU's activity term A_s: mean |y| (L2 over a head's slice), or the spread around the calibration mean
 ACTIVITIES = ("abs", "centered")
 
@@ -52,8 +52,11 @@ class RKUConfig:
     `bias_compensation=True` adds the calibration-mean output of removed channels / heads to the down_proj / o_proj
     bias (FLAP's compensation); only families whose config can build those biases accept it (`output_bias_flags` in
     `models/specs.py`); "auto" turns it on exactly there (off by default: on SmolLM2 its gain with RKU was within
-    noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: its Fisher loss estimate per parameter,
-    `expected_loss`), chosen on a real pretrained model (docs/benchmarks.md).
+    noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: the Fisher of a mask on each structure per unit
+    of cost, `measured_loss`), chosen on a real pretrained model (docs/benchmarks.md). In the rankings that divide by
+    cost, a KV group costs its parameters plus the KV cache it frees at `kv_cache_tokens` cached tokens (0: its
+    parameters alone); the default 6144 is the smallest multiple of 2048 whose plan cuts SmolLM2's KV cache by at
+    least a quarter at 40% sparsity (docs/benchmarks.md).
     """
 
     sparsity: float = 0.4
@@ -80,7 +83,7 @@ class RKUConfig:
     generation_chat_template: str = "auto"
     bias_compensation: bool | str = False
     activity: str = "abs"
-    kv_cache_tokens: int = 0
+    kv_cache_tokens: int = 6144
 
     def __post_init__(self) -> None:
         self.validate()

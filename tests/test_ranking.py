@@ -13,6 +13,11 @@ from optimum_rku.scoring import compute_scores
 CHANNEL_COST, GROUP_COST = 3, 10
 
 
+def weights_only(**kwargs) -> RKUConfig:
+    """A config whose per-parameter rankings cost units by their weights alone (no KV-cache credit)."""
+    return RKUConfig(kv_cache_tokens=0, **kwargs)
+
+
 def hand_scores(mlp, attention, importance="rku", mlp_raw=None, attention_raw=None) -> PruningScores:
     """Scores of a model with len(mlp) layers, MHA (a KV group is one head), hand-chosen costs."""
     mlp = [torch.tensor(m, dtype=torch.float32) for m in mlp]
@@ -53,9 +58,9 @@ def test_cheap_per_parameter_head_goes_before_a_costly_channel():
     # a KV group scores 12 for 10 parameters (1.2 each); the weakest channel scores 5 for 3 (1.67 each)
     scores = hand_scores([[5, 6, 7, 8], [5, 6, 7, 8]], [[12, 30], [40, 50]])
     target = GROUP_COST / prunable(scores)
-    by_score = allocate(scores, RKUConfig(sparsity=target, min_keep=0.0, ranking="score"), prunable(scores))
+    by_score = allocate(scores, weights_only(sparsity=target, min_keep=0.0, ranking="score"), prunable(scores))
     by_parameter = allocate(
-        scores, RKUConfig(sparsity=target, min_keep=0.0, ranking="per_parameter"), prunable(scores)
+        scores, weights_only(sparsity=target, min_keep=0.0, ranking="per_parameter"), prunable(scores)
     )
     assert removed(by_score, scores)[1] == 0  # raw scores: the head never loses to a channel
     assert removed(by_parameter, scores) == (0, 1)
@@ -71,7 +76,7 @@ def test_standardized_ranking_is_invariant_to_a_constant_factor_on_one_type():
     for factor in (1.0, 1000.0):
         scores = hand_scores(mlp, [[factor * v for v in a] for a in attention])
         for ranking in ("standardized", "score"):
-            config = RKUConfig(sparsity=0.4, min_keep=0.0, ranking=ranking)
+            config = weights_only(sparsity=0.4, min_keep=0.0, ranking=ranking)
             plans[ranking, factor] = [
                 (lp.kept_channels, lp.kept_kv_heads) for lp in allocate(scores, config, prunable(scores)).layers
             ]
@@ -95,17 +100,17 @@ def test_expected_loss_ranks_squared_raw_kinetic_per_parameter():
         mlp_raw=[[1.0, 9.0], [9.0, 9.0]],
         attention_raw=[[100.0, 900.0], [900.0, 900.0]],
     )
-    mlp, attention = ranking_keys(scores, RKUConfig(ranking="expected_loss"))
+    mlp, attention = ranking_keys(scores, weights_only(ranking="expected_loss"))
     assert mlp[0][0] == 1.0 and attention[0][0] == 100.0**2
     target = CHANNEL_COST / prunable(scores)
-    plan = allocate(scores, RKUConfig(sparsity=target, min_keep=0.0, ranking="expected_loss"), prunable(scores))
+    plan = allocate(scores, weights_only(sparsity=target, min_keep=0.0, ranking="expected_loss"), prunable(scores))
     assert removed(plan, scores) == (1, 0) and plan.layers[0].kept_channels == [1]
     score_plan = allocate(
-        scores, RKUConfig(sparsity=GROUP_COST / prunable(scores), min_keep=0.0, ranking="score"), prunable(scores)
+        scores, weights_only(sparsity=GROUP_COST / prunable(scores), min_keep=0.0, ranking="score"), prunable(scores)
     )
     assert removed(score_plan, scores)[1] == 1
     with pytest.raises(ValueError, match="needs RKU scores"):
-        ranking_keys(hand_scores([[1.0]], [[1.0]], importance="flap"), RKUConfig(ranking="expected_loss"))
+        ranking_keys(hand_scores([[1.0]], [[1.0]], importance="flap"), weights_only(ranking="expected_loss"))
 
 
 def test_masked_structures_stay_first_under_every_ranking():
@@ -117,10 +122,10 @@ def test_masked_structures_stay_first_under_every_ranking():
 
 def test_attention_floor_is_separate_from_the_channel_floor():
     scores = hand_scores([[9, 9, 9, 9]] * 2, [[1, 2, 3, 4]] * 2)  # heads are the cheapest units
-    config = RKUConfig(sparsity=0.5, min_keep=0.0, min_keep_attention=0.75, ranking="per_parameter")
+    config = weights_only(sparsity=0.5, min_keep=0.0, min_keep_attention=0.75, ranking="per_parameter")
     plan = allocate(scores, config, prunable(scores))
     assert all(lp.num_kv_heads == 3 for lp in plan.layers)  # at most a quarter of the groups may go
-    assert config.attention_floor == 0.75 and RKUConfig(min_keep=0.3).attention_floor == 0.3
+    assert config.attention_floor == 0.75 and weights_only(min_keep=0.3).attention_floor == 0.3
 
 
 @pytest.mark.parametrize(
@@ -219,7 +224,8 @@ def test_measured_loss_is_half_the_mean_squared_mask_gradient():
     data = token_dataset(n=2, length=10)
     config = RKUConfig(objective="nll", calibration="dataset", ranking="measured_loss")
     scores = compute_scores(model, config, data, batch_size=1, progress=False)
-    assert compute_scores(model, RKUConfig(objective="nll"), data, progress=False).mlp_loss is None  # only if asked
+    unasked = RKUConfig(objective="nll", ranking="expected_loss")
+    assert compute_scores(model, unasked, data, progress=False).mlp_loss is None  # only if asked
     block = blocks(model)[1]
     group = block.o_proj.in_features // block.num_kv_heads
     total_ffn, total_attn, tokens = torch.zeros(block.intermediate_size), torch.zeros(block.num_kv_heads), 0
@@ -251,7 +257,7 @@ def test_measured_loss_is_half_the_mean_squared_mask_gradient():
     assert plan.ranking == "measured_loss"
     with pytest.raises(ValueError, match="measured_loss"):
         allocate(
-            compute_scores(model, RKUConfig(objective="nll"), data, progress=False),
+            compute_scores(model, unasked, data, progress=False),
             RKUConfig(sparsity=0.3, ranking="measured_loss"),
             prunable_parameters(model),
         )
@@ -264,8 +270,9 @@ def test_auto_ranking_resolves_per_importance():
     assert RKUConfig(importance="flap").resolved_ranking == AUTO_RANKING.get("flap", "score")
     assert RKUConfig(importance="rku", ranking="standardized").resolved_ranking == "standardized"
     scores = hand_scores([[5, 6, 7, 8]], [[12, 30]])
+    scores.mlp_loss, scores.attention_loss, scores.head_dim = scores.mlp, scores.attention, 1
     plan = allocate(scores, RKUConfig(sparsity=0.3), prunable(scores))
-    assert plan.ranking == AUTO_RANKING["rku"]
+    assert plan.ranking == AUTO_RANKING["rku"] == "measured_loss"
 
 
 def test_kv_cache_credit_prices_a_kv_group_by_the_cache_it_frees():
@@ -274,7 +281,7 @@ def test_kv_cache_credit_prices_a_kv_group_by_the_cache_it_frees():
     scores = hand_scores([[5, 6, 7, 8], [5, 6, 7, 8]], [[29.9, 40], [40, 50]])
     scores.head_dim = 1
     target = GROUP_COST / prunable(scores)
-    plain = allocate(scores, RKUConfig(sparsity=target, min_keep=0.0, ranking="per_parameter"), prunable(scores))
+    plain = allocate(scores, weights_only(sparsity=target, min_keep=0.0, ranking="per_parameter"), prunable(scores))
     priced = allocate(
         scores,
         RKUConfig(sparsity=target, min_keep=0.0, ranking="per_parameter", kv_cache_tokens=4),
@@ -284,7 +291,9 @@ def test_kv_cache_credit_prices_a_kv_group_by_the_cache_it_frees():
     assert removed(priced, scores) == (0, 1) and priced.layers[0].kept_kv_heads == [1]
     assert priced.removed == GROUP_COST  # the budget stays in parameters
     # the raw-score pool has no costs: the credit changes nothing there
-    by_score = allocate(scores, RKUConfig(sparsity=target, min_keep=0.0, kv_cache_tokens=4), prunable(scores))
+    by_score = allocate(
+        scores, RKUConfig(sparsity=target, min_keep=0.0, ranking="score", kv_cache_tokens=4), prunable(scores)
+    )
     assert removed(by_score, scores)[1] == 0
 
 

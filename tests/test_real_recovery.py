@@ -15,6 +15,8 @@ from conftest import make_tokenizer, tiny_model  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import real_recovery  # noqa: E402
 
+from optimum_rku.config import AUTO_RANKING  # noqa: E402
+
 CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
 
 
@@ -78,7 +80,7 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
         }
         assert distill["after"]["nll"] != lora["after"]["nll"]  # a different loss, a different model
     assert rows["wanda", "lora"]["setting"]["min_keep"] == 0.3 and rows["wanda", "lora"]["label"].startswith("wanda")
-    assert rows["rku", "lora"]["setting"]["ranking"] == "expected_loss"  # RKU with its defaults
+    assert rows["rku", "lora"]["setting"]["ranking"] == AUTO_RANKING["rku"]  # RKU with its defaults
     for row in result["rows"]:
         t = row["training"]
         assert t["steps"] == 2 and t["examples_seen"] == 8 and 8 <= t["input_tokens_seen"] <= 8 * 64

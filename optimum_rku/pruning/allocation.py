@@ -109,12 +109,21 @@ class _Units:
     removed: int = 0
 
 
+def pool_ranking(config) -> str:
+    """The ranking a plan uses: `config.resolved_ranking` for a global plan that removes something, else "score".
+
+    A uniform plan (and a plan at sparsity 0) has no pool to order: each layer removes its structures in the
+    importance's own order.
+    """
+    return config.resolved_ranking if config.allocation == "global" and config.sparsity > 0 else "score"
+
+
 def ranking_keys(scores: PruningScores, config) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-structure values the global pool compares (FFN channels, attention structures), by `config.ranking`.
+    """Per-structure values the global pool compares (FFN channels, attention structures), by `pool_ranking`.
 
     Structures removed in an earlier iteration carry -inf in the normalized scores and keep it here.
     """
-    ranking = config.resolved_ranking
+    ranking = pool_ranking(config)
     mlp, attention = scores.mlp, scores.attention
     if ranking == "expected_loss":
         if scores.importance != "rku":
@@ -250,7 +259,7 @@ def _build_units(scores: PruningScores, config) -> list[_Units]:
     units = []
     protected = set(config.protected_layers)
     mlp_keys, attention_keys = ranking_keys(scores, config)
-    per_parameter = config.resolved_ranking in ("per_parameter", "expected_loss", "measured_loss")
+    per_parameter = pool_ranking(config) in ("per_parameter", "expected_loss", "measured_loss")
     for layer in range(scores.num_layers):
         is_protected = layer in protected
         rank_cost = scores.attention_cost[layer] + kv_credit(scores, config, layer)
