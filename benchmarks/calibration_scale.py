@@ -120,7 +120,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="25M", choices=["tiny", *SIZES])
-    parser.add_argument("--counts", type=int, nargs="+", default=[128, 1280], help="calibration rows (default 1x, 10x)")
+    parser.add_argument(
+        "--counts", type=int, nargs="+", default=[128, 1280], help="calibration rows (default 1x, 10x)"
+    )
     parser.add_argument("--rows", type=int, default=128, help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)

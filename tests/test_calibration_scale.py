@@ -30,8 +30,12 @@ def test_ten_times_the_default_calibration_count_in_bounded_memory(monkeypatch, 
     def spy(*args, **kwargs):
         stats, tokens = collect(*args, **kwargs)
         shapes.append(
-            sorted((i, part, key, tuple(t.shape)) for i, s in enumerate(stats) for part in ("ffn", "attn")
-                   for key, t in getattr(s, part).items())
+            sorted(
+                (i, part, key, tuple(t.shape))
+                for i, s in enumerate(stats)
+                for part in ("ffn", "attn")
+                for key, t in getattr(s, part).items()
+            )
         )
         return stats, tokens
 
@@ -43,8 +47,10 @@ def test_ten_times_the_default_calibration_count_in_bounded_memory(monkeypatch, 
     for name, row in (("1x", small), ("10x", large)):
         record_property(f"peak_mib_{name}", round(row["peak_mib"], 2))
     with capsys.disabled():
-        print(f"\npeak RSS above start ({large['memory_method']}): {DEFAULT} rows {small['peak_mib']:.1f} MiB, "
-              f"{10 * DEFAULT} rows {large['peak_mib']:.1f} MiB")
+        print(
+            f"\npeak RSS above start ({large['memory_method']}): {DEFAULT} rows {small['peak_mib']:.1f} MiB, "
+            f"{10 * DEFAULT} rows {large['peak_mib']:.1f} MiB"
+        )
     assert large["tokens"] == 10 * small["tokens"] == 10 * DEFAULT * 16
     assert shapes[-1] == shapes[-2] and shapes[-1]  # the same sums, whatever the number of calibration tokens
     assert large["peak_mib"] < small["peak_mib"] + BOUND_MIB

@@ -64,8 +64,10 @@ def test_answers_fit_the_context_after_the_question(caplog):
             QUESTIONS, config, model=tiny_model("llama"), tokenizer=make_tokenizer(), data=get_provider(None)
         )
     longest = len("Question: " + QUESTIONS[1] + "\nAnswer:")
-    assert any(f"longest calibration prompt ({longest} tokens): answers are capped at {128 - longest}" in m
-               for m in _warnings(caplog))
+    assert any(
+        f"longest calibration prompt ({longest} tokens): answers are capped at {128 - longest}" in m
+        for m in _warnings(caplog)
+    )
     for row, question in zip(dataset, QUESTIONS):  # every question is read whole
         prompt = len("Question: " + question + "\nAnswer:")
         assert row["input_ids"][:prompt] == make_tokenizer()("Question: " + question + "\nAnswer:")["input_ids"]
@@ -75,7 +77,9 @@ def test_answers_fit_the_context_after_the_question(caplog):
 def test_tokenizer_without_pad_token_pads_with_eos():
     """Before: transformers refused to pad the batched prompts ('Asking to pad but the tokenizer does not have...')."""
     config = RKUConfig(generation_max_new_tokens=6)
-    with_pad = self_generated.generate_answers(tiny_model("llama"), make_tokenizer(), QUESTIONS, config, progress=False)
+    with_pad = self_generated.generate_answers(
+        tiny_model("llama"), make_tokenizer(), QUESTIONS, config, progress=False
+    )
     tokenizer = make_tokenizer()
     tokenizer.pad_token = None
     without = self_generated.generate_answers(tiny_model("llama"), tokenizer, QUESTIONS, config, progress=False)
@@ -95,10 +99,13 @@ def test_chat_template_that_fails_to_render(caplog):
     with caplog.at_level(logging.WARNING, logger="optimum_rku"):
         pruner.compute_scores(SELF, calibration_dataset=QUESTIONS, progress=False)
     assert pruner.scores.calibration["chat_template"] is False  # "auto": plain prompts, and the metadata says so
-    assert any("chat_template fails to render a user turn" in m and "roles must alternate" in m
-               for m in _warnings(caplog))
+    assert any(
+        "chat_template fails to render a user turn" in m and "roles must alternate" in m for m in _warnings(caplog)
+    )
     on = RKUConfig(sparsity=0.3, generation_chat_template="on")
-    with pytest.raises(ValueError, match=r"'on' but the tokenizer's chat_template fails to render.*roles must alternate"):
+    with pytest.raises(
+        ValueError, match=r"'on' but the tokenizer's chat_template fails to render.*roles must alternate"
+    ):
         pruner.prune(on, calibration_dataset=QUESTIONS, progress=False)
     assert pruner.plan is None
 

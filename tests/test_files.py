@@ -54,6 +54,7 @@ def test_parked_previous_directory_is_restored_only_when_the_name_is_missing(tmp
 def test_failed_writes_leave_nothing_and_keep_the_previous_content(tmp_path):
     file = tmp_path / "out.json"
     file.write_text("previous")
+
     def fail(tmp):
         tmp.write_text("half")
         raise RuntimeError("disk full")

@@ -66,17 +66,26 @@ def test_scores_of_other_widths_name_the_difference(scores):
 
 
 def test_scores_of_another_granularity_or_method(scores):
-    _refused(scores, "attention_granularity='kv_group' but the config asks for 'query_head'",
-             config=RKUConfig(sparsity=0.3, importance="magnitude", attention_granularity="query_head"))
-    _refused(scores, "importance='magnitude' but the config asks for 'random'",
-             config=RKUConfig(sparsity=0.3, importance="random"))
+    _refused(
+        scores,
+        "attention_granularity='kv_group' but the config asks for 'query_head'",
+        config=RKUConfig(sparsity=0.3, importance="magnitude", attention_granularity="query_head"),
+    )
+    _refused(
+        scores,
+        "importance='magnitude' but the config asks for 'random'",
+        config=RKUConfig(sparsity=0.3, importance="random"),
+    )
 
 
 def test_in_memory_scores_edited_inconsistently(scores):
     edited = PruningScores.from_dict(scores.to_dict())
     edited.attention_granularity = "query_head"  # 4 KV-group scores per layer, but 8 query heads
-    _refused(edited, r"attention\[0\] has 4 values, layer 0 has 8 structures",
-             config=RKUConfig(sparsity=0.3, importance="magnitude", attention_granularity="query_head"))
+    _refused(
+        edited,
+        r"attention\[0\] has 4 values, layer 0 has 8 structures",
+        config=RKUConfig(sparsity=0.3, importance="magnitude", attention_granularity="query_head"),
+    )
     edited = PruningScores.from_dict(scores.to_dict())
     edited.mlp[2][5] = float("nan")
     _refused(edited, r"mlp\[2\] holds NaN")

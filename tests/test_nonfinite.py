@@ -84,7 +84,9 @@ def test_poisoned_calibration_text_is_named_by_row_and_text():
 def test_batched_rows_are_named_as_a_range():
     pruner = RKUPruner(_fp16_overflow_model(), make_tokenizer())
     with pytest.raises(NonFiniteError, match=r"after calibration rows 0-1\. "):
-        pruner.compute_scores(RKUConfig(calibration="dataset"), calibration_dataset=TEXTS, batch_size=2, progress=False)
+        pruner.compute_scores(
+            RKUConfig(calibration="dataset"), calibration_dataset=TEXTS, batch_size=2, progress=False
+        )
 
 
 def test_data_free_scores_of_broken_weights_stop_too():

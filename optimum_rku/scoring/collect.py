@@ -314,7 +314,9 @@ def collect_stats(
                         name: block.weight_grad(name).detach()  # no copy: read out per block by the method
                         for name in PROJECTIONS
                     }
-                entries = [(b.index, name, g) for b, s in zip(blocks(model), stats) for name, g in s.weight_grads.items()]
+                entries = [
+                    (b.index, name, g) for b, s in zip(blocks(model), stats) for name, g in s.weight_grads.items()
+                ]
                 bad = _nonfinite(entries)
                 if bad:  # accumulated over every batch: the rows cannot be told apart any more
                     index, name, grad = max(bad, key=lambda e: e[0])

@@ -132,7 +132,9 @@ class PruningScores:
                     raise bad(f"{key}[{i}] is not a list of numbers")
                 if key == "attention_input_mean":  # one value per o_proj input channel: heads x head_dim
                     if not tensor.numel() or tensor.numel() % max(expected, 1):
-                        raise bad(f"{key}[{i}] has {tensor.numel()} values, not a multiple of layer {i}'s {expected} heads")
+                        raise bad(
+                            f"{key}[{i}] has {tensor.numel()} values, not a multiple of layer {i}'s {expected} heads"
+                        )
                 elif tensor.numel() != expected:
                     raise bad(f"{key}[{i}] has {tensor.numel()} values, layer {i} has {expected} structures")
                 if bool(torch.isnan(tensor).any()) or bool(torch.isposinf(tensor).any()):
