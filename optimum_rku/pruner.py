@@ -26,6 +26,7 @@ from optimum_rku.data.calibration import count_tokens, load_texts, resolve_calib
 from optimum_rku.data.gsm8k import GSM8K_HUB_ID
 from optimum_rku.data.providers import METADATA_KEY, DataProvider, get_provider, provider_for
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
+from optimum_rku.io.labels import hub_model_id
 from optimum_rku.models.blocks import head_dim_of
 from optimum_rku.models.geometry import kv_cache_bytes_per_token, layer_widths, prunable_parameters
 from optimum_rku.models.specs import check_supported
@@ -351,7 +352,10 @@ class RKUPruner(OptimumQuantizer):
     ):
         """LoRA fine-tune of the pruned model to recover accuracy; see `optimum_rku.recovery.recover_with_lora`.
 
-        `teacher="dense"` reloads the model this pruner started from and distils it into the pruned one.
+        `teacher="dense"` reloads the model this pruner started from and distils it into the pruned one. With
+        `merge=True` the merged model becomes `pruner.model`; with `merge=False` the returned `PeftModel` is base +
+        adapter and `pruner.model` stays the pruned model before recovery (the adapter's base, sharing its weights),
+        which is what `save_pretrained` then saves. Wall times are in `pruner.recovery_summary`, not in checkpoints.
         """
         from optimum_rku.recovery import recover_with_lora
 
@@ -359,6 +363,7 @@ class RKUPruner(OptimumQuantizer):
         kwargs.setdefault("seed", self.pruning_config.seed)
         if isinstance(kwargs.get("teacher"), str):
             kwargs["teacher"] = self._dense_teacher(kwargs["teacher"])
+            kwargs.setdefault("teacher_name", hub_model_id(self.source) or "dense")  # never a machine path
         model, self.recovery_summary = recover_with_lora(
             self.model,
             self._require_tokenizer(),

@@ -316,7 +316,9 @@ def test_recover_and_benchmark_commands(workspace, tmp_path, capsys):
     recovery = json.loads((recovered / "rku_config.json").read_text())["recovery"]
     assert recovery["steps"] == 2 and recovery["rank"] == 4 and recovery["merged"] is True
     assert recovery["distillation"]["alpha"] == 0.25 and recovery["distillation"]["temperature"] == 1.0
+    assert recovery["distillation"]["teacher"] == "dense" and str(workspace) not in json.dumps(recovery["distillation"])
     card = (recovered / "README.md").read_text()
+    assert "| distillation | from the dense model it was pruned from: " in card
     assert "## Recovery" in card and "- lora" in card and "| LoRA rank / alpha / dropout | 4 / 8 / " in card
     assert "| distillation | from " in card and "alpha 0.25, T 1.0 |" in card
     assert f"saved to {recovered.resolve()}" in capsys.readouterr().out
@@ -386,6 +388,57 @@ def test_recover_keeps_the_adapter_and_push_publishes_it(workspace, tmp_path, mo
         assert config["base_model_name_or_path"] == repo and "adapter/adapter_model.safetensors" in files[repo]
     assert not any("/" in name for name in files["me/rec"])
     assert "[me/rec-lora](https://huggingface.co/me/rec-lora)" in files["me/rec"]["README.md"].decode()
+
+
+def test_eval_of_an_adapter_checkpoint_is_base_plus_adapter(workspace, tmp_path, monkeypatch, capsys):
+    # eval on `recover --no-merge` output evaluates the recovered model (base + adapter); --no-adapter the pruned base
+    # alone; the record, the printed table and the card say which
+    import torch
+    from conftest import logits
+
+    import optimum_rku.cli.eval as eval_command
+    from optimum_rku import RKUModelForCausalLM, load_adapter_model
+    from optimum_rku.cli import main
+
+    pruned, unmerged = tmp_path / "pruned", tmp_path / "unmerged"
+    prune = ["prune", "--model", str(workspace / "base"), "--output", str(pruned), "--importance", "magnitude"]
+    assert main([*prune, "--sparsity", "0.3", "--quiet"]) == 0
+    train = ["--max-steps", "3", "--learning-rate", "0.05", "--lora-r", "4", "--num-samples", "4", "--batch-size", "2"]
+    train += ["--data-files", str(workspace / "train.jsonl"), "--max-length", "160", "--quiet"]
+    assert main(["recover", "--checkpoint", str(pruned), "--output", str(unmerged), "--no-merge", *train]) == 0
+    capsys.readouterr()
+    evaluated = []
+    real = eval_command.evaluate_model
+
+    def spy(model, *args, **kwargs):
+        evaluated.append(logits(model))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(eval_command, "evaluate_model", spy)
+    problems = ["--dataset", str(workspace / "eval.jsonl"), "--limit", "2", "--max-new-tokens", "4", "--quiet"]
+    assert main(["eval", "--model", str(unmerged), *problems]) == 0
+    base = logits(RKUModelForCausalLM.from_pretrained(unmerged).eval())
+    recovered = logits(load_adapter_model(unmerged).eval())
+    assert not torch.allclose(recovered, base, atol=1e-4)  # the adapter changes the model
+    assert torch.allclose(evaluated[0], recovered, atol=1e-5)
+    assert json.loads((unmerged / "eval_results.json").read_text())["evaluated"] == "base+adapter"
+    assert f"| {unmerged} (pruned base + LoRA adapter) |" in capsys.readouterr().out
+    card = (unmerged / "README.md").read_text()
+    assert "| this model (pruned base + LoRA adapter) |" in card and "(pruned base without adapter)" not in card
+
+    assert main(["eval", "--model", str(unmerged), "--no-adapter", *problems]) == 0
+    assert torch.allclose(evaluated[1], base, atol=1e-6)
+    assert json.loads((unmerged / "eval_results.json").read_text())["evaluated"] == "base"
+    card = (unmerged / "README.md").read_text()
+    assert "| this model (pruned base alone, without its LoRA adapter) |" in card
+    assert "(%) (pruned base without adapter)" in card.split("---")[1]  # in the model-index metric names too
+
+    capsys.readouterr()
+    assert main(["eval", "--model", str(pruned), "--no-adapter", *problems]) == 2  # nothing to leave out
+    assert "is not an adapter checkpoint" in capsys.readouterr().err and len(evaluated) == 2
+    assert main(["eval", "--model", str(pruned), *problems]) == 0  # a checkpoint without adapter: as before
+    assert "evaluated" not in json.loads((pruned / "eval_results.json").read_text())
+    assert "| this model (pruned) |" in (pruned / "README.md").read_text()
 
 
 def test_testbed_defaults(workspace, tmp_path, monkeypatch, capsys):

@@ -1,4 +1,5 @@
-"""Determinism: the same model, config and seed give byte-identical checkpoints across fresh processes."""
+"""Determinism: the same model, config and seed give byte-identical checkpoints across fresh processes (pruned by
+RKU and every baseline, and LoRA-recovered)."""
 
 import hashlib
 import os
@@ -24,6 +25,12 @@ SCRIPT = textwrap.dedent(
         config = RKUConfig(sparsity=0.3, generation_max_new_tokens=8, **fields)
         pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
         pruner.prune(config, calibration_dataset=questions, save_dir=f"{sys.argv[1]}/{name}", progress=False)
+    # a short LoRA recovery of the RKU-pruned model: merged, with its adapter checkpoint kept in pruned_base/
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
+    pruner.prune(RKUConfig(sparsity=0.3, generation_max_new_tokens=8), calibration_dataset=questions, progress=False)
+    rows = [{"prompt": q, "response": f" {len(q) % 7} apples."} for q in questions]
+    args = {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1}
+    pruner.recover(rows, training_args=args, save_dir=f"{sys.argv[1]}/recovered", save_adapter=True, progress=False)
     """
 )
 
@@ -61,5 +68,8 @@ def test_same_model_config_and_seed_give_byte_identical_checkpoints(tmp_path):
     assert {"rku", "rku-iterative", "magnitude", "wanda", "flap", "taylor", "random"} <= methods
     for method in methods:
         assert f"{method}/model.safetensors" in a and f"{method}/rku_config.json" in a
+    assert {"recovered/pruned_base/adapter/adapter_model.safetensors", "recovered/pruned_base/rku_config.json"} <= set(
+        a
+    )
     different = sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
     assert different == [], f"files that differ between the two runs: {different}"

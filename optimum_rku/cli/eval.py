@@ -1,7 +1,9 @@
 """`eval`: a task's score (GSM8K exact match by default) of a model; next to a checkpoint, results and card follow.
 
 Without `--dataset` the problems are the model's data provider's own (GSM8K from the Hub; the testbed's problems
-for the testbed and checkpoints pruned from it).
+for the testbed and checkpoints pruned from it). An adapter checkpoint (`recover --no-merge`: pruned base at the top,
+LoRA adapter in `adapter/`) is evaluated as base + adapter, the recovered model; `--no-adapter` evaluates the pruned
+base alone. The record says which (`evaluated`: "base+adapter" or "base"), and so do the table and the card.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from optimum_rku.cli.runtime import (
     resolve_device,
     say,
 )
+from optimum_rku.io.adapter import ADAPTER_CONFIG_FILE, ADAPTER_DIR, EVALUATED_LABELS, adapter_in
 from optimum_rku.io.files import atomic_write_json
 from optimum_rku.io.loading import is_checkpoint
 from optimum_rku.io.metadata import EVAL_RESULTS_FILE, read_metadata
@@ -30,6 +33,12 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="per-sample jsonl (default: <checkpoint>/<task>_samples.jsonl)")
     parser.add_argument(
         "--compare-base", action="store_true", help="also evaluate the dense model the checkpoint was pruned from"
+    )
+    parser.add_argument(
+        "--no-adapter",
+        action="store_true",
+        help="an adapter checkpoint (recover --no-merge): evaluate its pruned base without the LoRA adapter "
+        "(default: base + adapter)",
     )
     parser.add_argument("--no-save", action="store_true", help=f"do not write <checkpoint>/{EVAL_RESULTS_FILE}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -111,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output).expanduser() if args.output else (checkpoint / samples_file if checkpoint else None)
     if output is not None and output.is_dir():
         output = output / samples_file
+    adapter = adapter_in(checkpoint) if checkpoint is not None else None
+    if args.no_adapter and adapter is None:
+        raise CLIError(
+            f"--no-adapter: {model_name or args.gguf_file!r} is not an adapter checkpoint (no {ADAPTER_DIR}/"
+            f"{ADAPTER_CONFIG_FILE}); it has no LoRA adapter to leave out."
+        )
+    evaluated = None if adapter is None else ("base" if args.no_adapter else "base+adapter")
     base_name = None
     if args.compare_base:
         if checkpoint is None:
@@ -120,10 +136,16 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{str(checkpoint)!r} does not record its base model; evaluate the base separately.")
     device = resolve_device(args.device)
 
-    model, tokenizer = load_model(model_name, args.torch_dtype, args.trust_remote_code, args.gguf_file)
+    model, tokenizer = load_model(
+        model_name, args.torch_dtype, args.trust_remote_code, args.gguf_file, with_adapter=evaluated == "base+adapter"
+    )
     model.to(device)
     record = evaluate_model(model, tokenizer, settings, args, output)
-    rows = [(model_name or args.gguf_file, record)]
+    label = model_name or args.gguf_file
+    if evaluated is not None:
+        record["evaluated"] = evaluated
+        label += f" ({EVALUATED_LABELS[evaluated]})"
+    rows = [(label, record)]
     if args.compare_base:
         del model
         base, base_tokenizer = load_model(base_name, args.torch_dtype, args.trust_remote_code)

@@ -63,15 +63,19 @@ def add(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_teacher(name: str, meta: dict[str, Any]):
-    """The dense teacher for `recover --teacher`: 'base' is the model the checkpoint was pruned from."""
+    """The dense teacher for `recover --teacher` and how the summary names it: 'base' is the model the checkpoint was
+    pruned from (named by its Hub id, else "dense"); another model by the name given (no machine path is kept)."""
+    label = name
     if name == "base":
         from optimum_rku.data.providers import base_model_of
+        from optimum_rku.io.labels import hub_model_id
 
         name = base_model_of(meta)
         if not name:
             raise CLIError("--teacher base: the checkpoint does not record its base model; pass its path or Hub id.")
+        label = hub_model_id(name) or "dense"
     teacher, _ = load_model(name, "float32")
-    return teacher
+    return teacher, label
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(
                 f"could not load --dataset {args.dataset!r} ({type(err).__name__}: {err}); offline? use --data-files."
             ) from None
-    teacher = _load_teacher(args.teacher, meta) if args.teacher is not None else None
+    teacher, teacher_name = _load_teacher(args.teacher, meta) if args.teacher is not None else (None, None)
     model, tokenizer = load_model(str(checkpoint), "float32")
     _, summary = recover_with_lora(
         model,
@@ -136,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         chat_template=args.chat_template,
         teacher=teacher,
+        teacher_name=teacher_name,
         distillation_alpha=args.distillation_alpha,
         distillation_temperature=args.distillation_temperature,
         progress=not args.quiet,

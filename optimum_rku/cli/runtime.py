@@ -80,10 +80,14 @@ def resolve_device(name: str) -> str:
 
 
 def load_model(
-    name: str | None, torch_dtype: str = "auto", trust_remote_code: bool = False, gguf_file: str | None = None
+    name: str | None,
+    torch_dtype: str = "auto",
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    with_adapter: bool = False,
 ):
     """(model, tokenizer) in eval mode through the library's loader; any causal LM loads (evaluation needs no family
-    optimum-rku can prune)."""
+    optimum-rku can prune). `with_adapter`: an adapter checkpoint loads as base + adapter (merged in memory)."""
     from optimum_rku.io.loading import load_pretrained
 
     loaded = load_pretrained(
@@ -91,6 +95,7 @@ def load_model(
         torch_dtype=dtype_of(torch_dtype),
         trust_remote_code=trust_remote_code,
         require_supported=False,
+        with_adapter=with_adapter,
         **({"gguf_file": gguf_file} if gguf_file else {}),
     )
     return loaded.model.eval(), loaded.tokenizer

@@ -30,6 +30,12 @@ PRUNED_BASE_DIR = "pruned_base"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 #: `base_model_name_or_path` of a saved adapter: its base is the directory above `adapter/`.
 LOCAL_BASE_REFERENCE = ".."
+#: What an evaluation record of an adapter checkpoint measured (its `evaluated` key), as tables and cards name it:
+#: the recovered model (`eval` by default) or the top-level weights alone (`eval --no-adapter`).
+EVALUATED_LABELS = {
+    "base+adapter": "pruned base + LoRA adapter",
+    "base": "pruned base alone, without its LoRA adapter",
+}
 #: Files of an adapter directory that are uploaded: PEFT's config and weights, and the tokenizer saved beside them.
 ADAPTER_UPLOAD_PATTERNS = (
     ADAPTER_CONFIG_FILE,
@@ -42,13 +48,18 @@ def write_adapter(peft_model, tokenizer, directory: str | os.PathLike, base_refe
     """Save a `PeftModel`'s adapter (and the tokenizer) to `directory` with `base_model_name_or_path=base_reference`.
 
     PEFT records the base model's own `name_or_path` (an absolute path, the dense source or nothing); that is replaced.
-    PEFT's blank model-card template is not kept: the checkpoint's own card says how to load the adapter.
+    PEFT's blank model-card template is not kept: the checkpoint's own card says how to load the adapter. Fields PEFT
+    holds as sets (`target_modules`) are written sorted, so the file does not depend on the process's hash seed.
     """
     directory = Path(directory)
     peft_model.save_pretrained(directory, save_embedding_layers=False)  # embeddings are never adapted or resized
     config_file = directory / ADAPTER_CONFIG_FILE
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base_reference
+    for adapter_config in getattr(peft_model, "peft_config", {}).values():  # sets (target_modules): sorted, not in
+        for field, value in vars(adapter_config).items():  # hash order, so the same run writes the same bytes
+            if isinstance(value, (set, frozenset)) and isinstance(config.get(field), list):
+                config[field] = sorted(value, key=str)
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (directory / "README.md").unlink(missing_ok=True)
     if tokenizer is not None:

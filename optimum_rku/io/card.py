@@ -187,8 +187,10 @@ def build_model_card(
             datasets.append(provider.hub_dataset)
 
     results = []
-    if pruned is not None:
-        results += _eval_results(pruned, meta, None, None)
+    if pruned is not None:  # an adapter checkpoint's pruned base evaluated alone says so in the metric names
+        results += _eval_results(
+            pruned, meta, "pruned base without adapter" if pruned.get("evaluated") == "base" else None, None
+        )
     if dense is not None:
         results += _eval_results(dense, meta, "dense base model", base_label)
     achieved = params.get("achieved_sparsity", meta["plan"].get("achieved_sparsity"))

@@ -7,6 +7,7 @@ from typing import Any
 
 from optimum_rku.data.providers import DataProvider, provider_for, providers
 from optimum_rku.evaluation.registry import task_of
+from optimum_rku.io.adapter import EVALUATED_LABELS
 from optimum_rku.io.labels import human_count, percent, source_label
 
 
@@ -63,7 +64,8 @@ def eval_section(
         "| model | problems | split | n-shot | " + " | ".join(m.label for m in task.metrics) + " |",
         "|---|---|---|---:|" + "---:|" * len(task.metrics),
     ]
-    for label, result in (("this model (pruned)", pruned), (f"dense base ({base_label})", dense)):
+    evaluated = EVALUATED_LABELS.get(str((pruned or {}).get("evaluated")), "pruned")  # an adapter checkpoint's: which
+    for label, result in ((f"this model ({evaluated})", pruned), (f"dense base ({base_label})", dense)):
         if result is None:
             continue
         rows.append(
@@ -170,10 +172,12 @@ def recovery_section(recovery: Mapping[str, Any]) -> str:
     add("time", lambda: f"{r['time_s']:.1f} s", "time_s")
     distillation = r.get("distillation")
     if isinstance(distillation, Mapping):
+        teacher = distillation.get("teacher")
+        teacher = "the dense model it was pruned from" if teacher in (None, "dense") else source_label(teacher)
         described.append(
             (
                 "distillation",
-                f"from {source_label(distillation.get('teacher', 'the dense model'))}: loss (1 - alpha) CE + alpha "
+                f"from {teacher}: loss (1 - alpha) CE + alpha "
                 f"T^2 KL, alpha {distillation.get('alpha')}, T {distillation.get('temperature')}",
             )
         )

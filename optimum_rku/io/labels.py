@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from optimum_rku.data.providers import base_model_of, is_model_alias
@@ -28,6 +29,18 @@ def hub_model_id(name: Any) -> str | None:
     if is_model_alias(name) or Path(name).expanduser().exists() or name.lower().endswith(DATA_SUFFIXES):
         return None
     return name if HUB_ID.match(name) else None
+
+
+def portable_model_name(name: Any) -> str | None:
+    """How saved metadata names a model without a machine path: its Hub id (also read from a Hub cache snapshot), a
+    provider alias ("testbed"), else only its folder or file name; None for no name."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        return None
+    name = str(name).strip()
+    hub = hub_model_id(name)
+    if hub or is_model_alias(name):
+        return hub or name
+    return PurePosixPath(name.replace("\\", "/").rstrip("/")).name or None
 
 
 def hub_dataset_id(name: Any) -> str | None:

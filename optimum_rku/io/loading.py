@@ -22,6 +22,8 @@ class LoadedModel:
     tokenizer: Any
     source: str | None
     data: DataProvider
+    #: the folder of the LoRA adapter merged into `model` on loading (an adapter checkpoint with `with_adapter`)
+    adapter: str | None = None
 
 
 def load_pretrained(
@@ -32,6 +34,7 @@ def load_pretrained(
     device_map: Any = None,
     trust_remote_code: bool = False,
     require_supported: bool = True,
+    with_adapter: bool = False,
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer; None loads `DEFAULT_MODEL` (the bundled testbed).
@@ -39,13 +42,19 @@ def load_pretrained(
     `model_kwargs` go to transformers' `from_pretrained` as they are (`revision`, `token`, `gguf_file`,
     `attn_implementation`, ...). A GGUF source (`gguf_file=...`, a path ending in `.gguf`, or "smollm2") is
     dequantized. optimum-rku checkpoints with per-layer widths load with optimum-rku's classes (no remote code runs).
-    With `require_supported`, a family optimum-rku cannot prune is refused before any weights load.
+    With `require_supported`, a family optimum-rku cannot prune is refused before any weights load. With
+    `with_adapter`, an adapter checkpoint (`recover(merge=False, save_dir=...)`: pruned base at the top, its LoRA
+    adapter in `adapter/`) loads as base + adapter, merged in memory (`LoadedModel.adapter` names the folder); without
+    it, as its top-level weights: the pruned base alone.
     """
+    if not isinstance(with_adapter, bool):
+        raise TypeError(f"with_adapter must be a bool, got {with_adapter!r}.")
     if model_or_path is not None and not isinstance(model_or_path, (str, os.PathLike)):
         raise TypeError(
             "model_or_path must be a Hub id, a directory, a PreTrainedModel or None, got "
             f"{type(model_or_path).__name__}."
         )
+    from optimum_rku.io.adapter import ADAPTER_DIR, adapter_in
     from optimum_rku.io.checkpoint import RKUModelForCausalLM, is_rku_checkpoint, load_tokenizer
     from optimum_rku.io.files import restore_interrupted
     from optimum_rku.io.metadata import read_metadata
@@ -69,6 +78,12 @@ def load_pretrained(
             config = load_config(path, gguf_file=gguf_file, trust_remote_code=trust_remote_code, **model_kwargs)
             check_supported(config)  # clear error before loading any weights
         model = load_causal_lm(path, gguf_file=gguf_file, trust_remote_code=trust_remote_code, **kwargs)
+    adapter = None
+    if with_adapter and gguf_file is None and adapter_in(path) is not None:  # its base is this very directory
+        from peft import PeftModel
+
+        adapter = ADAPTER_DIR
+        model = PeftModel.from_pretrained(model, str(adapter_in(path))).merge_and_unload()
     tokenizer_kwargs = {k: v for k, v in model_kwargs.items() if k in ("revision", "token", "cache_dir")}
     if gguf_file is not None:
         tokenizer_kwargs["gguf_file"] = gguf_file
@@ -81,7 +96,7 @@ def load_pretrained(
         source = str(Path(path) / gguf_file) if Path(path).is_dir() else f"{path}:{gguf_file}"
     elif own is None and is_checkpoint(path):  # a checkpoint pruned from a provider's model keeps its data
         data = provider_for(path, read_metadata(path))
-    return LoadedModel(model, tokenizer, source, data)
+    return LoadedModel(model, tokenizer, source, data, adapter)
 
 
 def is_checkpoint(path: str | os.PathLike | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, write_adapter
 from optimum_rku.io.card import checkpoint_writers
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
 from optimum_rku.io.files import install_directory, new_staging_directory
+from optimum_rku.io.labels import portable_model_name
 from optimum_rku.io.metadata import read_metadata
 from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
@@ -146,6 +148,39 @@ def _default_metadata(model, source: Any) -> dict[str, Any]:
     }
 
 
+def sharing_copy(model):
+    """A second module tree of `model` over the very same parameter and buffer tensors (no weight memory is copied)."""
+    return copy.deepcopy(model, {id(t): t for t in itertools.chain(model.parameters(), model.buffers())})
+
+
+def adopt_tensors(model, other) -> None:
+    """Point `model` at the parameters and buffers of its `sharing_copy` `other` wherever training replaced them (a
+    device move replaces buffers); a module PEFT wrapped in `other` is read through its `base_layer`."""
+    for name, module in model.named_modules():
+        try:
+            counterpart = other.get_submodule(name) if name else other
+        except AttributeError:
+            continue
+        counterpart = getattr(counterpart, "base_layer", counterpart)
+        for table in ("_parameters", "_buffers"):
+            mine, theirs = getattr(module, table), getattr(counterpart, table)
+            for key, tensor in mine.items():
+                if theirs.get(key) is not None and theirs[key] is not tensor:
+                    mine[key] = theirs[key]
+
+
+def _teacher_label(teacher, teacher_name: Any) -> str | None:
+    """How the summary names the distillation teacher: portable (a Hub id, an alias, a file name), never a path."""
+    if teacher_name is not None and (not isinstance(teacher_name, str) or not teacher_name.strip()):
+        raise ValueError(f"teacher_name={teacher_name!r} must be a non-empty str (e.g. 'dense' or a Hub id) or None.")
+    if teacher_name is not None and teacher is None:
+        raise ValueError("teacher_name names the distillation teacher; pass teacher=... too (or drop teacher_name).")
+    if teacher is None:
+        return None
+    name = teacher_name if teacher_name is not None else getattr(teacher.config, "_name_or_path", None)
+    return portable_model_name(name) or teacher.config.model_type
+
+
 def recover_with_lora(
     model,
     tokenizer,
@@ -166,6 +201,7 @@ def recover_with_lora(
     seed: int | None = None,
     chat_template: str = "auto",
     teacher=None,
+    teacher_name: str | None = None,
     distillation_alpha: float = 0.5,
     distillation_temperature: float = 1.0,
     progress: bool = True,
@@ -173,7 +209,11 @@ def recover_with_lora(
 ):
     """Fine-tune LoRA adapters on a pruned model, merge them (by default) and save like `prune` does.
 
-    Returns the merged model (a `PeftModel` when `merge=False`), or `(model, summary)` with `return_summary=True`.
+    Returns the merged model (a `PeftModel` when `merge=False`), or `(model, summary)` with `return_summary=True`; the
+    summary holds the wall times (`train_runtime_s`, `time_s`) that the saved `rku_config.json` leaves out, so that the
+    same model, data and seed give byte-identical checkpoints. With `merge=False`, `model` itself stays free of LoRA
+    layers (the plain base the adapter applies to): the `PeftModel` wraps a second module tree over the same weight
+    tensors, so merging it later (`merge_and_unload`) writes into those shared weights.
     With `save_dir`, writes the merged checkpoint (same formats as `prune`, `rku_config.json` gains a "recovery"
     section); with `save_adapter=True` it also holds, in `pruned_base/`, the *adapter checkpoint*: the pruned model
     before recovery with the LoRA adapter in `pruned_base/adapter/`. With `merge=False`, `save_dir` is that adapter
@@ -182,7 +222,8 @@ def recover_with_lora(
     Without `train_dataset` / `data_files`, the pairs come from `data` (a data provider or its name; default: the
     provider of the model the checkpoint was pruned from). With `teacher` (the dense model, same tokenizer) the loss
     is knowledge distillation on the response tokens:
-    `(1 - distillation_alpha) * CE + distillation_alpha * T^2 * KL(teacher || student)` at temperature T.
+    `(1 - distillation_alpha) * CE + distillation_alpha * T^2 * KL(teacher || student)` at temperature T. The summary
+    names the teacher `teacher_name` (default: its Hub id, else its folder or file name; never a machine path).
     Question/answer rows go through the tokenizer's chat template when it has one (`chat_template="auto"`; "on",
     "off"), the way a chat model is asked; see `prepare_recovery_dataset`.
     """
@@ -212,6 +253,7 @@ def recover_with_lora(
     target = check_save_dir(save_dir, source, overwrite) if save_dir is not None else None
     lora = _resolve_lora_config(lora_config, model)
     check_distillation(model, teacher, distillation_alpha, distillation_temperature)
+    teacher_label = _teacher_label(teacher, teacher_name)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}.")
     meta = copy.deepcopy(metadata) if metadata is not None else _default_metadata(model, source)
@@ -239,9 +281,12 @@ def recover_with_lora(
             staging = new_staging_directory(target)  # beside the target; removed as stale if this run is killed
             if save_adapter:  # the adapter's base: the pruned model before any training
                 save_checkpoint(model, tokenizer, staging / PRUNED_BASE_DIR, meta, overwrite=True)
-        model.train()
+        # merge=False returns base + adapter while `model` stays the plain model the adapter applies to: PEFT injects
+        # its layers into a second module tree over the same weights (no copy of any tensor)
+        student = model if merge else sharing_copy(model)
+        student.train()
         set_seed(args.seed)  # the LoRA A matrices are drawn here: same seed, same adapters, whatever ran before
-        peft_model = get_peft_model(model, lora)
+        peft_model = get_peft_model(student, lora)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         trainer_kwargs = {
             "model": peft_model,
@@ -262,6 +307,8 @@ def recover_with_lora(
         initial_loss = response_loss(peft_model, probe, pad_token_id=pad_id) if probe is not None else None
         result = trainer.train()
         peft_model.eval()
+        if student is not model:
+            adopt_tensors(model, peft_model.get_base_model())
         final_loss = response_loss(peft_model, probe, pad_token_id=pad_id) if probe is not None else None
         history = [[int(e["step"]), float(e["loss"])] for e in trainer.state.log_history if "loss" in e]
         summary = {
@@ -282,19 +329,28 @@ def recover_with_lora(
             "bf16": bool(args.bf16),
             "seed": args.seed,
             "train_loss": float(result.training_loss),
-            "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
             "loss_before": initial_loss,
             "loss_after": final_loss,
             "final_loss": history[-1][1] if history else float(result.training_loss),
             "loss_history": history,
-            "time_s": round(time.perf_counter() - start, 3),
             "merged": merge,
         }
+        # wall times: returned and logged, never saved (same model, data and seed: byte-identical checkpoints)
+        timing = {
+            "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
+            "time_s": round(time.perf_counter() - start, 3),
+        }
+        logger.info(
+            "Recovery: %d steps, training %.1f s, %.1f s in all",
+            summary["steps"],
+            timing["train_runtime_s"],
+            timing["time_s"],
+        )
         if str(args.include_num_input_tokens_seen) != "no":  # asked for through training_args
             summary["input_tokens_seen"] = int(trainer.state.num_input_tokens_seen)
         if teacher is not None:
             summary["distillation"] = {
-                "teacher": str(getattr(teacher.config, "_name_or_path", "") or teacher.config.model_type),
+                "teacher": teacher_label,
                 "alpha": float(distillation_alpha),
                 "temperature": float(distillation_temperature),
             }
@@ -337,4 +393,4 @@ def recover_with_lora(
             shutil.rmtree(staging, ignore_errors=True)
         if temp_output is not None:
             shutil.rmtree(temp_output, ignore_errors=True)
-    return (out, summary) if return_summary else out
+    return (out, {**summary, **timing}) if return_summary else out
