@@ -29,7 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring_cost import SIZES, PeakRSS, build_model, token_dataset  # noqa: E402
+from peak_memory import PeakRSS  # noqa: E402
+from scoring_cost import SIZES, build_model, token_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "docs" / "perf_calibration_scale.json"
@@ -71,7 +72,7 @@ def prune_once(model, dataset, importance: str, batch_size: int) -> dict[str, An
         pruner.prune(config, calibration_dataset=dataset, batch_size=batch_size, progress=False)
         elapsed = time.perf_counter() - start
     return {
-        "peak_mib": peak.peak_mib,
+        "peak_mib": peak.peak_mib["VmRSS"],
         "memory_method": peak.method,
         "time_s": elapsed,
         "tokens": pruner.scores.calibration["num_tokens"],

@@ -16,11 +16,9 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,45 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import PeakRSS  # noqa: E402
 from scoring_cost import SIZES, build_model, token_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("resident", "offload", "offload+stream")
-
-
-def _status_kib() -> dict[str, int]:
-    text = Path("/proc/self/status").read_text()
-    return {field: int(re.search(rf"{field}:\s+(\d+)", text).group(1)) for field in ("VmRSS", "RssAnon")}
-
-
-class PeakRSS:
-    """Peak VmRSS and RssAnon above their levels at entry, sampled by a thread every 2 ms.
-
-    VmRSS includes the file-backed pages of memory-mapped offload files that are still mapped (on CPU, accelerate's
-    disk offload hands out tensors backed by those mappings); RssAnon counts only allocated tensor memory.
-    """
-
-    def __enter__(self) -> PeakRSS:
-        self.start = _status_kib()
-        self.peak = dict(self.start)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self._update()
-
-    def _update(self) -> None:
-        now = _status_kib()
-        self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._update()
-        self.peak_mib = {k: (self.peak[k] - self.start[k]) / 1024 for k in self.peak}
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,7 +63,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     pruner.compute_scores(config, token_dataset(1, 16, seed=1), batch_size=1, progress=False)  # warm-up
     gc.collect()
     data = token_dataset(args.seqs, args.seq_len)
-    with PeakRSS() as peak:
+    # VmRSS includes the pages of memory-mapped offload files still mapped (on CPU, accelerate's disk offload hands
+    # out tensors backed by them), RssAnon only allocated memory; the kernel keeps no peak of RssAnon: both sampled
+    with PeakRSS(fields=("VmRSS", "RssAnon"), interval_s=0.002, high_water_mark=False) as peak:
         start = time.perf_counter()
         scores = pruner.compute_scores(config, data, batch_size=args.batch_size, progress=False)
         elapsed = time.perf_counter() - start

@@ -7,7 +7,7 @@ CPU time of a variant is its compute work and is far less sensitive to other job
 Peak memory: a fresh subprocess per variant loads the model, runs the variant once on one short sequence (one-time
 initialization), resets the kernel's peak-RSS counter (`/proc/self/clear_refs` = 5), runs the variant once and
 reports `VmHWM - VmRSS(before)`, with glibc's mmap threshold fixed at 128 KiB so that freed buffers leave RSS; a
-5 ms sampling thread of VmRSS is the fallback where clear_refs is not writable.
+5 ms sampling thread of VmRSS is the fallback where clear_refs is not writable (`peak_memory.PeakRSS`).
 
 `--memory-model` instead counts the bytes autograd saves for backward (saved-tensor hooks, deduplicated by storage)
 on tiny bf16 Llamas, fits bytes/token as a linear function of the shapes and extrapolates to real models
@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import PeakRSS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 8192
@@ -110,39 +111,6 @@ def run_variant(name: str, model, dataset, batch_size: int) -> None:
         raise ValueError(f"variant={name!r} is not one of {VARIANTS}.")
 
 
-# ------------------------------------------------------------------------------------------------------- memory
-def _status_kib(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry (kernel VmHWM after a reset, or a sampling thread)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.method = "VmHWM after clear_refs=5"
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self.method = "VmRSS sampled every 5 ms"
-        self.start = _status_kib("VmRSS")
-        self.sampled = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.sampled = max(self.sampled, _status_kib("VmRSS"))
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        hwm = _status_kib("VmHWM") if self.method.startswith("VmHWM") else self.sampled
-        self.peak_mib = (max(hwm, self.sampled) - self.start) / 1024
-
-
 # ------------------------------------------------------------------------------------------------------- workers
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Time (rotating order, `repeats` rounds) or peak memory (one variant, one run) in this process."""
@@ -160,7 +128,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             run_variant(name, model, dataset, args.batch_size)
             elapsed = time.perf_counter() - start
-        return {"variant": name, "peak_mib": peak.peak_mib, "time_s": elapsed, "method": peak.method}
+        return {"variant": name, "peak_mib": peak.peak_mib["VmRSS"], "time_s": elapsed, "method": peak.method}
     warm = token_dataset(1, 32, seed=1)
     for name in variants:  # first-call costs (lazy init, allocator growth) out of the timed rounds
         run_variant(name, model, warm, 1)
