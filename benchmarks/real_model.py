@@ -54,6 +54,7 @@ CALIBRATIONS = {
     "self_generated": "the model's own answers to train questions (decode_nll on the answer tokens)",
     "questions": "train questions only (plain text)",
     "gold": "train questions + gold answers (plain text)",
+    "gold_chat": "train questions asked as the model is asked (chat template) + gold answers (decode_nll on them)",
 }
 
 
@@ -177,10 +178,20 @@ def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train
     """Tokenized calibration set of one kind; self-generated answers are cached on disk (they take minutes)."""
     if kind == "questions":
         return tokenize_texts(tokenizer, questions, 256)
+    answers = {row["question"]: row["answer"] for row in train}
     if kind == "gold":
-        answers = {row["question"]: row["answer"] for row in train}
         return tokenize_texts(tokenizer, [f"Question: {q}\nAnswer: {answers[q]}" for q in questions], 256)
     import datasets
+
+    if kind == "gold_chat":  # the layout of the gold-solution metric, on train problems: loss mask on the answer
+        pairs = Texts(tokenizer, [{"question": q, "answer": answers[q]} for q in questions], plain=False).gold
+        return datasets.Dataset.from_dict(
+            {
+                "input_ids": [ids for ids, _ in pairs],
+                "attention_mask": [[1] * len(ids) for ids, _ in pairs],
+                "loss_mask": [mask for _, mask in pairs],
+            }
+        )
 
     config = RKUConfig(generation_max_new_tokens=args.generation_tokens, seed=args.seed)
     key = hashlib.sha256(json.dumps([args.model, args.gguf_file, questions, args.generation_tokens]).encode())
@@ -271,7 +282,7 @@ def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int):
 class Texts:
     """The measured problems, tokenized once: gold solutions after the chat prompt, and the plain text."""
 
-    def __init__(self, tokenizer, problems: list[dict]):
+    def __init__(self, tokenizer, problems: list[dict], plain: bool = True):
         self.chat = uses_chat_template(tokenizer, "auto")
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.gold, self.plain = [], []
@@ -282,8 +293,9 @@ class Texts:
             answer_ids = tokenizer((" " if not self.chat else "") + answer, add_special_tokens=False)["input_ids"]
             ids = (prompt_ids + answer_ids)[:1024]
             self.gold.append((ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))))
-            plain = tokenizer(f"Question: {row['question']}\nAnswer: {row['answer']}")["input_ids"][:1024]
-            self.plain.append((plain, [1] * len(plain)))
+            if plain:
+                text = tokenizer(f"Question: {row['question']}\nAnswer: {row['answer']}")["input_ids"][:1024]
+                self.plain.append((text, [1] * len(text)))
 
 
 @torch.no_grad()
