@@ -187,7 +187,10 @@ def test_metadata_and_card_show_the_ranking_and_the_attention_removed(calib):
     assert attention["kv_groups_removed_fraction"] == pytest.approx(removed_groups / 12)
     assert meta["plan"]["ranking"] == "per_parameter" and meta["pruning_config"]["ranking"] == "per_parameter"
     card = str(build_model_card(meta, chart=False))
-    assert "ranking: per_parameter" in card and "KV groups (" in card and "(attention: 0.5)" in card
+    assert "ranking: per_parameter, KV cache priced at 6144 tokens" in card
+    assert "KV groups (" in card and "(attention: 0.5)" in card
+    meta["pruning_config"]["kv_cache_tokens"] = 0
+    assert "ranking: per_parameter)" in str(build_model_card(meta, chart=False))
 
 
 @pytest.mark.parametrize(

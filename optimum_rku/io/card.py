@@ -259,7 +259,14 @@ def build_model_card(
         f"- **structures**: {config.get('targets')} (attention unit: {config.get('attention_granularity')}), "
         f"**allocation**: {config.get('allocation')}"
         + (
-            f" (ranking: {meta['plan'].get('ranking') or config.get('ranking', 'score')})"
+            f" (ranking: {meta['plan'].get('ranking') or config.get('ranking', 'score')}"
+            + (
+                f", KV cache priced at {config['kv_cache_tokens']} tokens"
+                if config.get("kv_cache_tokens")
+                and (meta["plan"].get("ranking") in ("per_parameter", "expected_loss", "measured_loss"))
+                else ""
+            )
+            + ")"
             if config.get("allocation") == "global"
             else ""
         )
