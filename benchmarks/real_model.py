@@ -17,6 +17,7 @@ from problems to report on (`--split test`). Writes JSON, a markdown table and a
     python benchmarks/real_model.py --quick                                  # < 15 min on 2 cores
     python benchmarks/real_model.py --output docs/real_model/full            # the full grid
     python benchmarks/real_model.py --summarize docs/real_model/select_*.json   # best variant per method
+    python benchmarks/real_model.py --render docs/real_model/x.json           # table + chart again from a JSON
 
 One script on purpose (over ~450 lines): the command recorded in docs/benchmarks.md reproduces the whole run.
 """
@@ -558,7 +559,8 @@ def markdown(result: dict) -> str:
         f"Model `{result['model']}`{' (' + result['weights_note'] + ')' if result.get('weights_note') else ''}; "
         f"{result['nll_problems']} GSM8K {result['split']} problems for NLL / perplexity / agreement, "
         f"{result['em_problems']} for exact match; {result['num_calibration']} calibration questions; "
-        f"wall time {result['wall_time_s'] / 60:.1f} min on {result['threads']} threads.",
+        f"wall time {result['wall_time_s'] / 60:.1f} min on {result['threads']} threads"
+        + ("." if result.get("complete", True) else " (interrupted: the rows below are all it wrote)."),
         "",
         f"Command: `{result['command']}`",
         "",
@@ -626,6 +628,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--summarize":
         print(summarize(argv[1:]))
+        return 0
+    if argv and argv[0] == "--render":  # markdown + chart again from a JSON record (e.g. an interrupted run's)
+        for path in argv[1:]:
+            record, stem = json.loads(Path(path).read_text()), str(Path(path).with_suffix(""))
+            Path(f"{stem}.md").write_text(markdown(record))
+            chart(record, Path(f"{stem}.png"))
+            print(f"wrote {stem}.md, {stem}.png")
         return 0
     args = parse_args(argv)
     result = run(args)
