@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
+from optimum_rku.cli.args import int_or_auto  # noqa: E402
 from optimum_rku.data.calibration import tokenize_texts  # noqa: E402
 from optimum_rku.data.prompts import question_prompt, uses_chat_template  # noqa: E402
 from optimum_rku.data.self_generated import self_generated_dataset  # noqa: E402
@@ -90,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--kv-cache-tokens",
         nargs="+",
-        type=int,
+        type=int_or_auto,
         default=None,
         help="KV-cache credit of the per-parameter rankings (default: config default)",
     )
@@ -484,7 +485,7 @@ def run(args) -> dict:
                     "bias_compensation": config.bias_compensation,
                     "min_keep": config.min_keep,
                     "min_keep_attention": config.attention_floor,
-                    "kv_cache_tokens": config.kv_cache_tokens,
+                    "kv_cache_tokens": pruner.pruning_config.kv_cache_tokens,  # "auto" resolved for this model
                     "achieved_sparsity": pruner.plan.achieved_sparsity,
                     "score_time_s": round(score_time, 1),
                     **metrics,

@@ -22,6 +22,8 @@ GENERATION_CHAT_TEMPLATES = ("auto", "on", "off")
 RANKINGS = ("auto", "score", "per_parameter", "standardized", "expected_loss", "measured_loss")
 #: what `ranking="auto"` means per importance (chosen on SmolLM2-135M-Instruct, docs/benchmarks.md); others: "score"
 AUTO_RANKING = {"rku": "measured_loss"}
+#: `kv_cache_tokens="auto"`: the cache of one sequence this long (or of the model's whole context, if shorter)
+DEFAULT_KV_CACHE_TOKENS = 6144
 #: RKU's activity term A_s: mean |y| (L2 over a head's slice), or the spread around the calibration mean
 ACTIVITIES = ("abs", "centered")
 
@@ -55,8 +57,9 @@ class RKUConfig:
     noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: the Fisher of a mask on each structure per unit
     of cost, `measured_loss`), chosen on a real pretrained model (docs/benchmarks.md). In the rankings that divide by
     cost, a KV group costs its parameters plus the KV cache it frees at `kv_cache_tokens` cached tokens (0: its
-    parameters alone); the default 6144 is the smallest multiple of 2048 whose plan cuts SmolLM2's KV cache by at
-    least a quarter at 40% sparsity (docs/benchmarks.md).
+    parameters alone); "auto" is one sequence of 6144 tokens — the smallest multiple of 2048 whose plan cuts SmolLM2's
+    KV cache by at least a quarter at 40% sparsity (docs/benchmarks.md) — or of the model's whole context when that is
+    shorter (a sequence cannot cache more).
     """
 
     sparsity: float = 0.4
@@ -83,7 +86,7 @@ class RKUConfig:
     generation_chat_template: str = "auto"
     bias_compensation: bool | str = False
     activity: str = "abs"
-    kv_cache_tokens: int = 6144
+    kv_cache_tokens: int | str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -112,7 +115,13 @@ class RKUConfig:
                 "allowed: importance='rku', or ranking 'score', 'per_parameter' or 'standardized'."
             )
         _number("round_to", self.round_to, 1, 1 << 20, integer=True)
-        _number("kv_cache_tokens", self.kv_cache_tokens, 0, 1 << 30, integer=True)
+        if self.kv_cache_tokens != "auto":
+            if isinstance(self.kv_cache_tokens, str):
+                raise ValueError(
+                    f"RKUConfig.kv_cache_tokens={self.kv_cache_tokens!r} is not supported; allowed: 'auto' or an "
+                    "integer >= 0 (cached tokens a KV group is priced at)."
+                )
+            _number("kv_cache_tokens", self.kv_cache_tokens, 0, 1 << 30, integer=True)
         _number("num_calibration_samples", self.num_calibration_samples, 1, 1 << 30, integer=True)
         _number("calibration_seq_len", self.calibration_seq_len, 2, 1 << 20, integer=True)
         _number("num_iterations", self.num_iterations, 1, 100, integer=True)
@@ -160,6 +169,12 @@ class RKUConfig:
     def resolved_ranking(self) -> str:
         """The global ranking actually used: `ranking`, or for "auto" the importance's entry in `AUTO_RANKING`."""
         return AUTO_RANKING.get(self.importance, "score") if self.ranking == "auto" else self.ranking
+
+    def kv_cache_tokens_for(self, context_length: int | None) -> int:
+        """`kv_cache_tokens`, with "auto" resolved for a model of `context_length` positions (None: unknown)."""
+        if self.kv_cache_tokens != "auto":
+            return int(self.kv_cache_tokens)
+        return min(DEFAULT_KV_CACHE_TOKENS, context_length or DEFAULT_KV_CACHE_TOKENS)
 
     @property
     def attention_floor(self) -> float:

@@ -187,7 +187,7 @@ def test_metadata_and_card_show_the_ranking_and_the_attention_removed(calib):
     assert attention["kv_groups_removed_fraction"] == pytest.approx(removed_groups / 12)
     assert meta["plan"]["ranking"] == "per_parameter" and meta["pruning_config"]["ranking"] == "per_parameter"
     card = str(build_model_card(meta, chart=False))
-    assert "ranking: per_parameter, KV cache priced at 6144 tokens" in card
+    assert "ranking: per_parameter, KV cache priced at 128 tokens" in card  # "auto": the whole 128-token context
     assert "KV groups (" in card and "(attention: 0.5)" in card
     meta["pruning_config"]["kv_cache_tokens"] = 0
     assert "ranking: per_parameter)" in str(build_model_card(meta, chart=False))
@@ -330,7 +330,33 @@ def test_kv_cache_credit_on_scores_without_head_dim(calib):
     assert pruner.plan.achieved_sparsity == pytest.approx(0.3, abs=0.01)
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True, "4096"])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "4096", "max"])
 def test_bad_kv_cache_tokens(value):
     with pytest.raises((ValueError, TypeError), match="kv_cache_tokens"):
         RKUConfig(kv_cache_tokens=value)
+
+
+def test_auto_kv_cache_tokens_is_one_sequence_of_6144_tokens_or_the_whole_context(calib):
+    from optimum_rku import RKUPruner
+    from optimum_rku.config import DEFAULT_KV_CACHE_TOKENS
+    from optimum_rku.pruning.allocation import kv_credit
+
+    assert RKUConfig().kv_cache_tokens == "auto" and DEFAULT_KV_CACHE_TOKENS == 6144
+    assert RKUConfig().kv_cache_tokens_for(8192) == 6144 and RKUConfig().kv_cache_tokens_for(512) == 512
+    assert RKUConfig().kv_cache_tokens_for(None) == 6144 and RKUConfig(kv_cache_tokens=9).kv_cache_tokens_for(512) == 9
+    pruner = RKUPruner(tiny_model("llama"))  # max_position_embeddings=128
+    pruner.prune(RKUConfig(sparsity=0.3, calibration="dataset"), calibration_dataset=calib, progress=False)
+    assert pruner.scores.context_length == 128 and pruner.scores.head_dim == 8
+    assert pruner.pruning_config.kv_cache_tokens == 128  # recorded as the number it stood for
+    assert pruner.metadata()["pruning_config"]["kv_cache_tokens"] == 128
+    assert kv_credit(pruner.scores, RKUConfig(), 0) == 128 * 2 * 8  # allocate() alone resolves it from the scores
+    with pytest.raises(SystemExit):  # the CLI flag takes 'auto' or an int, nothing else
+        import argparse
+
+        from optimum_rku.cli.args import add_config_arguments
+
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser)
+        assert parser.parse_args(["--kv-cache-tokens", "auto"]).kv_cache_tokens == "auto"
+        assert parser.parse_args(["--kv-cache-tokens", "64"]).kv_cache_tokens == 64
+        parser.parse_args(["--kv-cache-tokens", "lots"])

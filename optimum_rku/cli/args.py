@@ -95,7 +95,17 @@ def unit_float(text: str) -> float:
     return value
 
 
+def int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return non_negative_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 'auto' or an integer >= 0") from None
+
+
 positive_int.__name__ = "positive integer"
+int_or_auto.__name__ = "'auto' or a non-negative integer"
 unit_float.__name__ = "number in [0, 1]"
 non_negative_int.__name__ = "non-negative integer"
 positive_float.__name__ = "positive number"
@@ -119,7 +129,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(RKUConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
-        if type(kind) is types.UnionType:  # `float | None`: the flag takes the non-None type
+        if type(kind) is types.UnionType and set(typing.get_args(kind)) == {int, str}:  # an int or "auto"
+            kind = int_or_auto
+        elif type(kind) is types.UnionType:  # `float | None`: the flag takes the non-None type
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         help_text = f"{CONFIG_HELP.get(field.name, 'RKUConfig.' + field.name)} (default: {default!r})"
@@ -139,7 +151,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 *flags,
                 dest=field.name,
-                type=kind if kind in (int, float, str) else str,
+                type=kind if kind in (int, float, str, int_or_auto) else str,
                 choices=_choices_for(field.name) if kind is str else None,
                 default=None,
                 metavar=None if kind is str and _choices_for(field.name) else field.name.upper(),

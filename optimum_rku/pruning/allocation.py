@@ -182,7 +182,7 @@ def kv_credit(scores: PruningScores, config, layer: int) -> int:
     when serving a sequence of `kv_cache_tokens` tokens, not by its weights alone; a query-head slot under GQA frees
     no cache. The removal budget itself stays in parameters.
     """
-    tokens = getattr(config, "kv_cache_tokens", 0)
+    tokens = config.kv_cache_tokens_for(scores.context_length)
     if not tokens:
         return 0
     if scores.head_dim is None:

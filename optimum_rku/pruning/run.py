@@ -49,6 +49,8 @@ def resolve_run(pruning_config: Any, model, tokenizer, num_layers: int) -> Pruni
     else:
         raise TypeError(f"pruning_config must be an RKUConfig, a dict or None, got {type(pruning_config).__name__}.")
     importance = get_importance(config.importance)
+    # "auto" is recorded as the number it stands for on this model
+    config.kv_cache_tokens = config.kv_cache_tokens_for(getattr(model.config, "max_position_embeddings", None))
     auto = config.bias_compensation == "auto"
     if auto:
         holds_bias = all(output_bias_flag(model.config, part) for part in config.target_parts)

@@ -88,6 +88,7 @@ def compute_scores(
         mlp_loss=mlp_loss if len(mlp_loss) == len(views) else None,
         attention_loss=attention_loss if len(attention_loss) == len(views) else None,
         head_dim=views[0].head_dim if views else None,
+        context_length=getattr(model.config, "max_position_embeddings", None),
         architecture=getattr(getattr(model, "config", None), "model_type", None),
         fingerprint=model_fingerprint(model),
     )

@@ -47,6 +47,8 @@ class PruningScores:
     attention_loss: list[torch.Tensor] | None = None
     #: head_dim of the scored model (sizes the KV cache an attention unit frees; None in files of older versions)
     head_dim: int | None = None
+    #: the scored model's context length (`max_position_embeddings`; resolves `kv_cache_tokens="auto"`)
+    context_length: int | None = None
     #: `model_type` of the scored model and a few of its weights (`model_fingerprint`): scores of another model or
     #: architecture are refused by `prune(scores=...)`; None in files of older versions
     architecture: str | None = None
@@ -111,8 +113,9 @@ class PruningScores:
         for i, width in enumerate(self.widths):
             if not isinstance(width, dict) or any(not _count(width.get(k)) for k in keys):
                 raise bad(f"widths[{i}]={width!r} needs non-negative ints {list(keys)}")
-        if self.head_dim is not None and not _positive_int(self.head_dim):
-            raise bad(f"head_dim={self.head_dim!r} is not a positive int")
+        for name in ("head_dim", "context_length"):
+            if getattr(self, name) is not None and not _positive_int(getattr(self, name)):
+                raise bad(f"{name}={getattr(self, name)!r} is not a positive int")
         layers = len(self.widths)
         for key in ("mlp_cost", "attention_cost"):
             costs = getattr(self, key)
