@@ -36,6 +36,7 @@ from optimum_rku.io.gguf_vocab import Vocab, check_pre_tokenizer, read_byte_leve
 from optimum_rku.models.specs import (
     ATTENTION_PROJECTIONS,
     LLAMA_CPP_ARCHITECTURES,
+    LLAMA_CPP_NAME_TOKENS,
     OUTPUT_PROJECTION,
     PROJECTIONS,
     SPECS,
@@ -512,12 +513,21 @@ def plan_gguf_export(
     else:
         vocab = read_byte_level_bpe(directory, vocab_size, pre_tokenizer)
     meta = ckpt.metadata
+    name = _model_name(directory, meta)
+    for words, tokens in LLAMA_CPP_NAME_TOKENS.items():
+        absent = [t for t in tokens if t not in set(vocab.tokens)]
+        if any(word in name.lower() for word in words) and absent:
+            notes.append(
+                f"general.name {name!r} left out: llama.cpp looks up the tokens {', '.join(absent)} for models so "
+                "named and this tokenizer lacks them"
+            )
+            name = None
     metadata = {
         "rope": rope_keys,
         "rope_freqs": rope_freqs,
         "softcapping": {key: float(config[key]) for key in arch.softcapping if config.get(key) is not None},
         "sliding": sliding,
-        "name": _model_name(directory, meta),
+        "name": name,
         "rku": {k: meta[k] for k in ("optimum_rku_version", "base_model") if k in meta},
         "pruning": meta.get("pruning_config") or {},
     }
@@ -567,7 +577,8 @@ def _write_hparams(writer, plan: GGUFPlan) -> None:
 
     widths = plan.layers
     uniform = not plan.per_layer
-    writer.add_name(plan.metadata["name"])
+    if plan.metadata["name"] is not None:
+        writer.add_name(plan.metadata["name"])
     writer.add_context_length(plan.context_length)
     writer.add_embedding_length(plan.hidden_size)
     writer.add_block_count(len(widths))

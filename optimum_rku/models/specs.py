@@ -121,6 +121,14 @@ LLAMA_CPP_ARCHITECTURES: Mapping[str, LlamaCppArchitecture] = MappingProxyType(
 )
 
 
+#: `general.name` substrings (lower case) for which llama.cpp's vocabulary loader looks these tokens up by their text
+#: (to set Phi-3's per-token attributes) and fails to load the file when one is missing; the exporter leaves the name
+#: out of files whose tokenizer lacks them
+LLAMA_CPP_NAME_TOKENS: Mapping[tuple[str, ...], tuple[str, ...]] = MappingProxyType(
+    {("phi-3", "phi3"): ("</s>", "<unk>", "<s>", "<|endoftext|>")}
+)
+
+
 @dataclass(frozen=True)
 class GGUFSpec:
     """How a family's checkpoints are written as GGUF for llama.cpp (read by `io/gguf_export.py`)."""
