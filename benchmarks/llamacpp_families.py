@@ -7,7 +7,9 @@ same token ids:
 - `global`: the default allocation (per-layer widths); `uniform`: heads and channels removed evenly;
   `uniform-mlp`: FFN channels only (every head kept, so families whose llama.cpp loader sizes q as the hidden size
   keep their own architecture); `bias-*`: `bias_compensation=True` on the parts whose output bias the family can
-  hold; `partial-rotary`: a rotary over half of each head, where the config has `partial_rotary_factor`.
+  hold; `partial-rotary`: a rotary over half of each head, where the config has `partial_rotary_factor`;
+  `longrope-*`: LongRoPE with an original context above (short factors) or below (long factors) the tokens run, in
+  both runtimes, where the config has `original_max_position_embeddings`.
 - the config exercises what the export must carry where the family has it: a query pre-scale other than head_dim,
   alternating sliding-window / full layers with a window shorter than the sequences, a separate rotary base (and
   linear scaling of the full layers) per layer type, final logit soft-capping.
@@ -16,8 +18,8 @@ same token ids:
   `greedy`: identical --new-tokens greedy continuations. An export refused by design shows its error instead.
 llama.cpp runs with an f32 KV cache so that differences reflect the export, not cache rounding.
 `--ablate` also writes every file again with one translation left out at a time (query-scale fold, norm shift,
-q/k row permutation, rotary scaling, sliding-layer rotary base, sliding window, soft-capping), where the file has
-it, to show the comparison catches each. `--ggml-gelu` runs transformers' GELU the way llama.cpp's CPU backend does
+q/k row permutation, rotary scaling, LongRoPE, sliding-layer rotary base, sliding window, soft-capping), where the
+file has it, to show the comparison catches each. `--ggml-gelu` runs transformers' GELU the way llama.cpp's CPU backend does
 (f16-rounded input, a table of f16 results), to tell that rounding apart from export errors.
 
     pip install -e ".[llamacpp]"
@@ -136,6 +138,24 @@ def variants(family: str) -> list[tuple[str, dict, dict]]:
     if "partial_rotary_factor" in (tiny_config(family).rope_parameters or {}):
         rope = {**tiny_config(family).rope_parameters, "partial_rotary_factor": 0.5}
         rows.append(("partial-rotary", {"allocation": "uniform", "targets": "mlp"}, {"rope_parameters": rope}))
+    if "original_max_position_embeddings" in tiny_config(family).to_dict():  # LongRoPE families (Phi-3.5, Phi-4)
+        # llama.cpp picks the long factors when its context, rounded up to a multiple of 256, exceeds the original
+        # context; transformers when the sequence does: original 256 (short factors in both) and 32 (long in both)
+        for original, factors, allocations in ((256, "short", ("uniform-mlp",)), (32, "long", ("uniform", "global"))):
+            rope = {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "short_factor": [1.0, 1.3, 2.0, 3.0],
+                "long_factor": [1.5, 3.0, 6.0, 12.0],
+                "original_max_position_embeddings": original,
+            }
+            extra = {"rope_parameters": rope, "original_max_position_embeddings": original}
+            extra["max_position_embeddings"] = 4 * original if factors == "short" else 256
+            for allocation in allocations:
+                settings = {"allocation": allocation.split("-")[0]} | (
+                    {"targets": "mlp"} if "mlp" in allocation else {}
+                )
+                rows.append((f"longrope-{factors}-{allocation}", settings, extra))
     return rows
 
 
@@ -185,6 +205,13 @@ ABLATIONS = {
     "sliding rotary base": (
         lambda p: "freq_base_swa" in p.metadata["rope"],
         lambda p: p.metadata["rope"].pop("freq_base_swa"),
+    ),
+    "LongRoPE factors and attention factor": (
+        lambda p: "longrope" in p.metadata["rope"],
+        lambda p: (
+            p.metadata["rope"].pop("longrope"),
+            p.tensors.__setitem__(slice(None), [t for t in p.tensors if not t.name.startswith("rope_factors")]),
+        ),
     ),
     "sliding window": (lambda p: bool(p.metadata["sliding"]), lambda p: p.metadata.update(sliding=None)),
     "soft-capping": (lambda p: bool(p.metadata["softcapping"]), lambda p: p.metadata.update(softcapping={})),

@@ -501,3 +501,27 @@ def test_weights_that_disagree_with_config_are_named(tmp_path):
     (ckpt / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"Layer 0 .*config.json says .*gate_proj has \d+ rows \(expected"):
         plan_gguf_export(ckpt)
+
+
+@pytest.mark.parametrize(("targets", "arch"), [("mlp", "phi3"), ("both", "llama")])
+def test_longrope_writes_its_factors_attention_factor_and_original_context(tmp_path, targets, arch):
+    import math
+
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "short_factor": [1.0, 1.5],
+        "long_factor": [2.0, 4.0],
+        "original_max_position_embeddings": 32,
+    }
+    model = {**PHI3, "rope_parameters": rope, "original_max_position_embeddings": 32, "max_position_embeddings": 128}
+    ckpt = prune_tiny("phi3", "uniform", tmp_path / "ckpt", model=model, targets=targets)
+    plan = plan_gguf_export(ckpt)
+    assert any("long rotary factors whenever its context" in note for note in plan.notes)
+    kv, written = fields(export_gguf(ckpt, tmp_path / "m.gguf", "f32")), tensors(tmp_path / "m.gguf")
+    assert kv["general.architecture"] == arch
+    assert kv[f"{arch}.rope.scaling.type"] == "longrope"
+    assert kv[f"{arch}.rope.scaling.original_context_length"] == 32
+    assert kv[f"{arch}.rope.scaling.attn_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(32)))
+    np.testing.assert_array_equal(np.asarray(written["rope_factors_long.weight"].data), [2.0, 4.0])
+    np.testing.assert_array_equal(np.asarray(written["rope_factors_short.weight"].data), [1.0, 1.5])

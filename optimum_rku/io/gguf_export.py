@@ -250,7 +250,7 @@ def _layer_widths(ckpt: _Checkpoint, spec: ArchitectureSpec, n_layers: int, head
 
 
 def _rope(ckpt: _Checkpoint, loaded: Any, arch: LlamaCppArchitecture, head_dim: int) -> tuple[dict[str, Any], Any]:
-    """(rope keys, extra rope_freqs tensor or None) for the rotary settings as transformers resolves them."""
+    """(rope keys, extra tensors by GGUF name) for the rotary settings as transformers resolves them."""
     params = dict(getattr(loaded, "rope_parameters", None) or {})
     keys: dict[str, Any] = {}
     if params and "rope_type" not in params and all(isinstance(v, dict) for v in params.values()):
@@ -282,10 +282,24 @@ def _rope(ckpt: _Checkpoint, loaded: Any, arch: LlamaCppArchitecture, head_dim: 
     keys["freq_base"] = float(params.get("rope_theta", 10000.0))
     rope_type = params.get("rope_type", "default")
     if rope_type == "default":
-        return keys, None
+        return keys, {}
     if rope_type == "linear":
         keys["linear_factor"] = float(params["factor"])
-        return keys, None
+        return keys, {}
+    if rope_type == "longrope" and arch.longrope:
+        import numpy as np
+        import torch
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        _, attention = ROPE_INIT_FUNCTIONS["longrope"](loaded, torch.device("cpu"))  # transformers' own attn factor
+        original = int(params["original_max_position_embeddings"])
+        keys["longrope"] = {"attn_factor": float(attention), "original_context": original}
+        factors = {
+            f"rope_factors_{n}.weight": np.asarray(params[f"{n}_factor"], np.float32) for n in ("long", "short")
+        }
+        if any(f.shape != (keys["dimensions"] // 2,) for f in factors.values()):
+            raise ValueError(f"longrope factors must have {keys['dimensions'] // 2} values each; got {params}.")
+        return keys, factors
     if rope_type == "llama3" and arch.interleaved_rope:
         import torch
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -293,11 +307,12 @@ def _rope(ckpt: _Checkpoint, loaded: Any, arch: LlamaCppArchitecture, head_dim: 
         scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](loaded, torch.device("cpu"))
         dim = scaled.numel() * 2
         base = 1.0 / (keys["freq_base"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        return keys, (base / scaled.to(torch.float64)).to(torch.float32).numpy()
+        return keys, {"rope_freqs.weight": (base / scaled.to(torch.float64)).to(torch.float32).numpy()}
     interleaved = [name for name, other in LLAMA_CPP_ARCHITECTURES.items() if other.interleaved_rope]
+    longrope = [name for name, other in LLAMA_CPP_ARCHITECTURES.items() if other.longrope]
     raise _Misfit(
-        f"cannot be given rope_type={rope_type!r} by this exporter (supported: 'default', 'linear', and 'llama3' "
-        f"for {', '.join(map(repr, interleaved))})",
+        f"cannot be given rope_type={rope_type!r} by this exporter (supported: 'default', 'linear', 'llama3' for "
+        f"{', '.join(map(repr, interleaved))}, 'longrope' for {', '.join(map(repr, longrope))})",
         "",
     )
 
@@ -341,7 +356,7 @@ def _plan_for(
     head_dim: int,
     dtype: str,
 ) -> tuple[list[TensorPlan], dict[str, Any], Any]:
-    """(tensors, rope keys, rope_freqs) of this checkpoint in `arch`, or a _Misfit saying why it cannot hold it."""
+    """(tensors, rope keys, generated tensors) of this checkpoint in `arch`, or a _Misfit saying why it cannot."""
     import gguf
 
     config = ckpt.config
@@ -363,7 +378,7 @@ def _plan_for(
     for key, always in arch.softcapping.items():
         if always and config.get(key) is None:
             raise _Misfit(f"always applies {key}; this checkpoint sets it to None", "")
-    rope_keys, rope_freqs = _rope(ckpt, loaded, arch, head_dim)
+    rope_keys, generated = _rope(ckpt, loaded, arch, head_dim)
 
     fused = {}
     for i in range(n_layers):
@@ -421,11 +436,9 @@ def _plan_for(
             for tensor in tensors:
                 if _kind(tensor.name) == ("attn_q_norm" if normed else "attn_q"):
                     tensor.scale = scale
-    if rope_freqs is not None:
-        tensors.append(
-            TensorPlan(source="<rope_freqs>", name="rope_freqs.weight", shape=rope_freqs.shape, qtype="f32")
-        )
-    return tensors, rope_keys, rope_freqs
+    for name, array in generated.items():  # written after the checkpoint's tensors, in f32
+        tensors.append(TensorPlan(source="<generated>", name=name, shape=array.shape, qtype="f32"))
+    return tensors, rope_keys, generated
 
 
 def _route(
@@ -490,7 +503,7 @@ def plan_gguf_export(
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // int(config["num_attention_heads"]))
     widths = _layer_widths(ckpt, spec, n_layers, head_dim)
-    arch, tensors, rope_keys, rope_freqs = _route(ckpt, spec, loaded, widths, head_dim, dtype)
+    arch, tensors, rope_keys, generated = _route(ckpt, spec, loaded, widths, head_dim, dtype)
     vocab_size = int(config["vocab_size"])
     context = int(config.get("max_position_embeddings", 2048))
     notes = [
@@ -507,6 +520,13 @@ def plan_gguf_export(
         sliding = {"window": int(window or context), "pattern": [t == "sliding_attention" for t in types] or None}
     elif slides:
         notes.append(f"sliding_window={window} is not represented: outputs match transformers up to {window} tokens")
+    if "longrope" in rope_keys:
+        original = rope_keys["longrope"]["original_context"]
+        notes.append(
+            f"longrope: llama.cpp uses the long rotary factors whenever its context (-c, rounded up to a multiple of "
+            f"256) exceeds {original} tokens, transformers for sequences longer than that; with -c {original} or "
+            "less both use the short ones on shorter sequences"
+        )
 
     if tokenizer_gguf is not None:
         vocab = read_gguf_tokenizer(Path(tokenizer_gguf).expanduser(), vocab_size, pre_tokenizer)
@@ -524,7 +544,7 @@ def plan_gguf_export(
             name = None
     metadata = {
         "rope": rope_keys,
-        "rope_freqs": rope_freqs,
+        "generated": generated,
         "softcapping": {key: float(config[key]) for key in arch.softcapping if config.get(key) is not None},
         "sliding": sliding,
         "name": name,
@@ -593,6 +613,10 @@ def _write_hparams(writer, plan: GGUFPlan) -> None:
     if "linear_factor" in rope:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["linear_factor"])
+    if "longrope" in rope:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        writer.add_rope_scaling_attn_factors(rope["longrope"]["attn_factor"])
+        writer.add_rope_scaling_orig_ctx_len(rope["longrope"]["original_context"])
     if "freq_base_swa" in rope:
         writer.add_rope_freq_base_swa(rope["freq_base_swa"])
     config = plan.config
@@ -693,7 +717,8 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor in plan.tensors:
-            array = plan.metadata["rope_freqs"] if tensor.source == "<rope_freqs>" else ckpt.tensor(tensor.source)
+            generated = tensor.source == "<generated>"
+            array = plan.metadata["generated"][tensor.name] if generated else ckpt.tensor(tensor.source)
             if tensor.rows is not None:
                 array = array[tensor.rows[0] : tensor.rows[1]]
             data, _ = _encode(_transform(tensor, array), tensor.qtype)

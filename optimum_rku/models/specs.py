@@ -50,6 +50,8 @@ class LlamaCppArchitecture:
     #: q/k rows are reordered within each head, the rotary must span the whole head, and a `rope_freqs` tensor
     #: (Llama-3 rotary scaling) is read
     interleaved_rope: bool = False
+    #: reads LongRoPE rotary (`rope_factors_long` / `rope_factors_short` tensors, attention factor, original context)
+    longrope: bool = False
     #: reads feed_forward_length, head_count and head_count_kv as per-layer arrays and builds every layer with its
     #: own widths (elsewhere one FFN width and one head count serve every layer)
     per_layer_widths: bool = False
@@ -59,9 +61,8 @@ class LlamaCppArchitecture:
     fused: tuple[tuple[str, ...], ...] = ()
     #: always reuses token_embd as the output matrix (an untied lm_head cannot be written)
     tied_output: bool = False
-    #: scales q by 1/sqrt(head_dim) whatever the checkpoint says; the exporter folds the checkpoint's own scale in
-    fixed_attention_scale: bool = False
-    #: ... except at this many layers (its "27B" size), where it uses 1/sqrt(hidden_size // heads of layer 0)
+    #: every architecture here scales attention by 1/sqrt(head_dim) (the exporter folds a family's own query scale
+    #: into q), except this one at this many layers (its "27B" size): 1/sqrt(hidden_size // heads of layer 0)
     wide_scale_layers: int | None = None
     #: logit soft-capping config keys it reads -> whether it applies them always (then the config must set them)
     softcapping: Mapping[str, bool] = field(default_factory=_frozen)
@@ -75,8 +76,8 @@ class LlamaCppArchitecture:
         object.__setattr__(self, "softcapping", _frozen(self.softcapping))
 
 
-#: llama.cpp architectures the GGUF exporter writes, by llama.cpp's name (llama.cpp 0.3.x as bundled by
-#: llama-cpp-python): the knowledge of llama.cpp's loaders the exporter relies on, in one table
+#: llama.cpp architectures the GGUF exporter writes, by llama.cpp's name (as bundled by llama-cpp-python 0.3.36):
+#: the knowledge of llama.cpp's loaders the exporter relies on, in one table
 LLAMA_CPP_ARCHITECTURES: Mapping[str, LlamaCppArchitecture] = MappingProxyType(
     {
         arch.name: arch
@@ -85,11 +86,13 @@ LLAMA_CPP_ARCHITECTURES: Mapping[str, LlamaCppArchitecture] = MappingProxyType(
                 "llama",
                 biases=frozenset({"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}),
                 interleaved_rope=True,
+                longrope=True,
             ),
             LlamaCppArchitecture(
                 "deci",
                 biases=frozenset({"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}),
                 interleaved_rope=True,
+                longrope=True,
                 per_layer_widths=True,
             ),
             LlamaCppArchitecture("qwen2", query_width_is_hidden=True),
@@ -97,14 +100,12 @@ LLAMA_CPP_ARCHITECTURES: Mapping[str, LlamaCppArchitecture] = MappingProxyType(
             LlamaCppArchitecture(
                 "gemma2",
                 tied_output=True,
-                fixed_attention_scale=True,
                 wide_scale_layers=46,
                 softcapping={"attn_logit_softcapping": True, "final_logit_softcapping": True},
                 sliding_window=True,
             ),
             LlamaCppArchitecture(
                 "gemma3",
-                fixed_attention_scale=True,
                 wide_scale_layers=62,
                 softcapping={"final_logit_softcapping": False},
                 sliding_window=True,
@@ -114,6 +115,7 @@ LLAMA_CPP_ARCHITECTURES: Mapping[str, LlamaCppArchitecture] = MappingProxyType(
                 "phi3",
                 biases=frozenset({"attn_qkv"}),
                 query_width_is_hidden=True,
+                longrope=True,
                 fused=(("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),
             ),
         )
