@@ -19,11 +19,11 @@ same token ids:
 llama.cpp runs with an f32 KV cache so that differences reflect the export, not cache rounding.
 `--ablate` also writes every file again with one translation left out at a time (query-scale fold, norm shift,
 q/k row permutation, rotary scaling, LongRoPE, sliding-layer rotary base, sliding window, soft-capping), where the
-file has it, to show the comparison catches each. `--ggml-gelu` runs transformers' GELU the way llama.cpp's CPU backend does
-(f16-rounded input, a table of f16 results), to tell that rounding apart from export errors.
+file has it, to show the comparison catches each. `--ggml-gelu` runs transformers' GELU the way llama.cpp's CPU
+backend does (f16-rounded input, a table of f16 results), to tell that rounding apart from export errors.
 
     pip install -e ".[llamacpp]"
-    python benchmarks/llamacpp_families.py --output docs/llamacpp_families.json
+    python benchmarks/llamacpp_families.py --ablate --output docs/llamacpp_families.json
 """
 
 from __future__ import annotations
@@ -339,9 +339,8 @@ def ablation_table(results: list[dict]) -> str:
     lines = ["| family | variant | left out | max abs logit diff | top-1 |", "|---|---|---|---|---|"]
     for r in results:
         for ablation, result in (r.get("ablations") or {}).items():
-            lines.append(
-                f"| {r['family']} | {r['variant']} | {ablation} | {result['max_logit_diff']:.2g} | {result['top1']:.3f} |"
-            )
+            diff, top1 = result["max_logit_diff"], result["top1"]
+            lines.append(f"| {r['family']} | {r['variant']} | {ablation} | {diff:.2g} | {top1:.3f} |")
     return "\n".join(lines)
 
 

@@ -394,18 +394,13 @@ def _plan_for(
             continue
         if source == "lm_head.weight" and (tied or arch.tied_output):
             if not tied:
-                raise _Misfit(
-                    "always reuses the token embeddings as the output matrix; this checkpoint's lm_head is untied",
-                    "",
-                )
+                untied = "always reuses the token embeddings as the output matrix; this checkpoint's lm_head is untied"
+                raise _Misfit(untied, "")
             continue
         for logical, rows in _pieces(source, shape, fused, arch, rows_of):
             name = names.get_name(logical, try_suffixes=(".weight", ".bias"))
             if name is None:
-                raise _Misfit(
-                    f"has no place for tensor {logical!r}",
-                    "",
-                )
+                raise _Misfit(f"has no place for tensor {logical!r}", "")
             kind = _kind(name)
             if name.endswith(".bias"):
                 if not ckpt.nonzero(source, rows):

@@ -146,8 +146,6 @@ class GGUFSpec:
     norm_shift: float = 0.0
     #: config field of transformers' query pre-scale (attention scale = value ** -0.5), if the family has one
     query_scale_field: str | None = None
-    #: tie_word_embeddings when config.json does not say
-    tied_by_default: bool = False
 
     def __post_init__(self) -> None:
         for name in (self.architecture, self.fallback, self.per_layer):
@@ -255,9 +253,7 @@ SPECS: Mapping[str, ArchitectureSpec] = MappingProxyType(
                 "Gemma2ForCausalLM",
                 "Gemma2Config",
                 output_bias_flags={"attn": "attention_bias"},
-                gguf=GGUFSpec(
-                    "gemma2", norm_shift=1.0, query_scale_field="query_pre_attn_scalar", tied_by_default=True
-                ),
+                gguf=GGUFSpec("gemma2", norm_shift=1.0, query_scale_field="query_pre_attn_scalar"),
             ),
             ArchitectureSpec(
                 "gemma3_text",
