@@ -472,17 +472,22 @@ def test_bias_compensated_llama_writes_its_output_biases_and_no_zero_ones(tmp_pa
     kv, written, source = fields(out), tensors(out), state(ckpt)
     assert kv["general.architecture"] == arch
     outputs = {"attn_output": "self_attn.o_proj", "ffn_down": "mlp.down_proj"}
-    compensated = {short for short, long in outputs.items() if f"model.layers.0.{long}.bias" in source}
-    assert compensated == ({"ffn_down"} if arch == "deci" else set(outputs))  # global here keeps every head
-    assert {name.split(".", 2)[2] for name in written if name.endswith(".bias")} == {f"{s}.bias" for s in compensated}
-    others = ["mlp.gate_proj", "mlp.up_proj"] + (["self_attn.q_proj", "self_attn.k_proj"] if arch == "llama" else [])
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["mlp_bias"] and config["attention_bias"]  # heads and channels removed: both outputs compensated
+    others = ["mlp.gate_proj", "mlp.up_proj", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    kept = []
     for i in range(3):
-        for short in compensated:
-            original = source[f"model.layers.{i}.{outputs[short]}.bias"]
-            assert original.any()
-            np.testing.assert_array_equal(np.asarray(written[f"blk.{i}.{short}.bias"].data), original)
+        for short, long in outputs.items():
+            original = source[f"model.layers.{i}.{long}.bias"]
+            if original.any():  # zero where a layer lost nothing of that part
+                np.testing.assert_array_equal(np.asarray(written[f"blk.{i}.{short}.bias"].data), original)
+                kept.append(short)
+            else:
+                assert f"blk.{i}.{short}.bias" not in written
         for long in others:  # the config flags gave these biases too; all zero, so left out
             assert not source[f"model.layers.{i}.{long}.bias"].any()
+    assert {name.split(".")[2] for name in written if name.endswith(".bias")} == set(kept) == set(outputs)
+    assert arch == "deci" or len(kept) == 6  # uniform: every layer lost heads and channels
 
 
 def test_a_name_llama_cpp_reads_tokens_for_is_left_out_when_the_tokenizer_lacks_them(tmp_path):
@@ -525,3 +530,36 @@ def test_longrope_writes_its_factors_attention_factor_and_original_context(tmp_p
     assert kv[f"{arch}.rope.scaling.attn_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(32)))
     np.testing.assert_array_equal(np.asarray(written["rope_factors_long.weight"].data), [2.0, 4.0])
     np.testing.assert_array_equal(np.asarray(written["rope_factors_short.weight"].data), [1.0, 1.5])
+
+
+def test_rotary_scaling_with_per_layer_head_counts_is_written_and_the_checkpoint_reloads(tmp_path):
+    """transformers' rotary functions read the (per-layer) head count; the export must still get their values."""
+    llama3 = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    ckpt = prune_tiny("llama", "global", tmp_path / "llama", model={"rope_parameters": llama3})
+    heads, _, _ = config_widths(ckpt)
+    assert len(set(heads)) > 1, "the global allocation should give layers different head counts here"
+    written = tensors(export_gguf(ckpt, tmp_path / "llama.gguf", "f32"))
+    assert list(written["rope_freqs.weight"].shape) == [4] and np.asarray(written["rope_freqs.weight"].data).max() > 1
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "short_factor": [1.0, 1.5],
+        "long_factor": [2.0, 4.0],
+        "original_max_position_embeddings": 32,
+    }
+    model = {**PHI3, "rope_parameters": rope, "original_max_position_embeddings": 32, "max_position_embeddings": 128}
+    phi3 = prune_tiny("phi3", "global", tmp_path / "phi3", model=model)
+    assert len(set(config_widths(phi3)[0])) > 1
+    kv = fields(export_gguf(phi3, tmp_path / "phi3.gguf", "f32"))
+    assert kv["general.architecture"] == "deci" and kv["deci.rope.scaling.type"] == "longrope"
+    model = RKUModelForCausalLM.from_pretrained(phi3).eval()  # rotary buffers are rebuilt from the config, and
+    with torch.no_grad():  # LongRoPE switches to its long factors for sequences over the original context
+        assert torch.isfinite(model(torch.randint(4, VOCAB, (1, 40))).logits).all()
+    assert model.model.rotary_emb.original_inv_freq.numel() == 2

@@ -494,6 +494,8 @@ def plan_gguf_export(
     config = ckpt.config
     spec = _exportable_spec(config)
     loaded = load_rku_config(directory)
+    if getattr(loaded, "is_heterogeneous", False):  # transformers' rotary functions read num_attention_heads as a
+        loaded.allow_global_per_layer_attribute_access = True  # fallback for head_dim, which checkpoints always set
     n_layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // int(config["num_attention_heads"]))
