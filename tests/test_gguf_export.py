@@ -25,9 +25,10 @@ TESTBED = Path(__file__).resolve().parents[1] / "optimum_rku" / "testbed" / "mod
 VOCAB = 512  # the testbed's byte-level BPE tokenizer serves the tiny models too
 
 
-def prune_tiny(family: str, allocation: str, directory: Path, **config) -> Path:
-    """A tiny `family` model with the testbed tokenizer, pruned 40% with `allocation` and saved to `directory`."""
-    overrides = {"vocab_size": VOCAB}
+def prune_tiny(family: str, allocation: str, directory: Path, model: dict | None = None, **config) -> Path:
+    """A tiny `family` model (config `model` overrides) with the testbed tokenizer, pruned 40% with `allocation` and
+    saved to `directory`."""
+    overrides = {"vocab_size": VOCAB, **(model or {})}
     if family == "gemma2":
         overrides["tie_word_embeddings"] = True  # as every Gemma2 release (llama.cpp's gemma2 ties them)
     pruner = RKUPruner(tiny_model(family, **overrides), load_tokenizer(TESTBED))
@@ -246,7 +247,7 @@ def test_pre_tokenizer_shapes_are_recognised():
     assert detect_pre_tokenizer({"pre_tokenizer": {**byte_level, "add_prefix_space": True}}, False) is None
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3_text"])
 def test_per_layer_widths_llama_cpp_cannot_build_fail_before_writing(tmp_path, family):
     ckpt = prune_tiny(family, "global", tmp_path / "ckpt")
     with pytest.raises(ValueError, match="allocation='uniform'") as err:
@@ -346,3 +347,219 @@ def test_cli_export_gguf_writes_the_file_and_the_cards_llama_cpp_section(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "allocation='uniform'" in err[0]
     assert not (tmp_path / "q.gguf").exists()
+
+
+#: Phi-3 with q width = hidden size (8 heads x 4), as its releases: llama.cpp's phi3 loader sizes q and o that way
+PHI3 = {"head_dim": 4}
+
+
+def test_phi3_keeping_its_heads_writes_llama_cpp_phi3_with_the_fused_tensors(tmp_path):
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    ckpt = prune_tiny("phi3", "uniform", tmp_path / "ckpt", model={**PHI3, "rope_parameters": rope}, targets="mlp")
+    out = export_gguf(ckpt, tmp_path / "phi3.gguf", "f32")
+    kv, written, source = fields(out), tensors(out), state(ckpt)
+    heads, kv_heads, ffn = config_widths(ckpt)
+    assert kv["general.architecture"] == "phi3" and kv["phi3.feed_forward_length"] == ffn[0]
+    assert kv["phi3.rope.dimension_count"] == 2  # half of each 4-wide head rotates
+    assert (heads[0], kv_heads[0]) == (8, 4)
+    assert not any(".ffn_gate." in name or ".attn_q." in name for name in written)
+    for i in range(3):
+        qkv = np.asarray(written[f"blk.{i}.attn_qkv.weight"].data)
+        np.testing.assert_array_equal(qkv, source[f"model.layers.{i}.self_attn.qkv_proj.weight"])  # q, k, v rows
+        up = written[f"blk.{i}.ffn_up.weight"]
+        assert list(up.shape) == [32, 2 * ffn[i]]  # llama.cpp's phi3 splits gate (first half) and up itself
+        np.testing.assert_array_equal(np.asarray(up.data), source[f"model.layers.{i}.mlp.gate_up_proj.weight"])
+
+
+@pytest.mark.parametrize(("allocation", "arch"), [("uniform", "llama"), ("global", "deci")])
+def test_phi3_without_all_heads_or_with_per_layer_widths_is_split_into_llama_layers(tmp_path, allocation, arch):
+    ckpt = prune_tiny("phi3", allocation, tmp_path / "ckpt", model=PHI3)
+    out = export_gguf(ckpt, tmp_path / "phi3.gguf", "f32")
+    kv, written, source = fields(out), tensors(out), state(ckpt)
+    heads, kv_heads, ffn = config_widths(ckpt)
+    assert kv["general.architecture"] == arch
+    assert heads[0] * 4 < 32 or len(set(ffn)) > 1  # the phi3 loader could not hold this one
+    if arch == "deci":
+        assert kv["deci.feed_forward_length"] == ffn and kv["deci.attention.head_count"] == heads
+    assert not any("attn_qkv" in name for name in written)
+    for i in range(3):
+        qkv = source[f"model.layers.{i}.self_attn.qkv_proj.weight"]
+        q, k = heads[i] * 4, kv_heads[i] * 4
+        parts = {"attn_q": (qkv[:q], heads[i]), "attn_k": (qkv[q : q + k], kv_heads[i]), "attn_v": (qkv[q + k :], 0)}
+        for short, (rows, permuted_heads) in parts.items():
+            data = np.asarray(written[f"blk.{i}.{short}.weight"].data)
+            np.testing.assert_array_equal(unpermute(data, permuted_heads) if permuted_heads else data, rows)
+        gate_up = source[f"model.layers.{i}.mlp.gate_up_proj.weight"]
+        np.testing.assert_array_equal(np.asarray(written[f"blk.{i}.ffn_gate.weight"].data), gate_up[: ffn[i]])
+        np.testing.assert_array_equal(np.asarray(written[f"blk.{i}.ffn_up.weight"].data), gate_up[ffn[i] :])
+
+
+def test_phi3_that_no_llama_cpp_architecture_holds_names_each_reason(tmp_path):
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    ckpt = prune_tiny("phi3", "uniform", tmp_path / "ckpt", model={**PHI3, "rope_parameters": rope})
+    with pytest.raises(ValueError) as err:
+        export_gguf(ckpt, tmp_path / "phi3.gguf")
+    message = str(err.value)
+    assert "'phi3' architecture sizes q and o as hidden_size" in message
+    assert "'llama' architecture rotates whole heads; this checkpoint rotates 2 of every 4" in message
+    assert "targets='mlp'" in message and not list(tmp_path.glob("*.gguf"))
+
+
+def test_gemma3_writes_its_norms_scales_rotary_bases_and_sliding_pattern(tmp_path):
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
+    rope = {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+    }
+    model = {
+        "query_pre_attn_scalar": 12,  # transformers scales q by 12 ** -0.5; llama.cpp's gemma3 by head_dim ** -0.5
+        "layer_types": layer_types,
+        "sliding_window": 16,
+        "rope_parameters": rope,
+        "final_logit_softcapping": 30.0,
+        "tie_word_embeddings": True,
+    }
+    ckpt = prune_tiny("gemma3_text", "uniform", tmp_path / "ckpt", model=model)
+    out = export_gguf(ckpt, tmp_path / "gemma3.gguf", "f32")
+    kv, written, source = fields(out), tensors(out), state(ckpt)
+    heads, kv_heads, ffn = config_widths(ckpt)
+    assert kv["general.architecture"] == "gemma3"
+    assert (kv["gemma3.feed_forward_length"], kv["gemma3.attention.head_count"]) == (ffn[0], heads[0])
+    assert kv["gemma3.rope.freq_base"] == 1e6 and kv["gemma3.rope.freq_base_swa"] == 1e4
+    assert kv["gemma3.rope.scaling.type"] == "linear" and kv["gemma3.rope.scaling.factor"] == 8.0
+    assert kv["gemma3.attention.sliding_window"] == 16
+    assert kv["gemma3.attention.sliding_window_pattern"] == [True, False, True]
+    assert kv["gemma3.final_logit_softcapping"] == 30.0 and "gemma3.attn_logit_softcapping" not in kv
+    assert "output.weight" not in written  # tied
+    scale = 8**0.5 / 12**0.5
+    for i in range(3):
+        prefix = f"model.layers.{i}."
+        np.testing.assert_allclose(
+            np.asarray(written[f"blk.{i}.attn_q_norm.weight"].data),
+            (source[prefix + "self_attn.q_norm.weight"] + 1.0) * scale,  # q is normalized, so the scale goes here
+            rtol=1e-6,
+        )
+        np.testing.assert_array_equal(
+            np.asarray(written[f"blk.{i}.attn_k_norm.weight"].data), source[prefix + "self_attn.k_norm.weight"] + 1.0
+        )
+        np.testing.assert_array_equal(
+            np.asarray(written[f"blk.{i}.attn_q.weight"].data), source[prefix + "self_attn.q_proj.weight"]
+        )  # gemma3 rotates halves, as transformers: no permutation
+        for short, long in (
+            ("post_attention_norm", "post_attention_layernorm"),
+            ("ffn_norm", "pre_feedforward_layernorm"),
+        ):
+            np.testing.assert_array_equal(
+                np.asarray(written[f"blk.{i}.{short}.weight"].data), source[prefix + long + ".weight"] + 1.0
+            )
+
+
+def test_settings_the_architecture_cannot_apply_are_refused(tmp_path):
+    ckpt = prune_tiny("gemma3_text", "uniform", tmp_path / "ckpt", model={"attn_logit_softcapping": 50.0})
+    with pytest.raises(ValueError, match="'gemma3' architecture does not apply attn_logit_softcapping"):
+        plan_gguf_export(ckpt)
+    sliding_scaled = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    rope = {"sliding_attention": sliding_scaled, "full_attention": {"rope_type": "default", "rope_theta": 1e6}}
+    ckpt = prune_tiny("gemma3_text", "uniform", tmp_path / "rope", model={"rope_parameters": rope})
+    with pytest.raises(ValueError, match="never scales the rotary of sliding-window layers"):
+        plan_gguf_export(ckpt)
+
+
+@pytest.mark.parametrize(("allocation", "arch"), [("global", "deci"), ("uniform", "llama")])
+def test_bias_compensated_llama_writes_its_output_biases_and_no_zero_ones(tmp_path, allocation, arch):
+    ckpt = prune_tiny("llama", allocation, tmp_path / "ckpt", bias_compensation=True)
+    out = export_gguf(ckpt, tmp_path / "llama.gguf", "f32")
+    kv, written, source = fields(out), tensors(out), state(ckpt)
+    assert kv["general.architecture"] == arch
+    outputs = {"attn_output": "self_attn.o_proj", "ffn_down": "mlp.down_proj"}
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["mlp_bias"] and config["attention_bias"]  # heads and channels removed: both outputs compensated
+    others = ["mlp.gate_proj", "mlp.up_proj", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    kept = []
+    for i in range(3):
+        for short, long in outputs.items():
+            original = source[f"model.layers.{i}.{long}.bias"]
+            if original.any():  # zero where a layer lost nothing of that part
+                np.testing.assert_array_equal(np.asarray(written[f"blk.{i}.{short}.bias"].data), original)
+                kept.append(short)
+            else:
+                assert f"blk.{i}.{short}.bias" not in written
+        for long in others:  # the config flags gave these biases too; all zero, so left out
+            assert not source[f"model.layers.{i}.{long}.bias"].any()
+    assert {name.split(".")[2] for name in written if name.endswith(".bias")} == set(kept) == set(outputs)
+    assert arch == "deci" or len(kept) == 6  # uniform: every layer lost heads and channels
+
+
+def test_a_name_llama_cpp_reads_tokens_for_is_left_out_when_the_tokenizer_lacks_them(tmp_path):
+    ckpt = prune_tiny("phi3", "uniform", tmp_path / "phi3-pruned", model=PHI3, targets="mlp")
+    plan = plan_gguf_export(ckpt)
+    assert plan.metadata["name"] is None and any("general.name 'phi3-pruned-rku' left out" in n for n in plan.notes)
+    assert "general.name" not in fields(export_gguf(ckpt, tmp_path / "m.gguf"))
+    llama = prune_tiny("llama", "uniform", tmp_path / "llama-pruned")
+    assert fields(export_gguf(llama, tmp_path / "l.gguf"))["general.name"] == "llama-pruned-rku"
+
+
+def test_weights_that_disagree_with_config_are_named(tmp_path):
+    ckpt = prune_tiny("llama", "uniform", tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["intermediate_size"] += 1
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"Layer 0 .*config.json says .*gate_proj has \d+ rows \(expected"):
+        plan_gguf_export(ckpt)
+
+
+@pytest.mark.parametrize(("targets", "arch"), [("mlp", "phi3"), ("both", "llama")])
+def test_longrope_writes_its_factors_attention_factor_and_original_context(tmp_path, targets, arch):
+    import math
+
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "short_factor": [1.0, 1.5],
+        "long_factor": [2.0, 4.0],
+        "original_max_position_embeddings": 32,
+    }
+    model = {**PHI3, "rope_parameters": rope, "original_max_position_embeddings": 32, "max_position_embeddings": 128}
+    ckpt = prune_tiny("phi3", "uniform", tmp_path / "ckpt", model=model, targets=targets)
+    plan = plan_gguf_export(ckpt)
+    assert any("long rotary factors whenever its context" in note for note in plan.notes)
+    kv, written = fields(export_gguf(ckpt, tmp_path / "m.gguf", "f32")), tensors(tmp_path / "m.gguf")
+    assert kv["general.architecture"] == arch
+    assert kv[f"{arch}.rope.scaling.type"] == "longrope"
+    assert kv[f"{arch}.rope.scaling.original_context_length"] == 32
+    assert kv[f"{arch}.rope.scaling.attn_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(32)))
+    np.testing.assert_array_equal(np.asarray(written["rope_factors_long.weight"].data), [2.0, 4.0])
+    np.testing.assert_array_equal(np.asarray(written["rope_factors_short.weight"].data), [1.0, 1.5])
+
+
+def test_rotary_scaling_with_per_layer_head_counts_is_written_and_the_checkpoint_reloads(tmp_path):
+    """transformers' rotary functions read the (per-layer) head count; the export must still get their values."""
+    llama3 = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    ckpt = prune_tiny("llama", "global", tmp_path / "llama", model={"rope_parameters": llama3})
+    heads, _, _ = config_widths(ckpt)
+    assert len(set(heads)) > 1, "the global allocation should give layers different head counts here"
+    written = tensors(export_gguf(ckpt, tmp_path / "llama.gguf", "f32"))
+    assert list(written["rope_freqs.weight"].shape) == [4] and np.asarray(written["rope_freqs.weight"].data).max() > 1
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "short_factor": [1.0, 1.5],
+        "long_factor": [2.0, 4.0],
+        "original_max_position_embeddings": 32,
+    }
+    model = {**PHI3, "rope_parameters": rope, "original_max_position_embeddings": 32, "max_position_embeddings": 128}
+    phi3 = prune_tiny("phi3", "global", tmp_path / "phi3", model=model)
+    assert len(set(config_widths(phi3)[0])) > 1
+    kv = fields(export_gguf(phi3, tmp_path / "phi3.gguf", "f32"))
+    assert kv["general.architecture"] == "deci" and kv["deci.rope.scaling.type"] == "longrope"
+    model = RKUModelForCausalLM.from_pretrained(phi3).eval()  # rotary buffers are rebuilt from the config, and
+    with torch.no_grad():  # LongRoPE switches to its long factors for sequences over the original context
+        assert torch.isfinite(model(torch.randint(4, VOCAB, (1, 40))).logits).all()
+    assert model.model.rotary_emb.original_inv_freq.numel() == 2

@@ -10,7 +10,15 @@ from conftest import FAMILIES, tiny_model
 
 from optimum_rku.models import modeling_rku
 from optimum_rku.models.blocks import blocks
-from optimum_rku.models.specs import PROJECTIONS, SPECS, ArchitectureSpec, check_output_bias, get_spec
+from optimum_rku.models.specs import (
+    LLAMA_CPP_ARCHITECTURES,
+    PROJECTIONS,
+    SPECS,
+    ArchitectureSpec,
+    GGUFSpec,
+    check_output_bias,
+    get_spec,
+)
 from optimum_rku.recovery import default_lora_config
 
 
@@ -119,3 +127,36 @@ def test_readme_family_table_lists_every_spec():
         assert row.split("|")[1].strip() == spec.family
         for flag in spec.output_bias_flags.values():
             assert f"`{flag}`" in row
+        gguf = row.split("|")[5]  # the llama.cpp architectures the GGUF export writes
+        for name in (spec.gguf.architecture, spec.gguf.fallback, spec.gguf.per_layer):
+            assert name is None or f"`{name}`" in gguf, (spec.model_type, name)
+
+
+def test_gguf_exporter_names_no_family_and_no_llama_cpp_architecture():
+    """Which llama.cpp architecture a family goes to, and what that architecture accepts, live in specs.py only."""
+    from optimum_rku.io import gguf_export
+
+    tree = ast.parse(inspect.getsource(gguf_export))
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    forbidden = set(SPECS) | set(LLAMA_CPP_ARCHITECTURES)
+    forbidden |= {name for spec in SPECS.values() for name in (spec.causal_lm_class, spec.config_class)}
+    assert not forbidden & (strings | names)
+
+
+def test_gguf_specs_name_llama_cpp_architectures_gguf_py_knows():
+    gguf = pytest.importorskip("gguf")
+    known = set(gguf.MODEL_ARCH_NAMES.values())
+    assert set(LLAMA_CPP_ARCHITECTURES) <= known
+    for spec in SPECS.values():
+        routes = [spec.gguf.architecture, spec.gguf.fallback, spec.gguf.per_layer]
+        assert all(LLAMA_CPP_ARCHITECTURES[name] for name in routes if name)
+        if spec.gguf.per_layer:
+            assert LLAMA_CPP_ARCHITECTURES[spec.gguf.per_layer].per_layer_widths
+    for group in (g for arch in LLAMA_CPP_ARCHITECTURES.values() for g in arch.fused):
+        assert set(group) <= set(PROJECTIONS)
+    with pytest.raises(ValueError, match="not in"):
+        GGUFSpec("no-such-architecture")
+    with pytest.raises(ValueError, match="builds every layer with the same widths"):
+        GGUFSpec("llama", per_layer="llama")

@@ -1,19 +1,22 @@
 """GGUF export: a saved checkpoint as one GGUF file that llama.cpp (and Ollama, LM Studio, ...) loads.
 
-Uniform checkpoints keep their family's own llama.cpp architecture (`llama` for Llama and Mistral, `qwen2`, `qwen3`,
-`gemma2`). Checkpoints with per-layer widths (`allocation="global"`, the default) are written for llama.cpp's `deci`
-architecture, which reads `feed_forward_length`, `attention.head_count` and `attention.head_count_kv` as per-layer
-arrays and builds every layer with its own widths; its layers are Llama layers (optional q/k/v/o and FFN biases), so
-Llama, Mistral and Qwen2 go that way. llama.cpp's qwen3 and gemma2 builders use one width for all layers, so such
-per-layer checkpoints fail with an error that names `allocation="uniform"`, before anything is written.
+What to write for a family comes from its spec (`models/specs.py`: `ArchitectureSpec.gguf`), and what a llama.cpp
+architecture accepts from `LLAMA_CPP_ARCHITECTURES`; this module names neither. A checkpoint goes to its family's
+own architecture when that architecture can hold it; otherwise, for families whose layers are Llama layers, to
+llama.cpp's `llama` (uniform widths) or `deci` (per-layer widths: `feed_forward_length`, `attention.head_count` and
+`attention.head_count_kv` as per-layer arrays, every layer built with its own widths). Fused projections are written
+fused where the architecture reads them fused and split into their logical projections elsewhere. A checkpoint no
+candidate architecture can hold (per-layer widths of a family without a Llama-layer route, a bias the loader does not
+create, a rotary or soft-capping setting it cannot express) fails with one error naming what to change, before
+anything is written.
 
 `plan_gguf_export` checks everything from `config.json`, the safetensors headers and the tokenizer (no weights are
 read except biases); `export_gguf` then streams one tensor at a time into a temporary file beside the output and
 renames it into place, so a failed export leaves nothing behind. Tensor names come from gguf-py's
-`get_tensor_name_map` (llama.cpp's own table); llama.cpp's rotary layout for the `llama`/`deci` builders is the
-interleaved one, so q/k rows are reordered within each head (a fixed permutation, undone by transformers' GGUF loader).
+`get_tensor_name_map` (llama.cpp's own table); for architectures that rotate interleaved pairs, q/k rows are reordered
+within each head (a fixed permutation, undone by transformers' GGUF loader).
 
-One file on purpose (over ~450 lines): the export plan and the writer share the tensor naming and per-family
+One file on purpose (over ~450 lines): the export plan and the writer share the tensor naming and per-tensor
 transforms; the tokenizer keys live in `gguf_vocab.py`.
 """
 
@@ -30,24 +33,21 @@ from typing import Any
 from optimum_rku.data.providers import provider_for
 from optimum_rku.io.files import atomic_write
 from optimum_rku.io.gguf_vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
+from optimum_rku.models.specs import (
+    ATTENTION_PROJECTIONS,
+    LLAMA_CPP_ARCHITECTURES,
+    LLAMA_CPP_NAME_TOKENS,
+    OUTPUT_PROJECTION,
+    PROJECTIONS,
+    SPECS,
+    ArchitectureSpec,
+    LlamaCppArchitecture,
+)
 
 logger = logging.getLogger(__name__)
 
 #: output weight types: `q8_0` quantizes 2-D weights whose rows are a multiple of 32 (others stay f16); 1-D stay f32
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
-#: model_type -> families exported; per-layer widths only for the first group (llama.cpp `deci`)
-PER_LAYER_FAMILIES = ("llama", "mistral", "qwen2")
-UNIFORM_ONLY_FAMILIES = ("qwen3", "gemma2")
-#: llama.cpp architecture -> the bias tensors its loader accepts (others make the file fail to load)
-ARCH_BIASES = {
-    "llama": {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"},
-    "deci": {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"},
-    "qwen2": {"attn_q", "attn_k", "attn_v"},
-    "qwen3": {"attn_q", "attn_k", "attn_v"},
-    "gemma2": {"attn_q", "attn_k", "attn_v"},
-}
-#: llama.cpp builders that rotate interleaved pairs (q/k rows are permuted for them)
-INTERLEAVED_ROPE = ("llama", "deci")
 _SKIPPED = ("rotary_emb.inv_freq",)
 
 
@@ -71,6 +71,8 @@ class TensorPlan:
     permute_heads: int | None = None
     add: float = 0.0
     scale: float = 1.0
+    #: (start, stop) rows of `source` (one logical projection of a fused module), or None for all of it
+    rows: tuple[int, int] | None = None
 
 
 @dataclass
@@ -123,6 +125,7 @@ class _Checkpoint:
         self.files = sorted(directory.glob("*.safetensors"))
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.where: dict[str, Path] = {}
+        self._nonzero: dict[tuple[str, tuple[int, int] | None], bool] = {}
         from safetensors import safe_open
 
         for file in self.files:
@@ -138,6 +141,23 @@ class _Checkpoint:
 
         with safe_open(str(self.where[name]), framework="pt") as handle:
             return handle.get_tensor(name).to(torch.float32).numpy()
+
+    def nonzero(self, name: str, rows: tuple[int, int] | None = None) -> bool:
+        """Whether a tensor (or a row range of it) has any non-zero value (read once, for biases)."""
+        key = (name, rows)
+        if key not in self._nonzero:
+            array = self.tensor(name)
+            self._nonzero[key] = bool((array if rows is None else array[rows[0] : rows[1]]).any())
+        return self._nonzero[key]
+
+
+class _Misfit(Exception):
+    """A llama.cpp architecture cannot hold this checkpoint: `reason` completes "llama.cpp's 'x' architecture ...",
+    `remedy` says what the user can change."""
+
+    def __init__(self, reason: str, remedy: str):
+        super().__init__(reason)
+        self.reason, self.remedy = reason, remedy
 
 
 def _check_inputs(checkpoint_dir: Any, dtype: Any, tokenizer_gguf: Any) -> Path:
@@ -161,32 +181,67 @@ def _check_inputs(checkpoint_dir: Any, dtype: Any, tokenizer_gguf: Any) -> Path:
     return directory
 
 
-def _layer_widths(ckpt: _Checkpoint, n_layers: int, head_dim: int) -> list[LayerWidths]:
-    """Widths read from the weights, checked against config.json (top level or `per_layer_config`)."""
+def _exportable_spec(config: dict) -> ArchitectureSpec:
+    """The spec of the checkpoint's family, or a ValueError listing the families GGUF export supports."""
+    family = config.get("model_type")
+    spec = SPECS.get(family)
+    if spec is None or spec.gguf is None:
+        exportable = [repr(name) for name, other in SPECS.items() if other.gguf is not None]
+        raise ValueError(f"GGUF export supports model_type {', '.join(exportable)}; got {family!r}.")
+    return spec
+
+
+def _module_name(spec: ArchitectureSpec, layer: int, projection: str, suffix: str = "weight") -> str:
+    """The checkpoint tensor holding a logical projection of one layer (its fused module where the family fuses it)."""
+    part = spec.attention if projection in ATTENTION_PROJECTIONS else spec.mlp
+    return f"{spec.decoder}.layers.{layer}.{part}.{spec.module_name(projection)}.{suffix}"
+
+
+def _projection_rows(projection: str, widths: LayerWidths, head_dim: int, hidden: int) -> int:
+    if projection == "q_proj":
+        return widths.heads * head_dim
+    if projection in ("k_proj", "v_proj"):
+        return widths.kv_heads * head_dim
+    if projection in ("gate_proj", "up_proj"):
+        return widths.ffn
+    return hidden
+
+
+def _layer_widths(ckpt: _Checkpoint, spec: ArchitectureSpec, n_layers: int, head_dim: int) -> list[LayerWidths]:
+    """Widths read from the weights (o_proj / down_proj inputs, the rows of k_proj's module), checked against
+    config.json (top level or `per_layer_config`) and against the rows of every projection module."""
     config = ckpt.config
+    hidden = int(config["hidden_size"])
     per_layer = config.get("per_layer_config") or {}
     if isinstance(per_layer, list):
         per_layer = {str(i): layer for i, layer in enumerate(per_layer)}
     widths = []
     for i in range(n_layers):
-        prefix = f"model.layers.{i}."
-        needed = {p: prefix + p + ".weight" for p in ("self_attn.q_proj", "self_attn.k_proj", "mlp.gate_proj")}
-        absent = [name for name in needed.values() if name not in ckpt.shapes]
+        modules = {p: _module_name(spec, i, p) for p in PROJECTIONS}
+        absent = [name for name in dict.fromkeys(modules.values()) if name not in ckpt.shapes]
         if absent:
             raise ValueError(f"{str(ckpt.directory)!r} has no tensor {absent[0]!r}; the checkpoint is incomplete.")
-        q_rows = ckpt.shapes[needed["self_attn.q_proj"]][0]
-        k_rows = ckpt.shapes[needed["self_attn.k_proj"]][0]
-        found = LayerWidths(q_rows // head_dim, k_rows // head_dim, ckpt.shapes[needed["mlp.gate_proj"]][0])
+        o_in = ckpt.shapes[modules[OUTPUT_PROJECTION["attn"]]][1]
+        k_parts = spec.fused.get(spec.module_name("k_proj"), ("k_proj",))
+        k_rows = ckpt.shapes[modules["k_proj"]][0] - (o_in if "q_proj" in k_parts else 0)
+        k_rows //= sum(p in ("k_proj", "v_proj") for p in k_parts)
+        found = LayerWidths(o_in // head_dim, k_rows // head_dim, ckpt.shapes[modules[OUTPUT_PROJECTION["ffn"]]][1])
         layer_config = {**config, **per_layer.get(str(i), {})}
         said = LayerWidths(
             int(layer_config["num_attention_heads"]),
             int(layer_config.get("num_key_value_heads") or layer_config["num_attention_heads"]),
             int(layer_config["intermediate_size"]),
         )
-        if q_rows % head_dim or k_rows % head_dim or found != said:
+        wrong = []
+        for module in dict.fromkeys(modules.values()):
+            name = module.split(".")[-2]
+            expected = sum(_projection_rows(p, said, head_dim, hidden) for p in spec.fused.get(name, (name,)))
+            if ckpt.shapes[module][0] != expected:
+                wrong.append(f"{name} has {ckpt.shapes[module][0]} rows (expected {expected})")
+        if o_in % head_dim or found != said or wrong:
             raise ValueError(
-                f"Layer {i} of {str(ckpt.directory)!r}: config.json says {said} but the weights have "
-                f"q_proj {q_rows} rows, k_proj {k_rows} rows (head_dim {head_dim}) and {found.ffn} FFN channels."
+                f"Layer {i} of {str(ckpt.directory)!r}: config.json says {said} (head_dim {head_dim}) but the weights "
+                f"have {o_in} o_proj and {found.ffn} down_proj input channels" + "".join(f", {w}" for w in wrong) + "."
             )
         if min(found.heads, found.kv_heads, found.ffn) < 1 or found.heads % found.kv_heads:
             raise ValueError(f"Layer {i} of {str(ckpt.directory)!r} has widths {found}, which llama.cpp cannot build.")
@@ -194,65 +249,71 @@ def _layer_widths(ckpt: _Checkpoint, n_layers: int, head_dim: int) -> list[Layer
     return widths
 
 
-def _route(family: str, widths: list[LayerWidths], head_dim: int, hidden: int) -> str:
-    """The llama.cpp architecture for this family and these widths, or a ValueError naming what is supported."""
-    uniform = len({(w.heads, w.kv_heads, w.ffn) for w in widths}) == 1
-    if family in ("llama", "mistral"):
-        return "llama" if uniform else "deci"
-    if family == "qwen2":
-        if not uniform:
-            return "deci"
-        return "qwen2" if widths[0].heads * head_dim == hidden else "llama"  # qwen2's builder needs q width == hidden
-    if family in UNIFORM_ONLY_FAMILIES:
-        if uniform:
-            return family
-        raise ValueError(
-            f"This {family} checkpoint has per-layer widths (allocation='global'), which llama.cpp's {family} "
-            "architecture cannot represent (it builds every layer with one FFN width and one head count). Per-layer "
-            f"widths are exported for {', '.join(PER_LAYER_FAMILIES)} (llama.cpp's 'deci' architecture); for "
-            f"{family}, prune with allocation='uniform' (--allocation uniform) to export to GGUF, or run this "
-            "checkpoint with transformers."
-        )
-    raise ValueError(
-        f"GGUF export supports model_type {', '.join(map(repr, PER_LAYER_FAMILIES + UNIFORM_ONLY_FAMILIES))}; "
-        f"got {family!r}."
-    )
-
-
-def _rope(ckpt: _Checkpoint, arch: str) -> tuple[dict[str, Any], Any]:
-    """(rope keys, extra rope_freqs tensor or None) for the checkpoint's rotary settings."""
-    config = ckpt.config
-    params = config.get("rope_parameters") or {}
+def _rope(ckpt: _Checkpoint, loaded: Any, arch: LlamaCppArchitecture, head_dim: int) -> tuple[dict[str, Any], Any]:
+    """(rope keys, extra tensors by GGUF name) for the rotary settings as transformers resolves them."""
+    params = dict(getattr(loaded, "rope_parameters", None) or {})
+    keys: dict[str, Any] = {}
     if params and "rope_type" not in params and all(isinstance(v, dict) for v in params.values()):
-        distinct = {json.dumps(v, sort_keys=True) for v in params.values()}
-        if len(distinct) > 1:
-            raise ValueError(f"Per-layer-type rotary settings {params} cannot be written to GGUF.")
-        params = next(iter(params.values()))
+        if len({json.dumps(v, sort_keys=True) for v in params.values()}) == 1:
+            params = next(iter(params.values()))
+        elif arch.sliding_rope_base and set(params) == {"sliding_attention", "full_attention"}:
+            sliding = params["sliding_attention"]
+            if sliding.get("rope_type", "default") != "default":
+                raise _Misfit(f"never scales the rotary of sliding-window layers; this checkpoint's is {sliding}", "")
+            keys["freq_base_swa"] = float(sliding.get("rope_theta", 10000.0))
+            params = params["full_attention"]
+        else:
+            raise _Misfit(
+                f"uses one rotary setting for every layer; this checkpoint has one per layer type ({params})", ""
+            )
     if not params:
+        config = ckpt.config
         params = dict(config.get("rope_scaling") or {})
         params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
         params.setdefault("rope_type", params.get("type", "default"))
+    factor = float(params.get("partial_rotary_factor") or ckpt.config.get("partial_rotary_factor") or 1.0)
+    keys["dimensions"] = int(head_dim * factor)
+    if arch.interleaved_rope and keys["dimensions"] != head_dim:
+        raise _Misfit(
+            f"rotates whole heads; this checkpoint rotates {keys['dimensions']} of every {head_dim} head channels",
+            "keep every attention head (targets='mlp') and prune with allocation='uniform', so that the family's own "
+            "architecture holds it",
+        )
+    keys["freq_base"] = float(params.get("rope_theta", 10000.0))
     rope_type = params.get("rope_type", "default")
-    keys: dict[str, Any] = {"freq_base": float(params.get("rope_theta", 10000.0))}
     if rope_type == "default":
-        return keys, None
+        return keys, {}
     if rope_type == "linear":
         keys["linear_factor"] = float(params["factor"])
-        return keys, None
-    if rope_type == "llama3" and arch in INTERLEAVED_ROPE:
+        return keys, {}
+    if rope_type == "longrope" and arch.longrope:
+        import numpy as np
         import torch
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-        from optimum_rku.io.checkpoint import load_rku_config
+        _, attention = ROPE_INIT_FUNCTIONS["longrope"](loaded, torch.device("cpu"))  # transformers' own attn factor
+        original = int(params["original_max_position_embeddings"])
+        keys["longrope"] = {"attn_factor": float(attention), "original_context": original}
+        factors = {
+            f"rope_factors_{n}.weight": np.asarray(params[f"{n}_factor"], np.float32) for n in ("long", "short")
+        }
+        if any(f.shape != (keys["dimensions"] // 2,) for f in factors.values()):
+            raise ValueError(f"longrope factors must have {keys['dimensions'] // 2} values each; got {params}.")
+        return keys, factors
+    if rope_type == "llama3" and arch.interleaved_rope:
+        import torch
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-        loaded = load_rku_config(ckpt.directory)
         scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](loaded, torch.device("cpu"))
         dim = scaled.numel() * 2
         base = 1.0 / (keys["freq_base"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        return keys, (base / scaled.to(torch.float64)).to(torch.float32).numpy()
-    raise ValueError(
-        f"Rotary scaling rope_type={rope_type!r} cannot be exported for llama.cpp's {arch!r} architecture by this "
-        "exporter; supported: 'default', 'linear', and 'llama3' (Llama/Mistral/Qwen2 routes)."
+        return keys, {"rope_freqs.weight": (base / scaled.to(torch.float64)).to(torch.float32).numpy()}
+    interleaved = [name for name, other in LLAMA_CPP_ARCHITECTURES.items() if other.interleaved_rope]
+    longrope = [name for name, other in LLAMA_CPP_ARCHITECTURES.items() if other.longrope]
+    raise _Misfit(
+        f"cannot be given rope_type={rope_type!r} by this exporter (supported: 'default', 'linear', 'llama3' for "
+        f"{', '.join(map(repr, interleaved))}, 'longrope' for {', '.join(map(repr, longrope))})",
+        "",
     )
 
 
@@ -264,11 +325,152 @@ def _qtype(dtype: str, shape: tuple[int, ...]) -> str:
     return dtype
 
 
-def _gemma2_q_scale(config: dict, n_layers: int, hidden: int, heads0: int, head_dim: int) -> float:
-    """Factor folded into q so that llama.cpp's fixed gemma2 attention scale equals transformers' one."""
-    wanted = float(config.get("query_pre_attn_scalar") or head_dim) ** -0.5
-    used = (hidden / heads0) ** -0.5 if n_layers == 46 else head_dim**-0.5  # llama.cpp: 27B uses n_embd / n_head
-    return wanted / used
+def _kind(name: str) -> str:
+    """The GGUF tensor kind: `attn_q` for `blk.3.attn_q.weight`, `token_embd` for `token_embd.weight`."""
+    return name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
+
+
+def _pieces(source: str, shape: tuple[int, ...], fused: dict[str, tuple], arch: LlamaCppArchitecture, rows_of):
+    """(logical name, rows) of what `source` holds: itself, or each logical projection of a fused module that the
+    architecture does not read fused."""
+    where = fused.get(source)
+    if where is None or where[2] in arch.fused:
+        return [(source, None)]
+    layer, module, parts, suffix = where
+    pieces, start = [], 0
+    for part in parts:
+        stop = start + rows_of(layer, part)
+        pieces.append((source[: -len(f"{module}.{suffix}")] + f"{part}.{suffix}", (start, stop)))
+        start = stop
+    if start != shape[0]:
+        raise ValueError(f"{source} has {shape[0]} rows; its projections {parts} need {start}.")
+    return pieces
+
+
+def _plan_for(
+    ckpt: _Checkpoint,
+    spec: ArchitectureSpec,
+    loaded: Any,
+    arch: LlamaCppArchitecture,
+    widths: list[LayerWidths],
+    head_dim: int,
+    dtype: str,
+) -> tuple[list[TensorPlan], dict[str, Any], Any]:
+    """(tensors, rope keys, generated tensors) of this checkpoint in `arch`, or a _Misfit saying why it cannot."""
+    import gguf
+
+    config = ckpt.config
+    hidden = int(config["hidden_size"])
+    n_layers = len(widths)
+    if len({(w.heads, w.kv_heads, w.ffn) for w in widths}) > 1 and not arch.per_layer_widths:
+        raise _Misfit("builds every layer with one FFN width and one head count", "prune with allocation='uniform'")
+    if arch.query_width_is_hidden and any(w.heads * head_dim != hidden for w in widths):
+        raise _Misfit(
+            f"sizes q and o as hidden_size ({hidden}); this checkpoint keeps {widths[0].heads} heads x {head_dim}",
+            "keep every attention head (prune with targets='mlp')",
+        )
+    missing = [group for group in arch.fused if group not in spec.fused.values()]
+    if missing:
+        raise _Misfit(f"reads {'+'.join(missing[0])} as one fused tensor, which this family keeps apart", "")
+    for key, value in config.items():
+        if key.endswith("_softcapping") and value is not None and key not in arch.softcapping:
+            raise _Misfit(f"does not apply {key} (this checkpoint sets {value})", "")
+    for key, always in arch.softcapping.items():
+        if always and config.get(key) is None:
+            raise _Misfit(f"always applies {key}; this checkpoint sets it to None", "")
+    rope_keys, generated = _rope(ckpt, loaded, arch, head_dim)
+
+    fused = {}
+    for i in range(n_layers):
+        for module, parts in spec.fused.items():
+            for suffix in ("weight", "bias"):
+                fused[_module_name(spec, i, parts[0], suffix)] = (i, module, parts, suffix)
+    rows_of = lambda layer, part: _projection_rows(part, widths[layer], head_dim, hidden)  # noqa: E731
+    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch.name), n_layers)
+    tied = bool(getattr(loaded, "tie_word_embeddings", False))
+    tensors: list[TensorPlan] = []
+    for source, shape in ckpt.shapes.items():
+        if source.endswith(_SKIPPED):
+            continue
+        if source == "lm_head.weight" and (tied or arch.tied_output):
+            if not tied:
+                untied = "always reuses the token embeddings as the output matrix; this checkpoint's lm_head is untied"
+                raise _Misfit(untied, "")
+            continue
+        for logical, rows in _pieces(source, shape, fused, arch, rows_of):
+            name = names.get_name(logical, try_suffixes=(".weight", ".bias"))
+            if name is None:
+                raise _Misfit(f"has no place for tensor {logical!r}", "")
+            kind = _kind(name)
+            if name.endswith(".bias"):
+                if not ckpt.nonzero(source, rows):
+                    continue  # an all-zero bias (a family flag that gave q/k/v biases too) changes nothing
+                if kind not in arch.biases:
+                    raise _Misfit(
+                        f"does not load the non-zero bias {logical} (its loader creates biases on "
+                        f"{', '.join(sorted(arch.biases))} only)",
+                        "prune with bias_compensation=False (non-zero output biases come from bias compensation)",
+                    )
+            piece = shape if rows is None else (rows[1] - rows[0], *shape[1:])
+            plan = TensorPlan(source=source, name=name, shape=piece, qtype=_qtype(dtype, piece), rows=rows)
+            if arch.interleaved_rope and kind in ("attn_q", "attn_k"):
+                layer = widths[int(name.split(".")[1])]
+                plan.permute_heads = layer.heads if kind == "attn_q" else layer.kv_heads
+            if spec.gguf.norm_shift and logical.endswith("norm.weight"):  # Gemma: x * (1 + w); llama.cpp: x * w
+                plan.add = spec.gguf.norm_shift
+            tensors.append(plan)
+
+    field_name = spec.gguf.query_scale_field
+    if field_name:  # llama.cpp scales q by 1/sqrt(head_dim) (or its own rule at one size): fold the difference in
+        wanted = float(config.get(field_name) or head_dim) ** -0.5
+        wide = n_layers == arch.wide_scale_layers
+        used = (hidden // widths[0].heads) ** -0.5 if wide else head_dim**-0.5
+        scale = wanted / used
+        if not math.isclose(scale, 1.0):
+            normed = any(_kind(t.name) == "attn_q_norm" for t in tensors)  # q is normalized after its projection
+            for tensor in tensors:
+                if _kind(tensor.name) == ("attn_q_norm" if normed else "attn_q"):
+                    tensor.scale = scale
+    for name, array in generated.items():  # written after the checkpoint's tensors, in f32
+        tensors.append(TensorPlan(source="<generated>", name=name, shape=array.shape, qtype="f32"))
+    return tensors, rope_keys, generated
+
+
+def _route(
+    ckpt: _Checkpoint, spec: ArchitectureSpec, loaded: Any, widths: list[LayerWidths], head_dim: int, dtype: str
+) -> tuple[LlamaCppArchitecture, list[TensorPlan], dict[str, Any], Any]:
+    """The first candidate architecture that holds the checkpoint (the family's own, then its fallback; for
+    per-layer widths its per-layer one), with the plan in it, or one ValueError naming what to change."""
+    family = spec.model_type
+    uniform = len({(w.heads, w.kv_heads, w.ffn) for w in widths}) == 1
+    gguf_spec = spec.gguf
+    candidates = [gguf_spec.architecture] + ([gguf_spec.fallback] if gguf_spec.fallback else [])
+    if not uniform:
+        if gguf_spec.per_layer is None:
+            able = [name for name, other in SPECS.items() if other.gguf is not None and other.gguf.per_layer]
+            routes = sorted({SPECS[name].gguf.per_layer for name in able})
+            raise ValueError(
+                f"This {family} checkpoint has per-layer widths (allocation='global'), which llama.cpp's "
+                f"{gguf_spec.architecture} architecture cannot represent (it builds every layer with one FFN width "
+                f"and one head count). Per-layer widths are exported for {', '.join(able)} (llama.cpp's "
+                f"{', '.join(map(repr, routes))} architecture); for {family}, prune with allocation='uniform' "
+                "(--allocation uniform) to export to GGUF, or run this checkpoint with transformers."
+            )
+        candidates = [gguf_spec.per_layer]
+    misfits = []
+    for name in candidates:
+        arch = LLAMA_CPP_ARCHITECTURES[name]
+        try:
+            return (arch, *_plan_for(ckpt, spec, loaded, arch, widths, head_dim, dtype))
+        except _Misfit as misfit:
+            misfits.append((name, misfit))
+    reasons = "; ".join(f"llama.cpp's {name!r} architecture {m.reason}" for name, m in misfits)
+    remedies = " or ".join(dict.fromkeys(m.remedy for _, m in misfits if m.remedy))
+    advice = f"To export it, {remedies}; or run" if remedies else "Run"
+    raise ValueError(
+        f"This {spec.family} checkpoint ({str(ckpt.directory)!r}) cannot be exported to GGUF: {reasons}. "
+        f"{advice} this checkpoint with transformers."
+    )
 
 
 def plan_gguf_export(
@@ -278,100 +480,84 @@ def plan_gguf_export(
     pre_tokenizer: str | None = None,
     tokenizer_gguf: str | os.PathLike | None = None,
 ) -> GGUFPlan:
-    """Check a checkpoint and decide the GGUF architecture, hyper-parameters, tensors and tokenizer (no weights read).
+    """Check a checkpoint and decide the GGUF architecture, hyper-parameters, tensors and tokenizer (no weights read
+    but biases).
 
     Raises a ValueError naming what is supported for families, widths, biases, rotary settings or tokenizers that
     llama.cpp cannot represent.
     """
-    import gguf
+    from optimum_rku.io.checkpoint import load_rku_config
 
     directory = _check_inputs(checkpoint_dir, dtype, tokenizer_gguf)
     pre_tokenizer = check_pre_tokenizer(pre_tokenizer)
     ckpt = _Checkpoint(directory)
     config = ckpt.config
-    family = config.get("model_type")
-    if family not in PER_LAYER_FAMILIES + UNIFORM_ONLY_FAMILIES:
-        _route(str(family), [], 0, 0)
+    spec = _exportable_spec(config)
+    loaded = load_rku_config(directory)
+    if getattr(loaded, "is_heterogeneous", False):  # transformers' rotary functions read num_attention_heads as a
+        loaded.allow_global_per_layer_attribute_access = True  # fallback for head_dim, which checkpoints always set
     n_layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // int(config["num_attention_heads"]))
-    widths = _layer_widths(ckpt, n_layers, head_dim)
-    arch = _route(family, widths, head_dim, hidden)
+    widths = _layer_widths(ckpt, spec, n_layers, head_dim)
+    arch, tensors, rope_keys, generated = _route(ckpt, spec, loaded, widths, head_dim, dtype)
     vocab_size = int(config["vocab_size"])
-    notes: list[str] = []
-
-    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), n_layers)
-    tied = bool(config.get("tie_word_embeddings", family == "gemma2"))
-    tensors: list[TensorPlan] = []
-    q_scale = _gemma2_q_scale(config, n_layers, hidden, widths[0].heads, head_dim) if arch == "gemma2" else 1.0
-    for source, shape in ckpt.shapes.items():
-        if source.endswith(_SKIPPED):
-            continue
-        if source == "lm_head.weight" and (tied or arch == "gemma2"):
-            if not tied:
-                raise ValueError("llama.cpp's gemma2 architecture ties lm_head to the embeddings; this one is untied.")
-            continue
-        name = names.get_name(source, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise ValueError(
-                f"Tensor {source!r} of {str(directory)!r} has no place in llama.cpp's {arch!r} architecture; "
-                "the exporter writes every weight or nothing."
-            )
-        kind = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
-        if name.endswith(".bias"):
-            if not ckpt.tensor(source).any():
-                continue  # an all-zero bias (a family flag that gave q/k/v biases too) changes nothing
-            if kind not in ARCH_BIASES[arch]:
-                raise ValueError(
-                    f"{source} is a non-zero bias, which llama.cpp's {arch!r} architecture does not load (it accepts "
-                    f"biases on {', '.join(sorted(ARCH_BIASES[arch]))}). It usually comes from bias_compensation; "
-                    "prune with bias_compensation=False, or (Llama) keep the per-layer export, to get a GGUF."
-                )
-        plan = TensorPlan(source=source, name=name, shape=shape, qtype=_qtype(dtype, shape))
-        if arch in INTERLEAVED_ROPE and kind in ("attn_q", "attn_k"):
-            layer = widths[int(name.split(".")[1])]
-            plan.permute_heads = layer.heads if kind == "attn_q" else layer.kv_heads
-        if arch == "gemma2" and source.endswith("norm.weight"):
-            plan.add = 1.0  # Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's by weight
-        if arch == "gemma2" and kind == "attn_q" and not math.isclose(q_scale, 1.0):
-            plan.scale = q_scale
-        if dtype == "q8_0" and plan.qtype == "f16":
-            notes.append(f"{name} kept f16 (q8_0 needs rows that are a multiple of 32; it has {shape[-1]})")
-        tensors.append(plan)
-    rope_keys, rope_freqs = _rope(ckpt, arch)
-    if rope_freqs is not None:
-        tensors.append(
-            TensorPlan(source="<rope_freqs>", name="rope_freqs.weight", shape=rope_freqs.shape, qtype="f32")
-        )
+    context = int(config.get("max_position_embeddings", 2048))
+    notes = [
+        f"{t.name} kept f16 (q8_0 needs rows that are a multiple of 32; it has {t.shape[-1]})"
+        for t in tensors
+        if dtype == "q8_0" and t.qtype == "f16"
+    ]
     window = config.get("sliding_window")
-    if arch != "gemma2" and window and int(window) < int(config.get("max_position_embeddings", 0)):
-        if family != "qwen2" or config.get("use_sliding_window"):
-            notes.append(
-                f"sliding_window={window} is not represented: outputs match transformers up to {window} tokens"
-            )
+    types = list(getattr(loaded, "layer_types", None) or [])
+    slides = bool(window) and int(window) < context and config.get("use_sliding_window", True) is not False
+    slides = slides and (not types or "sliding_attention" in types)
+    sliding = None
+    if arch.sliding_window:
+        sliding = {"window": int(window or context), "pattern": [t == "sliding_attention" for t in types] or None}
+    elif slides:
+        notes.append(f"sliding_window={window} is not represented: outputs match transformers up to {window} tokens")
+    if "longrope" in rope_keys:
+        original = rope_keys["longrope"]["original_context"]
+        notes.append(
+            f"longrope: llama.cpp uses the long rotary factors whenever its context (-c, rounded up to a multiple of "
+            f"256) exceeds {original} tokens, transformers for sequences longer than that; with -c {original} or "
+            "less both use the short ones on shorter sequences"
+        )
 
     if tokenizer_gguf is not None:
         vocab = read_gguf_tokenizer(Path(tokenizer_gguf).expanduser(), vocab_size, pre_tokenizer)
     else:
         vocab = read_byte_level_bpe(directory, vocab_size, pre_tokenizer)
     meta = ckpt.metadata
+    name = _model_name(directory, meta)
+    for words, tokens in LLAMA_CPP_NAME_TOKENS.items():
+        absent = [t for t in tokens if t not in set(vocab.tokens)]
+        if any(word in name.lower() for word in words) and absent:
+            notes.append(
+                f"general.name {name!r} left out: llama.cpp looks up the tokens {', '.join(absent)} for models so "
+                "named and this tokenizer lacks them"
+            )
+            name = None
     metadata = {
         "rope": rope_keys,
-        "rope_freqs": rope_freqs,
-        "name": _model_name(directory, meta),
+        "generated": generated,
+        "softcapping": {key: float(config[key]) for key in arch.softcapping if config.get(key) is not None},
+        "sliding": sliding,
+        "name": name,
         "rku": {k: meta[k] for k in ("optimum_rku_version", "base_model") if k in meta},
         "pruning": meta.get("pruning_config") or {},
     }
     return GGUFPlan(
         checkpoint=directory,
-        family=family,
-        arch=arch,
+        family=spec.model_type,
+        arch=arch.name,
         dtype=dtype,
         layers=widths,
         head_dim=head_dim,
         hidden_size=hidden,
         vocab_size=vocab_size,
-        context_length=int(config.get("max_position_embeddings", 2048)),
+        context_length=context,
         tensors=tensors,
         vocab=vocab,
         config=config,
@@ -408,7 +594,8 @@ def _write_hparams(writer, plan: GGUFPlan) -> None:
 
     widths = plan.layers
     uniform = not plan.per_layer
-    writer.add_name(plan.metadata["name"])
+    if plan.metadata["name"] is not None:
+        writer.add_name(plan.metadata["name"])
     writer.add_context_length(plan.context_length)
     writer.add_embedding_length(plan.hidden_size)
     writer.add_block_count(len(widths))
@@ -417,25 +604,28 @@ def _write_hparams(writer, plan: GGUFPlan) -> None:
     writer.add_head_count_kv(widths[0].kv_heads if uniform else [w.kv_heads for w in widths])
     writer.add_key_length(plan.head_dim)
     writer.add_value_length(plan.head_dim)
-    writer.add_rope_dimension_count(plan.head_dim)
     rope = plan.metadata["rope"]
+    writer.add_rope_dimension_count(rope["dimensions"])
     writer.add_rope_freq_base(rope["freq_base"])
     if "linear_factor" in rope:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["linear_factor"])
+    if "longrope" in rope:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        writer.add_rope_scaling_attn_factors(rope["longrope"]["attn_factor"])
+        writer.add_rope_scaling_orig_ctx_len(rope["longrope"]["original_context"])
+    if "freq_base_swa" in rope:
+        writer.add_rope_freq_base_swa(rope["freq_base_swa"])
     config = plan.config
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(plan.vocab_size)
-    if plan.arch == "gemma2":
-        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-            if config.get(key) is None:
-                raise ValueError(f"llama.cpp's gemma2 always applies {key}; this checkpoint sets it to None.")
-        writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
-        writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
-        writer.add_sliding_window(int(config.get("sliding_window") or 4096))
-        types = config.get("layer_types")
-        if types:
-            writer.add_sliding_window_pattern([t == "sliding_attention" for t in types])
+    for key, value in plan.metadata["softcapping"].items():
+        getattr(writer, f"add_{key}")(value)  # gguf-py names its writers after the config keys
+    sliding = plan.metadata["sliding"]
+    if sliding is not None:
+        writer.add_sliding_window(sliding["window"])
+        if sliding["pattern"]:
+            writer.add_sliding_window_pattern(sliding["pattern"])
     file_type = {
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -524,7 +714,10 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor in plan.tensors:
-            array = plan.metadata["rope_freqs"] if tensor.source == "<rope_freqs>" else ckpt.tensor(tensor.source)
+            generated = tensor.source == "<generated>"
+            array = plan.metadata["generated"][tensor.name] if generated else ckpt.tensor(tensor.source)
+            if tensor.rows is not None:
+                array = array[tensor.rows[0] : tensor.rows[1]]
             data, _ = _encode(_transform(tensor, array), tensor.qtype)
             writer.write_tensor_data(data)
         writer.close()

@@ -142,8 +142,8 @@ def read_byte_level_bpe(directory: Path, vocab_size: int, pre_tokenizer: str | N
         raise ValueError(
             f"The tokenizer of {str(directory)!r} is {kind} (decoder {decoder.get('type')!r}); the GGUF exporter "
             "writes byte-level BPE tokenizers (Llama-3, Qwen2/2.5/3, SmolLM2, GPT-2 style). For SentencePiece "
-            "tokenizers (Llama-2, Mistral v0.1-v0.3, Gemma) pass tokenizer_gguf=<a GGUF of the same base model> "
-            "(--tokenizer-gguf) to copy its tokenizer."
+            "tokenizers (Llama-2, Mistral v0.1-v0.3, Gemma, Phi-3-mini) pass tokenizer_gguf=<a GGUF of the same "
+            "base model> (--tokenizer-gguf) to copy its tokenizer."
         )
     config_file = directory / "tokenizer_config.json"
     tokenizer_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}

@@ -69,6 +69,13 @@ def _model_class(stock):
             layers = self.get_decoder().layers
             for index, layer in enumerate(layers):
                 layers[index] = type(layer)(config.per_layer_config[index], index)
+            # rotary modules recompute their frequencies from the whole-model config after loading and, for some
+            # rotary types, per sequence length; they read the head count only as a fallback for head_dim (which
+            # checkpoints always set), so their own copy may read global values
+            for module in self.modules():
+                if "RotaryEmbedding" in type(module).__name__ and getattr(module, "config", None) is config:
+                    module.config = copy.copy(config)
+                    module.config.allow_global_per_layer_attribute_access = True
 
     members = {
         "__module__": __name__,

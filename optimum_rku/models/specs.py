@@ -4,7 +4,8 @@ A spec says where the decoder layers are, what the attention and MLP projections
 fused into one matrix (and so how to slice it), which config flags can put a bias on a part's projections, what
 LoRA adapts, which attention attributes hold head counts, and which config fields pruning rewrites. Block views,
 scoring, baselines, removal, recovery, checkpoints (`modeling_rku.py` builds its classes from the class names a spec
-records) and the tests read it; adding a family is one `ArchitectureSpec(...)` in `SPECS`.
+records), GGUF export (a spec's `gguf`, with what each llama.cpp architecture accepts in `LLAMA_CPP_ARCHITECTURES`)
+and the tests read it; adding a family is one `ArchitectureSpec(...)` in `SPECS`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,126 @@ PART_NAMES: Mapping[str, str] = MappingProxyType({"ffn": "FFN (down_proj)", "att
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class LlamaCppArchitecture:
+    """What one llama.cpp architecture's loader and graph builder accept (read from llama.cpp's `src/models/`).
+
+    The GGUF exporter checks a checkpoint against these before writing, so a file llama.cpp would refuse (or load
+    and run wrongly) is never written.
+    """
+
+    name: str
+    #: GGUF tensor kinds whose `.bias` the loader creates; a file with any other bias fails to load
+    biases: frozenset[str] = frozenset({"attn_q", "attn_k", "attn_v"})
+    #: rotates interleaved pairs (llama.cpp's rope type NORM, where transformers rotates the two halves of a head):
+    #: q/k rows are reordered within each head, the rotary must span the whole head, and a `rope_freqs` tensor
+    #: (Llama-3 rotary scaling) is read
+    interleaved_rope: bool = False
+    #: reads LongRoPE rotary (`rope_factors_long` / `rope_factors_short` tensors, attention factor, original context)
+    longrope: bool = False
+    #: reads feed_forward_length, head_count and head_count_kv as per-layer arrays and builds every layer with its
+    #: own widths (elsewhere one FFN width and one head count serve every layer)
+    per_layer_widths: bool = False
+    #: sizes q and o as hidden_size: only checkpoints with heads x head_dim == hidden_size fit
+    query_width_is_hidden: bool = False
+    #: logical projections the loader reads as one fused tensor, rows stacked in this order (others are split)
+    fused: tuple[tuple[str, ...], ...] = ()
+    #: always reuses token_embd as the output matrix (an untied lm_head cannot be written)
+    tied_output: bool = False
+    #: every architecture here scales attention by 1/sqrt(head_dim) (the exporter folds a family's own query scale
+    #: into q), except this one at this many layers (its "27B" size): 1/sqrt(hidden_size // heads of layer 0)
+    wide_scale_layers: int | None = None
+    #: logit soft-capping config keys it reads -> whether it applies them always (then the config must set them)
+    softcapping: Mapping[str, bool] = field(default_factory=_frozen)
+    #: reads `sliding_window` and the per-layer sliding pattern (elsewhere every layer attends to the whole context)
+    sliding_window: bool = False
+    #: reads a rotary base of its own for sliding layers (`rope.freq_base_swa`; their rotary is never scaled)
+    sliding_rope_base: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "biases", frozenset(self.biases))
+        object.__setattr__(self, "softcapping", _frozen(self.softcapping))
+
+
+#: llama.cpp architectures the GGUF exporter writes, by llama.cpp's name (as bundled by llama-cpp-python 0.3.36):
+#: the knowledge of llama.cpp's loaders the exporter relies on, in one table
+LLAMA_CPP_ARCHITECTURES: Mapping[str, LlamaCppArchitecture] = MappingProxyType(
+    {
+        arch.name: arch
+        for arch in (
+            LlamaCppArchitecture(
+                "llama",
+                biases=frozenset({"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}),
+                interleaved_rope=True,
+                longrope=True,
+            ),
+            LlamaCppArchitecture(
+                "deci",
+                biases=frozenset({"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}),
+                interleaved_rope=True,
+                longrope=True,
+                per_layer_widths=True,
+            ),
+            LlamaCppArchitecture("qwen2", query_width_is_hidden=True),
+            LlamaCppArchitecture("qwen3"),
+            LlamaCppArchitecture(
+                "gemma2",
+                tied_output=True,
+                wide_scale_layers=46,
+                softcapping={"attn_logit_softcapping": True, "final_logit_softcapping": True},
+                sliding_window=True,
+            ),
+            LlamaCppArchitecture(
+                "gemma3",
+                wide_scale_layers=62,
+                softcapping={"final_logit_softcapping": False},
+                sliding_window=True,
+                sliding_rope_base=True,
+            ),
+            LlamaCppArchitecture(
+                "phi3",
+                biases=frozenset({"attn_qkv"}),
+                query_width_is_hidden=True,
+                longrope=True,
+                fused=(("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),
+            ),
+        )
+    }
+)
+
+
+#: `general.name` substrings (lower case) for which llama.cpp's vocabulary loader looks these tokens up by their text
+#: (to set Phi-3's per-token attributes) and fails to load the file when one is missing; the exporter leaves the name
+#: out of files whose tokenizer lacks them
+LLAMA_CPP_NAME_TOKENS: Mapping[tuple[str, ...], tuple[str, ...]] = MappingProxyType(
+    {("phi-3", "phi3"): ("</s>", "<unk>", "<s>", "<|endoftext|>")}
+)
+
+
+@dataclass(frozen=True)
+class GGUFSpec:
+    """How a family's checkpoints are written as GGUF for llama.cpp (read by `io/gguf_export.py`)."""
+
+    #: the family's own llama.cpp architecture (a key of `LLAMA_CPP_ARCHITECTURES`), used whenever it fits
+    architecture: str
+    #: architecture for uniform checkpoints the own one cannot hold (e.g. its loader needs heads x head_dim ==
+    #: hidden_size, or lacks a bias the checkpoint has); only for families whose layers are Llama layers
+    fallback: str | None = None
+    #: architecture for per-layer widths (`allocation="global"`), one with `per_layer_widths`; None: refused
+    per_layer: str | None = None
+    #: added to every norm weight (Gemma's RMSNorm multiplies by 1 + weight, llama.cpp's by the weight)
+    norm_shift: float = 0.0
+    #: config field of transformers' query pre-scale (attention scale = value ** -0.5), if the family has one
+    query_scale_field: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in (self.architecture, self.fallback, self.per_layer):
+            if name is not None and name not in LLAMA_CPP_ARCHITECTURES:
+                raise ValueError(f"GGUF architecture {name!r} is not in {sorted(LLAMA_CPP_ARCHITECTURES)}.")
+        if self.per_layer is not None and not LLAMA_CPP_ARCHITECTURES[self.per_layer].per_layer_widths:
+            raise ValueError(f"llama.cpp's {self.per_layer!r} builds every layer with the same widths.")
 
 
 @dataclass(frozen=True)
@@ -66,6 +187,8 @@ class ArchitectureSpec:
     #: the attention module reads head counts from its `config` at run time (Phi-3's qkv split): give every layer
     #: its own config (as a per-layer-config checkpoint reloads it) when layers keep different head counts
     attention_reads_config: bool = False
+    #: how checkpoints of the family are written for llama.cpp (None: GGUF export refuses the family)
+    gguf: GGUFSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fused", _frozen(self.fused))
@@ -104,14 +227,33 @@ SPECS: Mapping[str, ArchitectureSpec] = MappingProxyType(
                 "LlamaForCausalLM",
                 "LlamaConfig",
                 output_bias_flags={"ffn": "mlp_bias", "attn": "attention_bias"},
-            ),
-            ArchitectureSpec("qwen2", "Qwen2 (Qwen-2.5)", "Qwen2ForCausalLM", "Qwen2Config"),
-            ArchitectureSpec("mistral", "Mistral", "MistralForCausalLM", "MistralConfig"),
-            ArchitectureSpec(
-                "qwen3", "Qwen3", "Qwen3ForCausalLM", "Qwen3Config", output_bias_flags={"attn": "attention_bias"}
+                gguf=GGUFSpec("llama", per_layer="deci"),
             ),
             ArchitectureSpec(
-                "gemma2", "Gemma2", "Gemma2ForCausalLM", "Gemma2Config", output_bias_flags={"attn": "attention_bias"}
+                "qwen2",
+                "Qwen2 (Qwen-2.5)",
+                "Qwen2ForCausalLM",
+                "Qwen2Config",
+                gguf=GGUFSpec("qwen2", fallback="llama", per_layer="deci"),
+            ),
+            ArchitectureSpec(
+                "mistral", "Mistral", "MistralForCausalLM", "MistralConfig", gguf=GGUFSpec("llama", per_layer="deci")
+            ),
+            ArchitectureSpec(
+                "qwen3",
+                "Qwen3",
+                "Qwen3ForCausalLM",
+                "Qwen3Config",
+                output_bias_flags={"attn": "attention_bias"},
+                gguf=GGUFSpec("qwen3"),
+            ),
+            ArchitectureSpec(
+                "gemma2",
+                "Gemma2",
+                "Gemma2ForCausalLM",
+                "Gemma2Config",
+                output_bias_flags={"attn": "attention_bias"},
+                gguf=GGUFSpec("gemma2", norm_shift=1.0, query_scale_field="query_pre_attn_scalar"),
             ),
             ArchitectureSpec(
                 "gemma3_text",
@@ -119,6 +261,7 @@ SPECS: Mapping[str, ArchitectureSpec] = MappingProxyType(
                 "Gemma3ForCausalLM",
                 "Gemma3TextConfig",
                 output_bias_flags={"attn": "attention_bias"},
+                gguf=GGUFSpec("gemma3", norm_shift=1.0, query_scale_field="query_pre_attn_scalar"),
             ),
             ArchitectureSpec(
                 "phi3",
@@ -127,6 +270,7 @@ SPECS: Mapping[str, ArchitectureSpec] = MappingProxyType(
                 "Phi3Config",
                 fused={"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")},
                 attention_reads_config=True,
+                gguf=GGUFSpec("phi3", fallback="llama", per_layer="deci"),
             ),
         )
     }
