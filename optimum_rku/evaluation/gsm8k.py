@@ -183,7 +183,8 @@ def evaluate_gsm8k(
     """Run harness-compatible few-shot GSM8K (greedy, stop at ``Question:``) and score strict/flexible exact match.
 
     `options` are those of `optimum_rku.evaluation.runner.evaluate`: `limit`, `batch_size` (8), `max_new_tokens`
-    (256), `apply_chat_template`, `output_path`, `fewshot_seed`, `fewshot_split`, `progress`, `fewshot_examples`.
+    (256), `apply_chat_template`, `output_path`, `fewshot_seed`, `fewshot_split`, `progress`, `fewshot_examples`,
+    `generation_loop`.
     """
     from optimum_rku.evaluation.runner import evaluate
 
