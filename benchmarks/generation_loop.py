@@ -93,7 +93,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, list[dict], list[str], boo
     pruner = RKUPruner.from_pretrained(args.model, torch_dtype=torch.float32)
     model, tokenizer = pruner.model, pruner.tokenizer
     rows = {
-        split: [json.loads(line) for line in (Path(args.gsm8k_dir) / f"{split}.jsonl").read_text().splitlines() if line]
+        split: [
+            json.loads(line) for line in (Path(args.gsm8k_dir) / f"{split}.jsonl").read_text().splitlines() if line
+        ]
         for split in ("train", "test")
     }
     problems = rows["test"][: args.limit]
