@@ -5,7 +5,8 @@ For each model (dense, and pruned copies at `--sparsities`) it runs GSM8K-style 
 `--repeats`, and reports per run: process CPU seconds and wall seconds of generation, generated tokens per CPU second,
 decode row-steps (rows the model computed at one-token steps: finished rows that keep being computed count too) and
 prefill tokens (padding included), the speed-up over the first run, and whether every completion is identical to the
-first run's. It exits non-zero if any completion differs.
+first run's (and to the first batch-size-1 run's, if any). It exits non-zero if any completion differs from the first
+run's.
 
     python benchmarks/generation_loop.py                         # testbed, 100 test problems
     python benchmarks/generation_loop.py --model smollm2 --sparsities 0 0.4 --limit 48 --max-new-tokens 256 \\
@@ -170,15 +171,15 @@ def measure(model: Any, tokenizer: Any, problems: list[dict], chat: bool, args: 
                 "exact_match_strict": result.exact_match_strict,
             }
     reference = args.runs[0]
+    single = next((run for run in args.runs if run[1] == 1), None)
     ref_cpu = statistics.median(timings[reference]["cpu"])
     ref_wall = statistics.median(timings[reference]["wall"])
     rows = []
     for run in args.runs:
         cpu, wall = statistics.median(timings[run]["cpu"]), statistics.median(timings[run]["wall"])
         out = outcome[run]
-        differing = [
-            i for i, (a, b) in enumerate(zip(out["completions"], outcome[reference]["completions"])) if a != b
-        ]
+        differing = _differing(out["completions"], outcome[reference]["completions"])
+        differing_single = _differing(out["completions"], outcome[single]["completions"]) if single else []
         rows.append(
             {
                 "loop": run[0],
@@ -196,10 +197,19 @@ def measure(model: Any, tokenizer: Any, problems: list[dict], chat: bool, args: 
                 "exact_match_strict": out["exact_match_strict"],
                 "identical_to_reference": not differing,
                 "differing_indices": differing,
+                "identical_to_batch_1": None if single is None else not differing_single,
+                "differing_indices_batch_1": differing_single,
+                "differing_completions": {
+                    str(i): out["completions"][i] for i in sorted({*differing, *differing_single})
+                },
             }
         )
-    counts = [len(t) for t in outcome[reference]["completions"]]
-    return {"rows": rows, "mean_completion_chars": sum(counts) / len(counts)}
+    return {"rows": rows, "reference_completions": outcome[reference]["completions"]}
+
+
+def _differing(texts: list[str], reference: list[str]) -> list[int]:
+    """Indices where two runs' completions differ."""
+    return [index for index, (a, b) in enumerate(zip(texts, reference)) if a != b]
 
 
 def markdown(result: dict) -> str:
@@ -215,15 +225,16 @@ def markdown(result: dict) -> str:
             f"*{variant['name']}*",
             "",
             "| loop | batch | CPU s | wall s | speed-up CPU | speed-up wall | tokens / CPU s | generated tokens "
-            "| decode row-steps | prefill tokens | strict EM | identical |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| decode row-steps | prefill tokens | strict EM | identical | identical to batch 1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in variant["rows"]:
+            single = "" if r["identical_to_batch_1"] is None else r["identical_to_batch_1"]
             lines.append(
                 f"| {r['loop']} | {r['batch']} | {r['cpu_s']:.1f} | {r['wall_s']:.1f} | {r['speedup_cpu']:.2f} "
                 f"| {r['speedup_wall']:.2f} | {r['tokens_per_cpu_s']:.1f} | {r['generated_tokens']} "
                 f"| {r['decode_row_steps']} | {r['prefill_tokens']} | {r['exact_match_strict']:.3f} "
-                f"| {r['identical_to_reference']} |"
+                f"| {r['identical_to_reference']} | {single} |"
             )
         lines.append("")
     return "\n".join(lines)
