@@ -158,6 +158,11 @@ def measure(model: Any, tokenizer: Any, problems: list[dict], chat: bool, args: 
             finally:
                 counter.handle.remove()
             timings[(loop, batch)]["cpu"].append(time.process_time() - start_cpu)
+            print(
+                f"  {loop}:{batch}: {timings[(loop, batch)]['cpu'][-1]:.1f} CPU s, {result.generation_time_s:.1f} wall s, "
+                f"{result.generated_tokens} tokens, {counter.decode_rows} decode row-steps",
+                flush=True,
+            )
             timings[(loop, batch)]["wall"].append(result.generation_time_s)
             texts = [s["completion"] for s in result.samples]
             previous = outcome.get((loop, batch))
