@@ -187,6 +187,29 @@ def test_finished_rows_leave_the_batch_and_waiting_prompts_fill_it() -> None:
     assert sum(old.rows) > sum(counter.rows)
 
 
+@pytest.mark.parametrize("window", [None, 3])
+def test_growing_cache_layers_return_what_the_stock_layers_return(window) -> None:
+    """The running batch's layers (new positions written into spare room, fresh buffers when it runs out) return
+    and keep exactly what transformers' DynamicLayer / DynamicSlidingWindowLayer return and keep, step by step."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    from optimum_rku.data.generation import _growing, _install
+
+    stock = DynamicLayer() if window is None else DynamicSlidingWindowLayer(sliding_window=window)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randn(2, 2, 5, 4, generator=g), torch.randn(2, 2, 5, 4, generator=g)
+    stock.update(*prompt)
+    grown = _growing(stock)
+    _install(grown, stock.keys, stock.values, spare=1)  # room for one step: later steps find fresh buffers
+    for _ in range(6):
+        step = torch.randn(2, 2, 1, 4, generator=g), torch.randn(2, 2, 1, 4, generator=g)
+        expected, got = stock.update(*step), grown.update(*step)
+        assert all(torch.equal(a, b) for a, b in zip(expected, got))
+        assert torch.equal(stock.keys, grown.keys) and torch.equal(stock.values, grown.values)
+        assert stock.get_seq_length() == grown.get_seq_length()
+        assert stock.get_mask_sizes(1) == grown.get_mask_sizes(1)
+
+
 # ----------------------------------------------------------------------------------------- which loop runs
 
 
