@@ -259,6 +259,10 @@ def _left_pad(tensor: torch.Tensor, amount: int) -> torch.Tensor:
     return F.pad(tensor, (0, 0, amount, 0)) if amount else tensor
 
 
+#: positions of room a running batch's cache buffers get at a time (one copy of the past per that many steps)
+GROWTH = 64
+
+
 def _install(layer: Any, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
     """Copy keys / values into fresh buffers with `spare` free positions after them; the layer keeps views."""
     length = keys.shape[2]
@@ -274,7 +278,7 @@ def _write(layer: Any, key_states: torch.Tensor, value_states: torch.Tensor) -> 
     """Write new positions after the layer's own into its buffers; return views of its positions plus the new ones."""
     add = key_states.shape[2]
     if layer.start + layer.keys.shape[2] + add > layer.key_buffer.shape[2]:
-        _install(layer, layer.keys, layer.values, max(add, 64))
+        _install(layer, layer.keys, layer.values, max(add, GROWTH))
     end = layer.start + layer.keys.shape[2]
     layer.key_buffer[:, :, end : end + add] = key_states
     layer.value_buffer[:, :, end : end + add] = value_states
@@ -326,8 +330,7 @@ class _Batch:
     """The running batch: one KV cache whose rows are left-padded to a common `length`, one `_Row` each.
 
     Rows join (`add`) and leave (`keep`) by rebuilding every layer's buffers once; between those events a decode
-    step only writes its new position. `spare` is the room left after the positions: enough for the longest
-    remaining generation, so the buffers never grow in between.
+    step only writes its new position, and the buffers are copied into larger ones every `GROWTH` steps at most.
     """
 
     def __init__(self, max_new_tokens: int) -> None:
@@ -339,8 +342,8 @@ class _Batch:
         self.length = 0
 
     def spare(self) -> int:
-        """Positions the rows can still add: the most tokens any row may still generate."""
-        return max(self.max_new_tokens - len(row.generated) for row in self.rows) + 1
+        """Room after the positions: what the rows may still add, at most `GROWTH` (then `_write` regrows)."""
+        return min(max(self.max_new_tokens - len(row.generated) for row in self.rows) + 1, GROWTH)
 
     def add(self, newcomers: list[tuple[_Row, Any]]) -> None:
         """Append prefilled rows (each with its own batch-1 cache), left-padding every row to the longest."""
