@@ -94,11 +94,8 @@ def test_sliding_window_is_exercised() -> None:
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_continuous_matches_generate_per_attention_implementation(attn_implementation, monkeypatch) -> None:
-    """Padding masks reach both attention kernels the same way in both loops (the cache buffers regrow often)."""
-    from optimum_rku.data import generation
-
-    monkeypatch.setattr(generation, "GROWTH", 2)
+def test_continuous_matches_generate_per_attention_implementation(attn_implementation) -> None:
+    """Padding masks reach both attention kernels the same way in both loops."""
     model, tokenizer, prompts = _model("llama"), make_tokenizer(), _prompts(10, seed=3)
     model.set_attn_implementation(attn_implementation)
     reference = _run(model, tokenizer, prompts, "generate", 1, max_new_tokens=24)
@@ -188,29 +185,6 @@ def test_finished_rows_leave_the_batch_and_waiting_prompts_fill_it() -> None:
     assert _run(model, tokenizer, prompts, "generate", 4) == (completions, counts)
     old.handle.remove()
     assert sum(old.rows) > sum(counter.rows)
-
-
-@pytest.mark.parametrize("window", [None, 3])
-def test_growing_cache_layers_return_what_the_stock_layers_return(window) -> None:
-    """The running batch's layers (new positions written into spare room, fresh buffers when it runs out) return
-    and keep exactly what transformers' DynamicLayer / DynamicSlidingWindowLayer return and keep, step by step."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    from optimum_rku.data.generation import _growing, _install
-
-    stock = DynamicLayer() if window is None else DynamicSlidingWindowLayer(sliding_window=window)
-    g = torch.Generator().manual_seed(0)
-    prompt = torch.randn(2, 2, 5, 4, generator=g), torch.randn(2, 2, 5, 4, generator=g)
-    stock.update(*prompt)
-    grown = _growing(stock)
-    _install(grown, stock.keys, stock.values, spare=1)  # room for one step: later steps find fresh buffers
-    for _ in range(6):
-        step = torch.randn(2, 2, 1, 4, generator=g), torch.randn(2, 2, 1, 4, generator=g)
-        expected, got = stock.update(*step), grown.update(*step)
-        assert all(torch.equal(a, b) for a, b in zip(expected, got))
-        assert torch.equal(stock.keys, grown.keys) and torch.equal(stock.values, grown.values)
-        assert stock.get_seq_length() == grown.get_seq_length()
-        assert stock.get_mask_sizes(1) == grown.get_mask_sizes(1)
 
 
 # ----------------------------------------------------------------------------------------- which loop runs

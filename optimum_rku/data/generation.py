@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from optimum_rku.data.prompts import STOP_STRINGS
 
@@ -224,6 +223,8 @@ class _CacheUnsupported(RuntimeError):
 
 def _cache_layers(cache: Any) -> list[Any]:
     """The layers of a transformers DynamicCache with full or sliding-window attention, else _CacheUnsupported."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
     if type(cache) is not DynamicCache or getattr(cache, "offloading", False):
         raise _CacheUnsupported(f"the model returned a {type(cache).__name__}, not a plain DynamicCache")
     layers = list(cache.layers)
@@ -259,64 +260,6 @@ def _left_pad(tensor: torch.Tensor, amount: int) -> torch.Tensor:
     return F.pad(tensor, (0, 0, amount, 0)) if amount else tensor
 
 
-#: positions of room a running batch's cache buffers get at a time (one copy of the past per that many steps)
-GROWTH = 64
-
-
-def _install(layer: Any, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
-    """Copy keys / values into fresh buffers with `spare` free positions after them; the layer keeps views."""
-    length = keys.shape[2]
-    layer.key_buffer = keys.new_zeros(*keys.shape[:2], length + spare, keys.shape[3])
-    layer.value_buffer = values.new_zeros(*values.shape[:2], length + spare, values.shape[3])
-    layer.key_buffer[:, :, :length] = keys
-    layer.value_buffer[:, :, :length] = values
-    layer.start = 0
-    layer.keys, layer.values = layer.key_buffer[:, :, :length], layer.value_buffer[:, :, :length]
-
-
-def _write(layer: Any, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write new positions after the layer's own into its buffers; return views of its positions plus the new ones."""
-    add = key_states.shape[2]
-    if layer.start + layer.keys.shape[2] + add > layer.key_buffer.shape[2]:
-        _install(layer, layer.keys, layer.values, max(add, GROWTH))
-    end = layer.start + layer.keys.shape[2]
-    layer.key_buffer[:, :, end : end + add] = key_states
-    layer.value_buffer[:, :, end : end + add] = value_states
-    return layer.key_buffer[:, :, layer.start : end + add], layer.value_buffer[:, :, layer.start : end + add]
-
-
-class _GrowingLayer(DynamicLayer):
-    """A full-attention cache layer of the running batch: a step writes its one new position into spare room at the
-    end of preallocated buffers instead of copying the whole past (as `DynamicLayer.update`'s concatenation does)."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Append the new positions; return every position (the same values `DynamicLayer.update` returns)."""
-        self.keys, self.values = _write(self, key_states, value_states)
-        return self.keys, self.values
-
-
-class _GrowingSlidingLayer(DynamicSlidingWindowLayer):
-    """The sliding-window counterpart of `_GrowingLayer`: it keeps views of the last `window - 1` positions and
-    moves them back to the start of fresh buffers only when the spare room runs out."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Append the new positions; return the window plus them, keep the last window - 1 (as the stock layer)."""
-        self.cumulative_length += key_states.shape[2]
-        keys, values = _write(self, key_states, value_states)
-        stored = min(keys.shape[2], self.sliding_window - 1)
-        self.start += keys.shape[2] - stored
-        self.keys, self.values = keys[:, :, keys.shape[2] - stored :], values[:, :, values.shape[2] - stored :]
-        return keys, values
-
-
-def _growing(layer: Any) -> Any:
-    """The running-batch version of a prefill cache layer (same state, growing-buffer `update`)."""
-    cls = _GrowingSlidingLayer if _window(layer) is not None else _GrowingLayer
-    grown = cls.__new__(cls)
-    grown.__dict__.update(layer.__dict__)
-    return grown
-
-
 @dataclass
 class _Row:
     """One prompt in the running batch: its index, the tokens it holds in the cache, what it generated."""
@@ -327,50 +270,39 @@ class _Row:
 
 
 class _Batch:
-    """The running batch: one KV cache whose rows are left-padded to a common `length`, one `_Row` each.
+    """The running batch: one KV cache whose rows are left-padded to a common `length`, one `_Row` each."""
 
-    Rows join (`add`) and leave (`keep`) by rebuilding every layer's buffers once; between those events a decode
-    step only writes its new position, and the buffers are copied into larger ones every `GROWTH` steps at most.
-    """
-
-    def __init__(self, max_new_tokens: int) -> None:
+    def __init__(self) -> None:
         """Start empty."""
-        self.max_new_tokens = max_new_tokens
         self.cache: Any = None
         self.layers: list[Any] = []
         self.rows: list[_Row] = []
         self.length = 0
 
-    def spare(self) -> int:
-        """Room after the positions: what the rows may still add, at most `GROWTH` (then `_write` regrows)."""
-        return min(max(self.max_new_tokens - len(row.generated) for row in self.rows) + 1, GROWTH)
-
     def add(self, newcomers: list[tuple[_Row, Any]]) -> None:
         """Append prefilled rows (each with its own batch-1 cache), left-padding every row to the longest."""
         parts = [(_cache_layers(cache), row.cached) for row, cache in newcomers]
         if self.cache is None:
-            self.cache = newcomers[0][1]
-            self.layers = [_growing(layer) for layer in parts[0][0]]
-            self.cache.layers[:] = self.layers
-            parts[0] = (self.layers, parts[0][1])
+            self.cache, self.layers = newcomers[0][1], parts[0][0]
         else:
             parts.insert(0, (self.layers, self.length))
         if any(len(layers) != len(self.layers) for layers, _ in parts):
             raise _CacheUnsupported("caches of different depth")
-        self.rows.extend(row for row, _ in newcomers)
-        target, spare = max(length for _, length in parts), self.spare()
+        target = max(length for _, length in parts)
         for position, layer in enumerate(self.layers):
             keys, values = [], []
             for layers, length in parts:
                 source = layers[position]
-                if _window(source) != _window(layer):
+                if type(source) is not type(layer) or _window(source) != _window(layer):
                     raise _CacheUnsupported("cache layers of different kinds")
                 amount = _stored(layer, target) - _stored(layer, length)
                 keys.append(_left_pad(source.keys, amount))
                 values.append(_left_pad(source.values, amount))
-            _install(layer, torch.cat(keys, dim=0), torch.cat(values, dim=0), spare)
+            layer.keys = keys[0] if len(keys) == 1 else torch.cat(keys, dim=0)
+            layer.values = values[0] if len(values) == 1 else torch.cat(values, dim=0)
             _set_length(layer, target)
         self.length = target
+        self.rows.extend(row for row, _ in newcomers)
 
     def keep(self, kept: list[int]) -> None:
         """Keep only the rows at `kept` (in order), then drop the left padding every remaining row shares."""
@@ -381,12 +313,12 @@ class _Batch:
             self.cache, self.layers, self.length = None, [], 0
             return
         index = torch.tensor(kept, dtype=torch.long, device=self.layers[0].keys.device)
-        length = max(row.cached for row in self.rows)  # the padding every remaining row shares is cut off
-        spare = self.spare()
+        shared_pad = self.length - max(row.cached for row in self.rows)
+        length = self.length - shared_pad
         for layer in self.layers:
             stored = _stored(layer, length)
             keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-            _install(layer, keys[:, :, keys.shape[2] - stored :], values[:, :, values.shape[2] - stored :], spare)
+            layer.keys, layer.values = keys[:, :, keys.shape[2] - stored :], values[:, :, values.shape[2] - stored :]
             _set_length(layer, length)
         self.length = length
 
@@ -419,7 +351,7 @@ def _continuous(
     cache_name, keeps_logits = _forward_arguments(model)
     extra = {"logits_to_keep": 1} if keeps_logits else {}
     queue = list(reversed(order))  # pop() from the end takes the next prompt in order
-    batch = _Batch(max_new_tokens)
+    batch = _Batch()
     while queue or batch.rows:
         newcomers = []
         while queue and len(batch.rows) + len(newcomers) < batch_size:
@@ -465,7 +397,9 @@ def _continuous(
         )
         next_tokens = output.logits[:, -1].float().argmax(dim=-1).tolist()
         del output
-        batch.length += 1  # the layers counted the new position themselves
+        batch.length += 1
+        for layer in batch.layers:
+            _set_length(layer, batch.length)
         kept = []
         for position, (row, token) in enumerate(zip(rows, next_tokens)):
             row.cached += 1
