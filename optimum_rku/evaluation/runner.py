@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from optimum_rku.data.generation import GENERATION_LOOPS, generate_completions, pad_and_eos
+from optimum_rku.data.prompts import DEFAULT_BATCH_SIZE
 from optimum_rku.evaluation.registry import get_task
 from optimum_rku.evaluation.results import EvaluationResult
 from optimum_rku.evaluation.sources import resolve_source, sample_fewshot, validate_rows
@@ -45,7 +46,7 @@ def evaluate(
     split: str = "test",
     num_fewshot: int = 0,
     limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int | None = None,
     apply_chat_template: bool = False,
     output_path: str | os.PathLike[str] | None = None,
