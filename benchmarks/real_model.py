@@ -344,7 +344,6 @@ def exact_match(model, tokenizer, problems: list[dict], args) -> dict:
         tokenizer,
         dataset=problems[: args.em_problems],
         num_fewshot=0,
-        batch_size=16,
         max_new_tokens=args.em_tokens,
         apply_chat_template=uses_chat_template(tokenizer, "auto"),
         progress=False,

@@ -12,6 +12,7 @@ from typing import Any
 from optimum_rku import config as config_module
 from optimum_rku.config import RKUConfig
 from optimum_rku.data.gsm8k import GSM8K_HUB_ID
+from optimum_rku.data.prompts import DEFAULT_BATCH_SIZE
 from optimum_rku.data.providers import DEFAULT_MODEL
 from optimum_rku.evaluation.registry import DEFAULT_TASK, TASKS
 from optimum_rku.models.specs import SPECS
@@ -219,7 +220,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser, limit_default: int | Non
         "--limit", type=positive_int, default=limit_default, help="evaluate the first N problems (testbed: 100)"
     )
     group.add_argument("--num-fewshot", type=non_negative_int, default=None, help="few-shot examples (5; testbed 0)")
-    group.add_argument("--batch-size", type=positive_int, default=8, help="generation batch size (default: 8)")
+    group.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"generation batch size (default: {DEFAULT_BATCH_SIZE})",
+    )
     group.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation budget (default: 256)")
     group.add_argument(
         "--apply-chat-template", action="store_true", help="prompt through the tokenizer's chat template"

@@ -1,18 +1,35 @@
-"""The one generation loop: batched decoding with left padding, per-row stop strings and eos.
+"""The one generation loop: greedy decoding with continuous batching, per-row stop strings and eos.
 
 Evaluation (`evaluation.runner`) and self-generated calibration (`data.self_generated`) both generate through it.
+
+Greedy decoding runs a loop of our own over one KV cache (`continuous` loop): a row leaves the batch (and the cache) at
+the step it finishes, and the next waiting prompt takes its slot, so no step computes a finished row and the batch
+stays full while prompts wait. Each prompt is prefilled on its own (as at batch size 1) and then joins the running
+batch, left-padded in the cache to the batch's length; its positions count its own tokens only, so padding never
+shifts them. Sampling, and greedy decoding that the model's `generation_config` would alter (e.g. a repetition
+penalty), go through `model.generate` on fixed, length-sorted, left-padded batches instead (`generate` loop).
+
+A row stops at its first eos or stop string either way; the decision is the same per-row rule in both loops (decode
+the row's last few generated tokens, look for a stop string), and the continuous loop only skips the decode when the
+newest token cannot end a stop string.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from optimum_rku.data.prompts import STOP_STRINGS
+
+#: values of `generate_completions(loop=...)`
+GENERATION_LOOPS = ("auto", "continuous", "generate")
 
 
 def truncate_at_stop(text: str, stop_strings: Iterable[str] = STOP_STRINGS) -> str:
@@ -25,36 +42,76 @@ def truncate_at_stop(text: str, stop_strings: Iterable[str] = STOP_STRINGS) -> s
     return text[:cut]
 
 
-class _StopCriteria(StoppingCriteria):
-    """Mark each row done at its first eos or stop string; generation ends once every row is done."""
+class _StopCheck:
+    """The per-row stop rule: done at the first eos (not kept) or once the decoded tail shows a stop string (kept).
 
-    def __init__(
-        self, tokenizer: Any, prompt_length: int, batch_size: int, stop_strings: Sequence[str], eos_ids: set[int]
-    ) -> None:
-        """Remember where generated tokens start and how many tail tokens must be decoded to see a stop string."""
+    The tail is the row's last `max(len(stop)) + 2` generated tokens, decoded with special tokens. With `filtered`,
+    the decode is skipped when the newest token cannot end a stop string: a row that has not stopped yet had no stop
+    string in its previous tail, so a new one must end in the text the newest token adds, which then holds the stop
+    string's last character (a token whose own text shows the replacement character, i.e. an incomplete UTF-8
+    sequence, or no text at all is always decoded). Stop strings that end in whitespace disable the filter: a
+    tokenizer may add a space before a token in context that its own text lacks.
+    """
+
+    def __init__(self, tokenizer: Any, stop_strings: Sequence[str], eos_ids: set[int], filtered: bool) -> None:
+        """Remember the tokenizer, the stop strings and eos ids; `filtered` enables the cheap pre-check."""
         self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-        self.stop_strings = tuple(stop_strings)
+        self.stop_strings = tuple(stop for stop in stop_strings if stop)
         self.eos_ids = eos_ids
         self.window = max((len(stop) for stop in self.stop_strings), default=0) + 2
+        self.final_chars = frozenset(stop[-1] for stop in self.stop_strings)
+        self.filtered = filtered and not any(char.isspace() for char in self.final_chars)
+        self._may_end_stop: dict[int, bool] = {}
+        self.decodes = 0
+
+    def may_end_stop(self, token: int) -> bool:
+        """Whether `token` can be the one that completes a stop string (memoized per token id)."""
+        known = self._may_end_stop.get(token)
+        if known is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            known = not text or "\ufffd" in text or any(char in text for char in self.final_chars)
+            self._may_end_stop[token] = known
+        return known
+
+    def __call__(self, generated: Sequence[int]) -> tuple[int, int] | None:
+        """`(generated_count, kept_count)` if the row is done after its newest token, else None."""
+        length = len(generated)
+        if length == 0:
+            return None
+        last = int(generated[-1])
+        if last in self.eos_ids:
+            return length, length - 1
+        if not self.stop_strings or (self.filtered and not self.may_end_stop(last)):
+            return None
+        self.decodes += 1
+        tail = [int(token) for token in generated[-self.window :]]
+        text = self.tokenizer.decode(tail, skip_special_tokens=False)
+        if any(stop in text for stop in self.stop_strings):
+            return length, length
+        return None
+
+
+class _StopCriteria(StoppingCriteria):
+    """`model.generate` stopping criterion: mark each row done by `_StopCheck`; generation ends once all are."""
+
+    def __init__(self, check: _StopCheck, prompt_length: int, batch_size: int) -> None:
+        """Remember where generated tokens start; per-row results start unset."""
+        self.check = check
+        self.prompt_length = prompt_length
         self.generated: list[int | None] = [None] * batch_size
         self.keep: list[int | None] = [None] * batch_size
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         """Return a per-row done mask; decisions depend only on that row's tokens, so batching cannot change them."""
         new_tokens = input_ids[:, self.prompt_length :]
-        length = new_tokens.shape[1]
         done = []
         for row in range(new_tokens.shape[0]):
-            if self.generated[row] is None and length > 0:
-                last = int(new_tokens[row, -1])
-                if last in self.eos_ids:
-                    self.generated[row], self.keep[row] = length, length - 1
-                elif self.stop_strings:
-                    tail = new_tokens[row, -self.window :].tolist()
-                    text = self.tokenizer.decode(tail, skip_special_tokens=False)
-                    if any(stop in text for stop in self.stop_strings):
-                        self.generated[row], self.keep[row] = length, length
+            if self.generated[row] is None:
+                result = self.check(new_tokens[row, -self.check.window :].tolist())
+                if result is not None:
+                    # the tail was cut to the window: count from the full length
+                    offset = new_tokens.shape[1] - min(new_tokens.shape[1], self.check.window)
+                    self.generated[row], self.keep[row] = result[0] + offset, result[1] + offset
             done.append(self.generated[row] is not None)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -94,50 +151,9 @@ def pad_and_eos(model: Any, tokenizer: Any) -> tuple[int, set[int]]:
     return int(pad_id), eos_ids
 
 
-def generate_completions(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    add_special_tokens: bool = True,
-    pad_id: int | None = None,
-    eos_ids: set[int] | None = None,
-    progress: bool = True,
-    stop_strings: Sequence[str] = STOP_STRINGS,
-    desc: str = "generating",
-    sampling: dict[str, float] | None = None,
-) -> tuple[list[str], list[int]]:
-    """Decode all prompts in length-sorted, left-padded batches; return completions and generated token counts.
-
-    Greedy unless `sampling` gives `temperature` and `top_p`. Each row stops at its first eos or stop string (the
-    completion is cut there); pad and eos ids default to the tokenizer's and the model's.
-    """
-    from tqdm.auto import tqdm
-
-    if pad_id is None or eos_ids is None:
-        pad_id, eos_ids = pad_and_eos(model, tokenizer)
-
-    encoded = [list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]) for prompt in prompts]
-    max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(max_positions, int) and max_positions > 0:
-        budget = max(max_positions - max_new_tokens, 1)
-        truncated = sum(len(ids) > budget for ids in encoded)
-        if truncated:
-            warnings.warn(
-                f"{truncated} prompt(s) exceed max_position_embeddings - max_new_tokens = {budget} tokens and were "
-                "left-truncated (as lm-evaluation-harness does); consider a smaller num_fewshot",
-                stacklevel=3,
-            )
-            encoded = [ids[-budget:] for ids in encoded]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    completions: list[str] = [""] * len(prompts)
-    counts: list[int] = [0] * len(prompts)
-    device = model_device(model)
-    # Decode with special tokens so "</s>"/"<|im_end|>" act as stop strings, then drop the rest like skip_special_tokens.
-    special_tokens = sorted((t for t in getattr(tokenizer, "all_special_tokens", ()) if t), key=len, reverse=True)
-    generation_config = GenerationConfig(
+def _generation_config(pad_id: int, eos_ids: set[int], max_new_tokens: int, sampling: dict | None) -> GenerationConfig:
+    """What `model.generate` runs with; other settings (e.g. repetition_penalty) come from model.generation_config."""
+    return GenerationConfig(
         do_sample=sampling is not None,
         num_beams=1,
         max_new_tokens=max_new_tokens,
@@ -152,34 +168,367 @@ def generate_completions(
         top_k=50,
         typical_p=1.0,
     )
-    with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="q") as bar:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = encoded[index]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, width - len(ids) :] = 1
-            criteria = _StopCriteria(tokenizer, width, len(batch), stop_strings, eos_ids)
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=generation_config,
-                stopping_criteria=StoppingCriteriaList([criteria]),
+
+
+def _base_model(model: Any) -> Any:
+    """The transformers model under a wrapper such as a PEFT model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def continuous_unsupported(model: Any, generation_config: GenerationConfig) -> str | None:
+    """Why the continuous loop cannot reproduce `model.generate` for this model and config, or None if it can.
+
+    It can when decoding is plain greedy: `generate` would add no logits processor and no stopping criterion beyond
+    eos and max_new_tokens once the model's own generation_config is merged in.
+    """
+    from transformers.generation import GenerationMode, LogitsProcessorList
+
+    base = _base_model(model)
+    if generation_config.do_sample:
+        return "sampling (do_sample=True) runs through model.generate"
+    if getattr(getattr(base, "config", None), "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported"
+    if not callable(getattr(base, "_prepare_generation_config", None)):
+        return f"{type(base).__name__} is not a transformers generation model"
+    try:
+        merged, _ = base._prepare_generation_config(generation_config)
+        if merged.get_generation_mode() != GenerationMode.GREEDY_SEARCH:
+            return f"model.generation_config selects {merged.get_generation_mode().value}, not greedy search"
+        if merged.stop_strings or merged.max_time is not None:
+            return "model.generation_config sets stop_strings or max_time"
+        processors = base._get_logits_processor(
+            generation_config=merged,
+            input_ids_seq_length=1,
+            encoder_input_ids=None,
+            prefix_allowed_tokens_fn=None,
+            logits_processor=LogitsProcessorList(),
+            device="cpu",
+            model_kwargs={},
+        )
+    except Exception as error:  # noqa: BLE001 - any failure to inspect means: use model.generate
+        return f"cannot inspect the model's generation config ({type(error).__name__}: {error})"
+    if len(processors):
+        names = ", ".join(type(p).__name__ for p in processors)
+        return f"model.generation_config adds logits processors ({names})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the continuous loop
+
+
+class _CacheUnsupported(RuntimeError):
+    """The model's KV cache is not one whose rows the continuous loop knows how to move."""
+
+
+def _cache_layers(cache: Any) -> list[Any]:
+    """The layers of a transformers DynamicCache with full or sliding-window attention, else _CacheUnsupported."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    if type(cache) is not DynamicCache or getattr(cache, "offloading", False):
+        raise _CacheUnsupported(f"the model returned a {type(cache).__name__}, not a plain DynamicCache")
+    layers = list(cache.layers)
+    for layer in layers:
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not layer.is_initialized:
+            raise _CacheUnsupported(f"unsupported cache layer {type(layer).__name__}")
+        if getattr(layer, "record_past", False):
+            raise _CacheUnsupported("the cache records past states")
+        if _window(layer) is not None and (not isinstance(_window(layer), int) or _window(layer) < 2):
+            raise _CacheUnsupported(f"sliding window {_window(layer)!r}")
+    return layers
+
+
+def _window(layer: Any) -> int | None:
+    """The sliding window of a cache layer, None for full attention."""
+    return getattr(layer, "sliding_window", None)
+
+
+def _stored(layer: Any, length: int) -> int:
+    """How many positions `layer` holds for a padded sequence of `length` tokens (a sliding layer: window - 1)."""
+    window = _window(layer)
+    return length if window is None else min(length, window - 1)
+
+
+def _set_length(layer: Any, length: int) -> None:
+    """Record the padded sequence length on a sliding-window layer (full layers read it from their tensors)."""
+    if hasattr(layer, "cumulative_length"):
+        layer.cumulative_length = length
+
+
+def _left_pad(tensor: torch.Tensor, amount: int) -> torch.Tensor:
+    """Add `amount` zero positions before the sequence axis (-2) of a [batch, heads, seq, dim] tensor."""
+    return F.pad(tensor, (0, 0, amount, 0)) if amount else tensor
+
+
+@dataclass
+class _Row:
+    """One prompt in the running batch: its index, the tokens it holds in the cache, what it generated."""
+
+    index: int
+    cached: int
+    generated: list[int] = field(default_factory=list)
+
+
+class _Batch:
+    """The running batch: one KV cache whose rows are left-padded to a common `length`, one `_Row` each."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.cache: Any = None
+        self.layers: list[Any] = []
+        self.rows: list[_Row] = []
+        self.length = 0
+
+    def add(self, newcomers: list[tuple[_Row, Any]]) -> None:
+        """Append prefilled rows (each with its own batch-1 cache), left-padding every row to the longest."""
+        parts = [(_cache_layers(cache), row.cached) for row, cache in newcomers]
+        if self.cache is None:
+            self.cache, self.layers = newcomers[0][1], parts[0][0]
+        else:
+            parts.insert(0, (self.layers, self.length))
+        if any(len(layers) != len(self.layers) for layers, _ in parts):
+            raise _CacheUnsupported("caches of different depth")
+        target = max(length for _, length in parts)
+        for position, layer in enumerate(self.layers):
+            keys, values = [], []
+            for layers, length in parts:
+                source = layers[position]
+                if type(source) is not type(layer) or _window(source) != _window(layer):
+                    raise _CacheUnsupported("cache layers of different kinds")
+                amount = _stored(layer, target) - _stored(layer, length)
+                keys.append(_left_pad(source.keys, amount))
+                values.append(_left_pad(source.values, amount))
+            layer.keys = keys[0] if len(keys) == 1 else torch.cat(keys, dim=0)
+            layer.values = values[0] if len(values) == 1 else torch.cat(values, dim=0)
+            _set_length(layer, target)
+        self.length = target
+        self.rows.extend(row for row, _ in newcomers)
+
+    def keep(self, kept: list[int]) -> None:
+        """Keep only the rows at `kept` (in order), then drop the left padding every remaining row shares."""
+        if len(kept) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in kept]
+        if not self.rows:
+            self.cache, self.layers, self.length = None, [], 0
+            return
+        index = torch.tensor(kept, dtype=torch.long, device=self.layers[0].keys.device)
+        shared_pad = self.length - max(row.cached for row in self.rows)
+        length = self.length - shared_pad
+        for layer in self.layers:
+            stored = _stored(layer, length)
+            keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            layer.keys, layer.values = keys[:, :, keys.shape[2] - stored :], values[:, :, values.shape[2] - stored :]
+            _set_length(layer, length)
+        self.length = length
+
+
+def _forward_arguments(model: Any) -> tuple[str, bool]:
+    """The model's keyword for the KV cache (`cache` or the older `past_key_values`) and whether it takes
+    `logits_to_keep` (then only the last position's logits are computed, as `model.generate` does)."""
+    parameters = inspect.signature(_base_model(model).forward).parameters
+    return ("cache" if "cache" in parameters else "past_key_values"), "logits_to_keep" in parameters
+
+
+def _output_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def _continuous(
+    model: Any,
+    encoded: list[list[int]],
+    order: list[int],
+    batch_size: int,
+    max_new_tokens: int,
+    check: _StopCheck,
+    on_done: Any,
+) -> None:
+    """Greedy-decode the prompts in `order` with at most `batch_size` rows per step; call `on_done(index, tokens,
+    generated, keep)` as each finishes. Raises _CacheUnsupported (before any row finishes) for unknown caches."""
+    device = model_device(model)
+    cache_name, keeps_logits = _forward_arguments(model)
+    extra = {"logits_to_keep": 1} if keeps_logits else {}
+    queue = list(reversed(order))  # pop() from the end takes the next prompt in order
+    batch = _Batch()
+    while queue or batch.rows:
+        newcomers = []
+        while queue and len(batch.rows) + len(newcomers) < batch_size:
+            index = queue.pop()
+            ids = encoded[index]
+            output = model(
+                input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+                position_ids=torch.arange(len(ids), device=device)[None],
+                use_cache=True,
+                **extra,
             )
-            new_tokens = output[:, width:].cpu()
-            for row, index in enumerate(batch):
-                keep = criteria.keep[row]
-                generated = criteria.generated[row]
-                tokens = new_tokens[row].tolist()
-                if keep is None:
-                    keep = generated = len(tokens)
-                counts[index] = int(generated)
-                text = truncate_at_stop(tokenizer.decode(tokens[:keep], skip_special_tokens=False), stop_strings)
-                for special in special_tokens:
-                    text = text.replace(special, "")
-                completions[index] = text
-            bar.update(len(batch))
+            row = _Row(index, len(ids), [int(output.logits[0, -1].float().argmax())])
+            cache = _output_cache(output)
+            del output
+            if batch.cache is None:
+                _cache_layers(cache)  # an unknown cache fails here, before any row is reported done
+            result = check(row.generated)
+            if result is None and max_new_tokens > 1:
+                newcomers.append((row, cache))
+            else:
+                generated, keep = result if result is not None else (1, 1)
+                on_done(row.index, row.generated, generated, keep)
+        if newcomers:
+            batch.add(newcomers)
+        if not batch.rows:
+            continue
+        rows = batch.rows
+        input_ids = torch.tensor([[row.generated[-1]] for row in rows], dtype=torch.long, device=device)
+        positions = torch.tensor([[row.cached] for row in rows], dtype=torch.long, device=device)
+        pads = [batch.length - row.cached for row in rows]
+        attention_mask = None
+        if any(pads):
+            attention_mask = (
+                torch.arange(batch.length + 1, device=device)[None] >= torch.tensor(pads, device=device)[:, None]
+            ).long()
+        output = model(
+            input_ids=input_ids,
+            position_ids=positions,
+            attention_mask=attention_mask,
+            use_cache=True,
+            **{cache_name: batch.cache},
+            **extra,
+        )
+        next_tokens = output.logits[:, -1].float().argmax(dim=-1).tolist()
+        del output
+        batch.length += 1
+        for layer in batch.layers:
+            _set_length(layer, batch.length)
+        kept = []
+        for position, (row, token) in enumerate(zip(rows, next_tokens)):
+            row.cached += 1
+            row.generated.append(int(token))
+            result = check(row.generated)
+            if result is None and len(row.generated) < max_new_tokens:
+                kept.append(position)
+            else:
+                generated, keep = result if result is not None else (len(row.generated),) * 2
+                on_done(row.index, row.generated, generated, keep)
+        batch.keep(kept)
+
+
+# -------------------------------------------------------------------------------------------------- the entry point
+
+
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    add_special_tokens: bool = True,
+    pad_id: int | None = None,
+    eos_ids: set[int] | None = None,
+    progress: bool = True,
+    stop_strings: Sequence[str] = STOP_STRINGS,
+    desc: str = "generating",
+    sampling: dict[str, float] | None = None,
+    loop: str = "auto",
+) -> tuple[list[str], list[int]]:
+    """Decode all prompts, at most `batch_size` at a time; return completions and generated token counts.
+
+    Greedy unless `sampling` gives `temperature` and `top_p`. Each row stops at its first eos or stop string (the
+    completion is cut there); pad and eos ids default to the tokenizer's and the model's. `loop` picks the decoding
+    loop: "continuous" (greedy, finished rows leave the batch and waiting prompts take their place), "generate"
+    (fixed, length-sorted, left-padded batches through `model.generate`) or "auto" (continuous when it reproduces
+    `model.generate`: greedy, and no logits processor from the model's generation_config; else generate).
+    """
+    from tqdm.auto import tqdm
+
+    if loop not in GENERATION_LOOPS:
+        raise ValueError(f"loop must be one of {GENERATION_LOOPS}, got {loop!r}")
+    if pad_id is None or eos_ids is None:
+        pad_id, eos_ids = pad_and_eos(model, tokenizer)
+    generation_config = _generation_config(pad_id, eos_ids, max_new_tokens, sampling)
+    if loop != "generate":
+        reason = continuous_unsupported(model, generation_config)
+        if reason is not None and loop == "continuous":
+            raise ValueError(f"loop='continuous' cannot run here: {reason}; use loop='auto' or loop='generate'")
+        loop = "generate" if reason is not None else "continuous"
+
+    encoded = [list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]) for prompt in prompts]
+    empty = [index for index, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"prompt(s) at index {empty[:5]} encode to no tokens; every prompt needs at least one token")
+    max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(max_positions, int) and max_positions > 0:
+        budget = max(max_positions - max_new_tokens, 1)
+        truncated = sum(len(ids) > budget for ids in encoded)
+        if truncated:
+            warnings.warn(
+                f"{truncated} prompt(s) exceed max_position_embeddings - max_new_tokens = {budget} tokens and were "
+                "left-truncated (as lm-evaluation-harness does); consider a smaller num_fewshot",
+                stacklevel=3,
+            )
+            encoded = [ids[-budget:] for ids in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    completions: list[str] = [""] * len(prompts)
+    counts: list[int] = [0] * len(prompts)
+    # Decode with special tokens so "</s>"/"<|im_end|>" act as stop strings, then drop the rest like skip_special_tokens.
+    special_tokens = sorted((t for t in getattr(tokenizer, "all_special_tokens", ()) if t), key=len, reverse=True)
+
+    with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="q") as bar:
+
+        def finish(index: int, tokens: Sequence[int], generated: int, keep: int) -> None:
+            counts[index] = int(generated)
+            text = truncate_at_stop(tokenizer.decode(list(tokens[:keep]), skip_special_tokens=False), stop_strings)
+            for special in special_tokens:
+                text = text.replace(special, "")
+            completions[index] = text
+            bar.update(1)
+
+        if loop == "continuous":
+            check = _StopCheck(tokenizer, stop_strings, eos_ids, filtered=True)
+            try:
+                _continuous(model, encoded, order, batch_size, max_new_tokens, check, finish)
+                return completions, counts
+            except _CacheUnsupported:
+                if bar.n:  # raised only by the first merge, before any row finished; never mix the two loops
+                    raise
+        check = _StopCheck(tokenizer, stop_strings, eos_ids, filtered=False)
+        _fixed_batches(model, encoded, order, batch_size, pad_id, generation_config, check, finish)
     return completions, counts
+
+
+def _fixed_batches(
+    model: Any,
+    encoded: list[list[int]],
+    order: list[int],
+    batch_size: int,
+    pad_id: int,
+    generation_config: GenerationConfig,
+    check: _StopCheck,
+    on_done: Any,
+) -> None:
+    """`model.generate` on consecutive slices of `order`, left-padded to the slice's longest prompt."""
+    device = model_device(model)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = encoded[index]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        criteria = _StopCriteria(check, width, len(batch))
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            generation_config=generation_config,
+            stopping_criteria=StoppingCriteriaList([criteria]),
+        )
+        new_tokens = output[:, width:].cpu()
+        for row, index in enumerate(batch):
+            tokens = new_tokens[row].tolist()
+            generated, keep = criteria.generated[row], criteria.keep[row]
+            if keep is None:
+                generated = keep = len(tokens)
+            on_done(index, tokens, generated, keep)

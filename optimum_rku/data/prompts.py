@@ -1,4 +1,5 @@
-"""Prompts shared by calibration, recovery and evaluation: the `Question: ...\nAnswer:` format and its stop strings."""
+"""Prompts shared by calibration, recovery and evaluation: the `Question: ...\nAnswer:` format, its stop strings and
+how many prompts the generation loop decodes at once by default."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ logger = logging.getLogger(__name__)
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 #: where a completion ends: the next question, or an end-of-turn token written out as text
 STOP_STRINGS: tuple[str, ...] = ("Question:", "</s>", "<|im_end|>")
+#: rows decoded at once unless asked otherwise (evaluation, the CLI, self-generated calibration): the fastest batch
+#: size measured for the generation loop on SmolLM2-135M on CPU (docs/benchmarks.md, "The generation loop")
+DEFAULT_BATCH_SIZE = 32
 
 
 def chat_template_error(tokenizer) -> str | None:

@@ -15,7 +15,7 @@ import torch
 
 from optimum_rku.data.calibration import calibration_length, context_length, report_context_cut
 from optimum_rku.data.generation import generate_completions
-from optimum_rku.data.prompts import question_prompt, uses_chat_template
+from optimum_rku.data.prompts import DEFAULT_BATCH_SIZE, question_prompt, uses_chat_template
 from optimum_rku.pruning.masks import masked_model
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def generate_answers(
     tokenizer,
     prompts: Sequence[str],
     config,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     masks: dict | None = None,
     add_special_tokens: bool = True,

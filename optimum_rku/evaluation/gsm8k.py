@@ -182,8 +182,9 @@ def evaluate_gsm8k(
 ) -> GSM8KResult:
     """Run harness-compatible few-shot GSM8K (greedy, stop at ``Question:``) and score strict/flexible exact match.
 
-    `options` are those of `optimum_rku.evaluation.runner.evaluate`: `limit`, `batch_size` (8), `max_new_tokens`
-    (256), `apply_chat_template`, `output_path`, `fewshot_seed`, `fewshot_split`, `progress`, `fewshot_examples`.
+    `options` are those of `optimum_rku.evaluation.runner.evaluate`: `limit`, `batch_size` (32), `max_new_tokens`
+    (256), `apply_chat_template`, `output_path`, `fewshot_seed`, `fewshot_split`, `progress`, `fewshot_examples`,
+    `generation_loop`.
     """
     from optimum_rku.evaluation.runner import evaluate
 

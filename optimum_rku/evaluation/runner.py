@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from optimum_rku.data.generation import generate_completions, pad_and_eos
+from optimum_rku.data.generation import GENERATION_LOOPS, generate_completions, pad_and_eos
+from optimum_rku.data.prompts import DEFAULT_BATCH_SIZE
 from optimum_rku.evaluation.registry import get_task
 from optimum_rku.evaluation.results import EvaluationResult
 from optimum_rku.evaluation.sources import resolve_source, sample_fewshot, validate_rows
@@ -45,7 +46,7 @@ def evaluate(
     split: str = "test",
     num_fewshot: int = 0,
     limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int | None = None,
     apply_chat_template: bool = False,
     output_path: str | os.PathLike[str] | None = None,
@@ -53,9 +54,14 @@ def evaluate(
     fewshot_split: str = "train",
     progress: bool = True,
     fewshot_examples: Sequence[Mapping[str, str]] | None = None,
+    generation_loop: str = "auto",
 ) -> EvaluationResult:
     """Run `task` on `dataset` (a Hub id, a json/jsonl file or directory, a datasets.Dataset(Dict) or a list of rows)
-    with greedy decoding and return its metrics; `output_path` also writes per-sample jsonl and a summary."""
+    with greedy decoding and return its metrics; `output_path` also writes per-sample jsonl and a summary.
+
+    `generation_loop` is `optimum_rku.data.generation.generate_completions`'s `loop` ("auto": continuous batching,
+    where finished rows leave the batch and waiting prompts take their slots; "generate": fixed batches through
+    `model.generate`); both give the same completions."""
     call_start = time.perf_counter()
     task = get_task(task)
     max_new_tokens = task.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -71,6 +77,8 @@ def evaluate(
     if isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int):
         raise TypeError(f"fewshot_seed must be an int, got {fewshot_seed!r} ({type(fewshot_seed).__name__})")
     _check_split("split", split, task)
+    if generation_loop not in GENERATION_LOOPS:
+        raise ValueError(f"generation_loop must be one of {GENERATION_LOOPS}, got {generation_loop!r}")
     _check_split("fewshot_split", fewshot_split, task)
     if not isinstance(apply_chat_template, bool):
         raise TypeError(f"apply_chat_template must be a bool, got {apply_chat_template!r}")
@@ -129,6 +137,7 @@ def evaluate(
                 progress=progress,
                 stop_strings=task.stop_strings,
                 desc=task.title,
+                loop=generation_loop,
             )
     finally:
         if was_training and hasattr(model, "train"):
