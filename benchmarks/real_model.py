@@ -18,6 +18,7 @@ from problems to report on (`--split test`). Writes JSON, a markdown table and a
     python benchmarks/real_model.py --output docs/real_model/full            # the full grid
     python benchmarks/real_model.py --summarize docs/real_model/select_*.json   # best variant per method
     python benchmarks/real_model.py --render docs/real_model/x.json           # table + chart again from a JSON
+    python benchmarks/real_model.py --split test --settings-from docs/real_model/select_*.json   # report on test
 
 One script on purpose (over ~450 lines): the command recorded in docs/benchmarks.md reproduces the whole run.
 """
@@ -128,6 +129,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="self-generated cache")
     p.add_argument("--resume", action="store_true", help="reuse the rows an interrupted run wrote to <output>.json")
     p.add_argument("--quick", action="store_true", help="a small grid that runs in under 15 minutes on 2 cores")
+    p.add_argument(
+        "--settings-from",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="selection records: each method found there runs only its best plan setting (lowest mean NLL over "
+        "the sparsities it was measured at); other methods run the grid of the flags",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.sparsities = [0.2, 0.4] if args.sparsities == [0.1, 0.2, 0.3, 0.4, 0.5] else args.sparsities
@@ -148,7 +157,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for ranking, activity, objective in itertools.product(args.rankings, args.activities, args.objectives):
         RKUConfig(ranking=ranking, activity=activity, objective=objective)  # validates the names
     args.output = args.output or str(ROOT / "docs" / "real_model" / ("quick" if args.quick else "full"))
+    args.best_settings = best_settings(args.settings_from) if args.settings_from else {}
     return args
+
+
+def best_settings(paths: list[str]) -> dict[str, dict]:
+    """Per method, the plan setting with the lowest mean NLL over the selection records' sparsities.
+
+    Only settings measured at every sparsity the method was measured at compete, so a setting is not chosen
+    for having been tried only where pruning is mild. Choosing on validation and reporting on test keeps the
+    reported numbers honest.
+    """
+    nll: dict[str, dict[str, dict[float, float]]] = {}
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        if record.get("split") == "test":
+            raise SystemExit(f"--settings-from: {path} was measured on the test split; choose settings on validation")
+        for row in record["rows"]:
+            if row["method"] == "dense":
+                continue
+            setting = json.dumps(row_setting(row), sort_keys=True)
+            nll.setdefault(row["method"], {}).setdefault(setting, {})[row["sparsity"]] = row["nll"]
+    best = {}
+    for method, by_setting in nll.items():
+        sparsities = set().union(*(set(v) for v in by_setting.values()))
+        complete = {k: v for k, v in by_setting.items() if set(v) == sparsities}
+        setting = min(complete, key=lambda k: sum(complete[k].values()) / len(sparsities))
+        best[method] = json.loads(setting)
+    return best
+
+
+def row_setting(row: dict) -> dict:
+    """The plan setting (as `variants` writes it) a result row was pruned with."""
+    compensation = "default" if not get_importance(row["method"]).needs_calibration else "off"
+    if row.get("bias_compensation"):
+        compensation = "on"
+    floor = row.get("min_keep_attention")
+    return dict(
+        allocation=row["allocation"],
+        ranking=row.get("ranking") if row["allocation"] == "global" else None,
+        compensation=compensation,
+        min_keep=row["min_keep"],
+        min_keep_attention=None if floor is None or floor == row["min_keep"] else floor,
+        kv_cache_tokens=row.get("kv_cache_tokens") or 0,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -368,6 +420,8 @@ def shape_summary(model, dense_kv: int) -> dict:
 # ------------------------------------------------------------------------------------------------------ grid
 def variants(args, method: str, family_can_compensate: bool) -> list[dict]:
     """Every plan setting of one method's scores (rankings only for global; compensation only where it exists)."""
+    if method in args.best_settings:
+        return [args.best_settings[method]]
     data_free = not get_importance(method).needs_calibration
     out = []
     for allocation, min_keep in itertools.product(args.allocations, args.min_keep):

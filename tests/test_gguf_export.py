@@ -467,7 +467,8 @@ def test_settings_the_architecture_cannot_apply_are_refused(tmp_path):
 
 @pytest.mark.parametrize(("allocation", "arch"), [("global", "deci"), ("uniform", "llama")])
 def test_bias_compensated_llama_writes_its_output_biases_and_no_zero_ones(tmp_path, allocation, arch):
-    ckpt = prune_tiny("llama", allocation, tmp_path / "ckpt", bias_compensation=True)
+    # a 6144-token KV price makes the global plan remove heads on this short-context model (auto prices its context)
+    ckpt = prune_tiny("llama", allocation, tmp_path / "ckpt", bias_compensation=True, kv_cache_tokens=6144)
     out = export_gguf(ckpt, tmp_path / "llama.gguf", "f32")
     kv, written, source = fields(out), tensors(out), state(ckpt)
     assert kv["general.architecture"] == arch
@@ -542,7 +543,8 @@ def test_rotary_scaling_with_per_layer_head_counts_is_written_and_the_checkpoint
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64,
     }
-    ckpt = prune_tiny("llama", "global", tmp_path / "llama", model={"rope_parameters": llama3})
+    # a 6144-token KV price makes the global plan remove heads on these short-context models (auto prices the context)
+    ckpt = prune_tiny("llama", "global", tmp_path / "llama", model={"rope_parameters": llama3}, kv_cache_tokens=6144)
     heads, _, _ = config_widths(ckpt)
     assert len(set(heads)) > 1, "the global allocation should give layers different head counts here"
     written = tensors(export_gguf(ckpt, tmp_path / "llama.gguf", "f32"))
@@ -555,7 +557,7 @@ def test_rotary_scaling_with_per_layer_head_counts_is_written_and_the_checkpoint
         "original_max_position_embeddings": 32,
     }
     model = {**PHI3, "rope_parameters": rope, "original_max_position_embeddings": 32, "max_position_embeddings": 128}
-    phi3 = prune_tiny("phi3", "global", tmp_path / "phi3", model=model)
+    phi3 = prune_tiny("phi3", "global", tmp_path / "phi3", model=model, kv_cache_tokens=6144)
     assert len(set(config_widths(phi3)[0])) > 1
     kv = fields(export_gguf(phi3, tmp_path / "phi3.gguf", "f32"))
     assert kv["general.architecture"] == "deci" and kv["deci.rope.scaling.type"] == "longrope"
