@@ -21,6 +21,8 @@ every row), a markdown table and a chart (NLL before / after per method).
     python benchmarks/real_recovery.py --threads 2      # SmolLM2: about 1 h on 2 free cores, 18 GB of memory
     python benchmarks/real_recovery.py --model testbed --steps 3 --nll-problems 4 --train-problems 32 \\
         --num-calibration 4 --generation-tokens 16 --output runs/real_recovery_testbed   # end-to-end check
+
+One script on purpose (over ~450 lines): the command recorded in docs/benchmarks.md reproduces the whole run.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ penalty), go through `model.generate` on fixed, length-sorted, left-padded batch
 A row stops at its first eos or stop string either way; the decision is the same per-row rule in both loops (decode
 the row's last few generated tokens, look for a stop string), and the continuous loop only skips the decode when the
 newest token cannot end a stop string.
+
+One file on purpose (over ~450 lines): both loops share the batching, stop-string and cache-merging rules, and
+splitting them would put one decision in two places.
 """
 
 from __future__ import annotations
