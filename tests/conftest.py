@@ -114,3 +114,13 @@ def masked_logits(model, masks):
     importance = get_importance("magnitude")  # a method that needs no statistics: hooks only apply the masks
     with StatsCollector(model, importance, masks), torch.no_grad():
         return model(sample_inputs()).logits
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny models run single-threaded (intra-op threads only add overhead on a busy 2-core box); a module opts in
+    with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

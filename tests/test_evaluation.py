@@ -141,13 +141,7 @@ def make_scripted_llama(tokenizer: PreTrainedTokenizerFast, successors: dict[str
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Run the tiny models single-threaded: intra-op threads only add overhead (and stall on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ SLIDING = {"gemma2", "gemma3_text", "mistral"}
 STOPS = ("cc", "5E", "PP", "Je", "jj", "Zx")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models run single-threaded (intra-op threads only add overhead on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _prompts(n: int = 8, seed: int = 0) -> list[str]:

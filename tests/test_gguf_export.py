@@ -352,6 +352,20 @@ def test_cli_export_gguf_writes_the_file_and_the_cards_llama_cpp_section(tmp_pat
 #: Phi-3 with q width = hidden size (8 heads x 4), as its releases: llama.cpp's phi3 loader sizes q and o that way
 PHI3 = {"head_dim": 4}
 
+# a tiny Phi-3 with LongRoPE: short / long factors and an original context shorter than its window
+LONGROPE_PHI3 = {
+    **PHI3,
+    "rope_parameters": {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "short_factor": [1.0, 1.5],
+        "long_factor": [2.0, 4.0],
+        "original_max_position_embeddings": 32,
+    },
+    "original_max_position_embeddings": 32,
+    "max_position_embeddings": 128,
+}
+
 
 def test_phi3_keeping_its_heads_writes_llama_cpp_phi3_with_the_fused_tensors(tmp_path):
     rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
@@ -513,14 +527,7 @@ def test_weights_that_disagree_with_config_are_named(tmp_path):
 def test_longrope_writes_its_factors_attention_factor_and_original_context(tmp_path, targets, arch):
     import math
 
-    rope = {
-        "rope_type": "longrope",
-        "rope_theta": 10000.0,
-        "short_factor": [1.0, 1.5],
-        "long_factor": [2.0, 4.0],
-        "original_max_position_embeddings": 32,
-    }
-    model = {**PHI3, "rope_parameters": rope, "original_max_position_embeddings": 32, "max_position_embeddings": 128}
+    model = LONGROPE_PHI3
     ckpt = prune_tiny("phi3", "uniform", tmp_path / "ckpt", model=model, targets=targets)
     plan = plan_gguf_export(ckpt)
     assert any("long rotary factors whenever its context" in note for note in plan.notes)
@@ -549,14 +556,7 @@ def test_rotary_scaling_with_per_layer_head_counts_is_written_and_the_checkpoint
     assert len(set(heads)) > 1, "the global allocation should give layers different head counts here"
     written = tensors(export_gguf(ckpt, tmp_path / "llama.gguf", "f32"))
     assert list(written["rope_freqs.weight"].shape) == [4] and np.asarray(written["rope_freqs.weight"].data).max() > 1
-    rope = {
-        "rope_type": "longrope",
-        "rope_theta": 10000.0,
-        "short_factor": [1.0, 1.5],
-        "long_factor": [2.0, 4.0],
-        "original_max_position_embeddings": 32,
-    }
-    model = {**PHI3, "rope_parameters": rope, "original_max_position_embeddings": 32, "max_position_embeddings": 128}
+    model = LONGROPE_PHI3
     phi3 = prune_tiny("phi3", "global", tmp_path / "phi3", model=model, kv_cache_tokens=6144)
     assert len(set(config_widths(phi3)[0])) > 1
     kv = fields(export_gguf(phi3, tmp_path / "phi3.gguf", "f32"))
