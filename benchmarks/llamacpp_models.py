@@ -100,7 +100,9 @@ def prompts(variant: Variant, tokenizer, count: int, gsm8k_dir: Path = SHARED_GS
         return [tokenizer(format_prompt(p["question"]))["input_ids"] for p in make_problems(count, split="test")]
     rows = gsm8k("test", gsm8k_dir)[:count]
     return [
-        list(tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}], add_generation_prompt=True))
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["question"]}], add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         for r in rows
     ]
 
