@@ -438,6 +438,10 @@ def ablation_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
         add(calib, seed, {"allocation": "uniform"}, "allocation=uniform")
         add(calib, seed, {"attention_granularity": "query_head"}, "granularity=query_head")
         add(calib, seed, {"targets": "mlp"}, "targets=mlp")
+        # the global pool: the old raw-score ranking, RKU's other loss estimate, and no KV-cache price
+        add(calib, seed, {"ranking": "score"}, "ranking=score")
+        add(calib, seed, {"ranking": "expected_loss"}, "ranking=expected_loss")
+        add(calib, seed, {"kv_cache_tokens": 0}, "kv_cache_tokens=0")
     return jobs
 
 
@@ -655,7 +659,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += [
             "",
             "**RKU ablations** (test accuracy, mean ± std over seeds; default = decode_nll, fisher_trace, "
-            "global, kv_group, both)",
+            "global (ranking auto, kv_cache_tokens auto), kv_group, both)",
             "",
         ]
         lines.append("| variant | calibration | " + " | ".join(f"{s:.0%}" for s in abl_sps) + " |")
