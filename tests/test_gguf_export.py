@@ -56,8 +56,8 @@ def state(directory: Path) -> dict:
 
 def config_widths(directory: Path) -> tuple[list[int], list[int], list[int]]:
     config = json.loads((directory / "config.json").read_text())
-    per = config.get("per_layer_config") or {str(i): {} for i in range(config["num_hidden_layers"])}
-    layers = [{**config, **per[str(i)]} for i in range(config["num_hidden_layers"])]
+    per = {int(k): v for k, v in (config.get("per_layer_config") or {}).items()}  # keys "00", "01"... past 10 layers
+    layers = [{**config, **per.get(i, {})} for i in range(config["num_hidden_layers"])]
     return (
         [c["num_attention_heads"] for c in layers],
         [c["num_key_value_heads"] for c in layers],
@@ -119,6 +119,17 @@ def test_per_layer_checkpoint_writes_deci_with_per_layer_arrays_and_exact_weight
         if family == "qwen2":
             bias = np.asarray(written[f"blk.{i}.attn_q.bias"].data)
             np.testing.assert_array_equal(unpermute(bias, heads[i]), source[f"model.layers.{i}.self_attn.q_proj.bias"])
+
+
+def test_per_layer_checkpoint_of_more_than_ten_layers_exports(tmp_path):
+    """transformers zero-pads `per_layer_config` keys ("00", "01", ...) past 10 layers; widths must still match."""
+    ckpt = prune_tiny("llama", "global", tmp_path / "ckpt", model={"num_hidden_layers": 11}, kv_cache_tokens=6144)
+    assert "00" in json.loads((ckpt / "config.json").read_text())["per_layer_config"]
+    heads, kv_heads, ffn = config_widths(ckpt)
+    assert len(set(ffn)) > 1
+    kv = fields(export_gguf(ckpt, tmp_path / "model.gguf", "f32"))
+    assert kv["deci.block_count"] == 11
+    assert kv["deci.feed_forward_length"] == ffn and kv["deci.attention.head_count_kv"] == kv_heads
 
 
 @pytest.mark.parametrize(

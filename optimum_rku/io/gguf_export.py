@@ -214,7 +214,9 @@ def _layer_widths(ckpt: _Checkpoint, spec: ArchitectureSpec, n_layers: int, head
     hidden = int(config["hidden_size"])
     per_layer = config.get("per_layer_config") or {}
     if isinstance(per_layer, list):
-        per_layer = {str(i): layer for i, layer in enumerate(per_layer)}
+        per_layer = dict(enumerate(per_layer))
+    # transformers writes the keys zero-padded to sort ("00", "01", ... past 10 layers)
+    per_layer = {int(key): layer for key, layer in per_layer.items()}
     widths = []
     for i in range(n_layers):
         modules = {p: _module_name(spec, i, p) for p in PROJECTIONS}
@@ -226,7 +228,7 @@ def _layer_widths(ckpt: _Checkpoint, spec: ArchitectureSpec, n_layers: int, head
         k_rows = ckpt.shapes[modules["k_proj"]][0] - (o_in if "q_proj" in k_parts else 0)
         k_rows //= sum(p in ("k_proj", "v_proj") for p in k_parts)
         found = LayerWidths(o_in // head_dim, k_rows // head_dim, ckpt.shapes[modules[OUTPUT_PROJECTION["ffn"]]][1])
-        layer_config = {**config, **per_layer.get(str(i), {})}
+        layer_config = {**config, **per_layer.get(i, {})}
         said = LayerWidths(
             int(layer_config["num_attention_heads"]),
             int(layer_config.get("num_key_value_heads") or layer_config["num_attention_heads"]),
