@@ -96,3 +96,56 @@ def test_objectives_give_finite_distinct_scores(calib, objective):
         RKUConfig(objective=objective), calibration_dataset=calib, progress=False
     )
     assert all(torch.isfinite(s).all() and (s > 0).any() for s in scores.mlp + scores.attention)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in causal LM whose logits are one trainable tensor (batch 1), to read per-token logit gradients."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone())
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.logits)
+
+
+@pytest.mark.parametrize("objective", ["nll", "decode_nll", "self_nll"])
+def test_token_gradient_floor_lifts_only_saturated_tokens_to_the_floor(objective):
+    from optimum_rku.scoring.objectives import objective_value
+
+    # three positions, vocab 4: position 0 predicts token 2 with near certainty, position 1 is unsure between 1 and 3
+    logits = torch.tensor([[[0.0, 0.0, 30.0, 0.0], [0.0, 1.0, 0.0, 1.1], [0.0, 0.0, 0.0, 0.0]]])
+    batch = {"input_ids": torch.tensor([[0, 2, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    norms = {}
+    for floor in (0.0, 0.05):
+        model = _FixedLogits(logits)
+        objective_value(model, batch, objective, token_floor=floor).backward()
+        norms[floor] = model.logits.grad[0, :2].norm(dim=-1)
+    p = logits[0, :2].softmax(-1)
+    target = torch.tensor([2, 3]) if objective != "self_nll" else logits[0, :2].argmax(-1)
+    expected = (p - torch.nn.functional.one_hot(target, 4)).norm(dim=-1)
+    assert torch.allclose(norms[0.0], expected, atol=1e-6)  # plain NLL: the gradient is p - e_y
+    assert expected[0] < 0.05 < expected[1]
+    assert torch.allclose(norms[0.05][0], torch.tensor(0.05), atol=1e-6)  # the saturated token is lifted to the floor
+    assert torch.allclose(norms[0.05][1], expected[1], atol=1e-6)  # the unsure token is left as it was
+
+
+def test_token_gradient_floor_is_validated_and_leaves_taylor_as_published(calib):
+    with pytest.raises(ValueError, match="token_gradient_floor"):
+        RKUConfig(token_gradient_floor=-0.1)
+    with pytest.raises(TypeError, match="token_gradient_floor"):
+        RKUConfig(token_gradient_floor="high")
+    assert RKUConfig().token_gradient_floor == 0.01
+
+    def scores(**kwargs):
+        config = RKUConfig(calibration="dataset", **kwargs)
+        return RKUPruner(tiny_model("llama")).compute_scores(config, calibration_dataset=calib, progress=False)
+
+    # a floor above every token's gradient norm weights each token by 1 / ||p - e_y||: RKU's Fisher changes ...
+    plain, floored = scores(token_gradient_floor=0.0), scores(token_gradient_floor=1.0)
+    assert not all(torch.allclose(a, b) for a, b in zip(plain.mlp_raw, floored.mlp_raw))
+    # ... Taylor keeps its own objective (plain NLL of the text), whatever the floor
+    plain, floored = (scores(importance="taylor", token_gradient_floor=f) for f in (0.0, 1.0))
+    assert all(torch.equal(a, b) for a, b in zip(plain.mlp, floored.mlp))

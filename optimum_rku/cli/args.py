@@ -31,6 +31,7 @@ CONFIG_HELP = {
     "ranking": "how global allocation compares heads and channels of all layers (score, per parameter, ...)",
     "min_keep_attention": "fraction of each layer's heads/groups always kept (default: --min-keep)",
     "kv_cache_tokens": "price a KV group in the per-parameter rankings as its weights plus the KV cache it frees at this many tokens",
+    "token_gradient_floor": "lift each token's NLL gradient (at the logits) to at least this norm when scoring (0: plain NLL)",
     "activity": "RKU's activity term: mean |y|, or the spread around the calibration mean (centered)",
     "attention_granularity": "unit of attention pruning",
     "min_keep": "fraction of each layer's channels and heads/groups always kept",

@@ -252,10 +252,12 @@ def collect_stats(
     masks: dict | None = None,
     progress: bool = True,
     extra_stats: frozenset[str] = frozenset(),
+    token_floor: float = 0.0,
 ) -> tuple[list[BlockStats], int]:
     """Run the calibration set once; return per-block statistics and the number of tokens seen.
 
-    `extra_stats` adds activation statistics the importance itself does not need (e.g. "sum" for bias compensation).
+    `extra_stats` adds activation statistics the importance itself does not need (e.g. "sum" for bias compensation);
+    `token_floor` is the objective's per-token gradient floor (`RKUConfig.token_gradient_floor`).
     """
     check_no_weight_gradients(model, importance)
     pad_id = 0
@@ -298,7 +300,7 @@ def collect_stats(
                 tokens += int(batch["attention_mask"].sum())
                 if need_backward:
                     with torch.enable_grad():
-                        value = objective_value(model, batch, objective)
+                        value = objective_value(model, batch, objective, token_floor)
                         check_finite(collector.stats, "forward", rows, dtype)
                         _check_objective(model, batch, value, objective, rows)
                         value.backward()

@@ -32,7 +32,9 @@ def compute_scores(
         objective = importance.objective or config.objective
         extra = frozenset({"sum"}) if wants_means else frozenset()
         extra = extra | importance.config_stats(config)
-        stats, tokens = collect_stats(model, dataset, importance, objective, batch_size, masks, progress, extra)
+        # a method with its own published objective (Taylor: plain NLL) keeps it as published: no token floor
+        floor = 0.0 if importance.objective else config.token_gradient_floor
+        stats, tokens = collect_stats(model, dataset, importance, objective, batch_size, masks, progress, extra, floor)
     else:
         stats, tokens = [BlockStats() for _ in views], 0
     mlp, attention, mlp_raw, attention_raw, mlp_cost, attention_cost = [], [], [], [], [], []
