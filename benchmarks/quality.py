@@ -442,6 +442,7 @@ def ablation_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
         add(calib, seed, {"ranking": "score"}, "ranking=score")
         add(calib, seed, {"ranking": "expected_loss"}, "ranking=expected_loss")
         add(calib, seed, {"kv_cache_tokens": 0}, "kv_cache_tokens=0")
+        add(calib, seed, {"token_gradient_floor": 0.0}, "token_gradient_floor=0")
     return jobs
 
 

@@ -10,7 +10,7 @@ Per row (method x calibration x sparsity x allocation x ranking x compensation x
 - `exact_match`: GSM8K strict exact match (greedy, 0-shot, chat template) on `--em-problems` problems, for rows whose
   sparsity is in `--em-sparsities` (reported even when it is near zero),
 - kept FFN channels / query heads / KV groups per layer, KV-cache bytes per token, parameters.
-Scores are computed once per (method, calibration, objective, activity) and reused for every sparsity and plan.
+Scores are computed once per (method, calibration, objective, activity, token floor) and reused for every sparsity and plan.
 Problems to choose defaults on (`--split validation`: GSM8K train problems outside the calibration sample) are apart
 from problems to report on (`--split test`). Writes JSON, a markdown table and a chart (NLL vs sparsity).
 
@@ -99,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibrations", nargs="+", default=["self_generated"], choices=list(CALIBRATIONS))
     p.add_argument("--objectives", nargs="+", default=None, help="RKU objectives (default: the config default)")
     p.add_argument("--activities", nargs="+", default=None, help="RKU activity terms (default: config default)")
+    p.add_argument(
+        "--token-gradient-floors",
+        nargs="+",
+        type=float,
+        default=None,
+        help="RKU objective's per-token gradient floors (default: config default)",
+    )
     p.add_argument("--num-calibration", type=int, default=32, help="calibration questions (default: 32)")
     p.add_argument("--generation-tokens", type=int, default=256, help="self-generated answer length")
     p.add_argument(
@@ -154,8 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.kv_cache_tokens = args.kv_cache_tokens or [defaults.kv_cache_tokens]
     args.objectives = args.objectives or [defaults.objective]
     args.activities = args.activities or [defaults.activity]
-    for ranking, activity, objective in itertools.product(args.rankings, args.activities, args.objectives):
-        RKUConfig(ranking=ranking, activity=activity, objective=objective)  # validates the names
+    args.token_gradient_floors = args.token_gradient_floors or [defaults.token_gradient_floor]
+    for ranking, activity, objective, floor in itertools.product(
+        args.rankings, args.activities, args.objectives, args.token_gradient_floors
+    ):
+        RKUConfig(ranking=ranking, activity=activity, objective=objective, token_gradient_floor=floor)  # validates
     args.output = args.output or str(ROOT / "docs" / "real_model" / ("quick" if args.quick else "full"))
     args.best_settings = best_settings(args.settings_from) if args.settings_from else {}
     return args
@@ -258,11 +268,12 @@ def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train
     return dataset
 
 
-def scoring_fields(args, objective: str, activity: str) -> dict:
-    """The RKUConfig fields every scoring pass and plan of one (objective, activity) shares."""
+def scoring_fields(args, objective: str, activity: str, floor: float) -> dict:
+    """The RKUConfig fields every scoring pass and plan of one (objective, activity, token floor) shares."""
     return dict(
         objective=objective,
         activity=activity,
+        token_gradient_floor=floor,
         calibration="dataset",
         num_calibration_samples=args.num_calibration,
         seed=args.seed,
@@ -503,8 +514,9 @@ def run(args) -> dict:
             continue  # data-free: one calibration is enough
         objectives = args.objectives if method == "rku" else [RKUConfig().objective]
         activities = args.activities if method == "rku" else [RKUConfig().activity]
-        for objective, activity in itertools.product(objectives, activities):
-            score_fields = scoring_fields(args, objective, activity)
+        floors = args.token_gradient_floors if method == "rku" else [RKUConfig().token_gradient_floor]
+        for objective, activity, floor in itertools.product(objectives, activities, floors):
+            score_fields = scoring_fields(args, objective, activity, floor)
             dataset = None
             if importance.needs_calibration:
                 if kind not in datasets_by_kind:
@@ -517,6 +529,7 @@ def run(args) -> dict:
             for v, sparsity in itertools.product(variants(args, method, can_compensate), args.sparsities):
                 config = plan_config(method, sparsity, v, score_fields, can_compensate)
                 key = (method, kind, objective, activity, sparsity, json.dumps(v, sort_keys=True))
+                key += (floor,) if method == "rku" else ()  # only RKU's scores depend on the floor
                 if key in done:
                     rows.append(done[key])
                     print(_row_line(done[key]) + " (resumed)", flush=True)
@@ -532,6 +545,7 @@ def run(args) -> dict:
                     "calibration": kind if importance.needs_calibration else None,
                     "objective": objective if method == "rku" else None,
                     "activity": activity if method == "rku" else None,
+                    "token_gradient_floor": floor if method == "rku" else None,
                     "sparsity": sparsity,
                     "allocation": config.allocation,
                     "ranking": config.ranking if config.allocation == "global" else None,
@@ -588,6 +602,8 @@ def _label(row: dict) -> str:
         parts.append(row["objective"])
     if row.get("activity") and row["activity"] != "abs":
         parts.append(row["activity"])
+    if row.get("token_gradient_floor") is not None and row["token_gradient_floor"] != RKUConfig().token_gradient_floor:
+        parts.append(f"floor{row['token_gradient_floor']:g}")
     parts.append(row["allocation"] + (f"/{row['ranking']}" if row.get("ranking") else ""))
     if row.get("kv_cache_tokens"):
         parts.append(f"kv{row['kv_cache_tokens']}")
