@@ -23,7 +23,7 @@ RANKINGS = ("auto", "score", "per_parameter", "standardized", "expected_loss", "
 #: what `ranking="auto"` means per importance (chosen on SmolLM2-135M-Instruct, docs/benchmarks.md); others: "score"
 AUTO_RANKING = {"rku": "measured_loss"}
 #: `kv_cache_tokens="auto"`: the cache of one sequence this long (or of the model's whole context, if shorter)
-DEFAULT_KV_CACHE_TOKENS = 4096
+DEFAULT_KV_CACHE_TOKENS = 6144
 #: RKU's activity term A_s: mean |y| (L2 over a head's slice), or the spread around the calibration mean
 ACTIVITIES = ("abs", "centered")
 
@@ -57,7 +57,7 @@ class RKUConfig:
     noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: the Fisher of a mask on each structure per unit
     of cost, `measured_loss`), chosen on a real pretrained model (docs/benchmarks.md). In the rankings that divide by
     cost, a KV group costs its parameters plus the KV cache it frees at `kv_cache_tokens` cached tokens (0: its
-    parameters alone); "auto" is one sequence of 4096 tokens — the smallest multiple of 2048 whose plan cuts SmolLM2's
+    parameters alone); "auto" is one sequence of 6144 tokens — the smallest multiple of 2048 whose plan cuts SmolLM2's
     KV cache by at least a quarter at 40% sparsity (docs/benchmarks.md) — or of the model's whole context when that is
     shorter (a sequence cannot cache more).
     `token_gradient_floor` lifts each token's NLL gradient at the logits to at least this norm in the scoring
