@@ -522,10 +522,8 @@ def run(args) -> dict:
                 if kind not in datasets_by_kind:
                     datasets_by_kind[kind] = calibration_dataset(kind, dense, tokenizer, questions, train, args)
                 dataset = datasets_by_kind[kind]
-            t0 = time.perf_counter()
             score_config = scoring_config(method, score_fields, can_compensate, args.rankings)
-            scores = cached_scores(dense_pruner, score_config, dataset, kind, args)
-            score_time = time.perf_counter() - t0
+            scores, score_time = None, 0.0  # scored on the first row that is not resumed
             for v, sparsity in itertools.product(variants(args, method, can_compensate), args.sparsities):
                 config = plan_config(method, sparsity, v, score_fields, can_compensate)
                 key = (method, kind, objective, activity, sparsity, json.dumps(v, sort_keys=True))
@@ -534,6 +532,10 @@ def run(args) -> dict:
                     rows.append(done[key])
                     print(_row_line(done[key]) + " (resumed)", flush=True)
                     continue
+                if scores is None:
+                    t0 = time.perf_counter()
+                    scores = cached_scores(dense_pruner, score_config, dataset, kind, args)
+                    score_time = time.perf_counter() - t0
                 row_start = time.perf_counter()
                 pruner = RKUPruner(copy.deepcopy(dense), tokenizer)
                 model = pruner.prune(config, scores=scores, progress=False)
