@@ -198,7 +198,8 @@ def describe(method: str, config: RKUConfig) -> str:
 
 def prune(dense_pruner: RKUPruner, method: str, variant: dict, dataset, can_compensate: bool, args) -> tuple:
     """(pruner holding a pruned copy of the dense model, its plan config, scoring seconds); scores are cached."""
-    fields = scoring_fields(args, RKUConfig().objective, RKUConfig().activity)
+    defaults = RKUConfig()
+    fields = scoring_fields(args, defaults.objective, defaults.activity, defaults.token_gradient_floor)
     needs_data = get_importance(method).needs_calibration
     start = time.perf_counter()
     score_config = scoring_config(method, fields, can_compensate, [variant["ranking"] or "auto"])
