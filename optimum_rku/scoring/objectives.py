@@ -36,16 +36,17 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, floor:
     With a floor, the backward reaches the logits as exactly w_t (p_t - e_y), with p_y - 1 taken as -sum_{v != y} p_v:
     autograd's float32 softmax rounds p_y to 1 on near-certain tokens, and the weight would magnify that rounding.
     """
-    logp = F.log_softmax(logits, dim=-1)
-    token_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
     if floor <= 0:
-        return -(token_logp * mask).sum()
+        return -(F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1) * mask).sum()
+    # the gradient goes through `linear` below, so the log-softmax (vocab-wide) keeps no autograd graph here
     with torch.no_grad():
+        logp = F.log_softmax(logits, dim=-1)
+        token_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
         grad = logp.exp().scatter(-1, targets[..., None], 0.0)  # p - e_y: p_v off the target, and at it
         grad.scatter_(-1, targets[..., None], -grad.sum(-1, keepdim=True))  # p_y - 1 = -sum_{v != y} p_v
         norm = grad.norm(dim=-1)
         weight = (floor / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_min(1.0) * mask
         grad *= weight[..., None]
-    value = -(token_logp.detach() * weight).sum()
+    value = -(token_logp * weight).sum()
     linear = (logits * grad).sum()  # its gradient at the logits is the weighted NLL gradient above
     return value + (linear - linear.detach())
