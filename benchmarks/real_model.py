@@ -131,11 +131,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sparsities whose rows get exact match (default: all)",
     )
     p.add_argument("--em-tokens", type=int, default=256, help="max new tokens for exact match")
+    p.add_argument(
+        "--em-batch-size",
+        type=int,
+        default=64,
+        help="exact-match generation batch (default: 64; the completions do not depend on it)",
+    )
     p.add_argument("--seed", type=int, default=2016)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
     p.add_argument("--output", default=None, help="output prefix (default: docs/real_model/<quick|full>)")
     p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="self-generated cache")
-    p.add_argument("--resume", action="store_true", help="reuse the rows an interrupted run wrote to <output>.json")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the rows an earlier run wrote to <output>.json; a reused row this run wants exact match for and "
+        "that has none is pruned again and gets it (so a long grid can run NLL first, exact match later)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -308,6 +319,7 @@ def resumable_rows(args) -> dict[tuple, dict]:
     same = all(record.get(k) == v for k, v in (("split", args.split), ("em_problems", args.em_problems)))
     if not same or record.get("nll_problems") != args.nll_problems:
         raise SystemExit(f"--resume: {path} was written with other --split / --nll-problems / --em-problems")
+    args.earlier_runs = record.get("runs") or [{"command": record["command"], "wall_time_s": record["wall_time_s"]}]
     return {tuple(row["key"]): row for row in record["rows"] if "key" in row}
 
 
@@ -414,10 +426,17 @@ def exact_match(model, tokenizer, problems: list[dict], args) -> dict:
         dataset=problems[: args.em_problems],
         num_fewshot=0,
         max_new_tokens=args.em_tokens,
+        batch_size=args.em_batch_size,
         apply_chat_template=uses_chat_template(tokenizer, "auto"),
         progress=False,
     )
     return {"exact_match": result.exact_match_strict, "exact_match_flexible": result.exact_match_flexible}
+
+
+def timed_exact_match(model, tokenizer, problems: list[dict], args) -> dict:
+    """`exact_match` plus its wall time (`em_time_s`): exact match is most of a full run's cost."""
+    start = time.perf_counter()
+    return {**exact_match(model, tokenizer, problems, args), "em_time_s": round(time.perf_counter() - start, 1)}
 
 
 def shape_summary(model, dense_kv: int) -> dict:
@@ -510,8 +529,9 @@ def run(args) -> dict:
     if args.em_problems:
         earlier = done.get(("dense",), {})
         rows[0].update({k: earlier[k] for k in ("exact_match", "exact_match_flexible") if k in earlier})
+        rows[0].update({k: earlier[k] for k in ("em_time_s",) if k in earlier})
         if "exact_match" not in rows[0]:
-            rows[0].update(exact_match(dense, tokenizer, problems, args))
+            rows[0].update(timed_exact_match(dense, tokenizer, problems, args))
     print(_row_line(rows[0]), flush=True)
     datasets_by_kind: dict[str, Any] = {}
     for method, kind in itertools.product(args.methods, args.calibrations):
@@ -534,9 +554,11 @@ def run(args) -> dict:
                 config = plan_config(method, sparsity, v, score_fields, can_compensate)
                 key = (method, kind, objective, activity, sparsity, json.dumps(v, sort_keys=True))
                 key += (floor,) if method == "rku" else ()  # only RKU's scores depend on the floor
-                if key in done:
-                    rows.append(done[key])
-                    print(_row_line(done[key]) + " (resumed)", flush=True)
+                wants_em = bool(args.em_problems) and (args.em_sparsities is None or sparsity in args.em_sparsities)
+                earlier = done.get(key)
+                if earlier is not None and (not wants_em or "exact_match" in earlier):
+                    rows.append(earlier)
+                    print(_row_line(earlier) + " (resumed)", flush=True)
                     continue
                 if scores is None:
                     t0 = time.perf_counter()
@@ -545,6 +567,15 @@ def run(args) -> dict:
                 row_start = time.perf_counter()
                 pruner = RKUPruner(copy.deepcopy(dense), tokenizer)
                 model = pruner.prune(config, scores=scores, progress=False)
+                if earlier is not None:  # resumed without exact match: the same plan again, then exact match only
+                    if shape_summary(model, dense_kv) != {k: earlier[k] for k in shape_summary(model, dense_kv)}:
+                        raise SystemExit(f"--resume: row {key} prunes to another shape than {args.output}.json holds")
+                    row = {**earlier, **timed_exact_match(model, tokenizer, problems, args)}
+                    rows.append(row)
+                    print(_row_line(row) + " (resumed, exact match added)", flush=True)
+                    write_json(args.output, result_record(args, texts, rows, start, complete=False))
+                    del model, pruner
+                    continue
                 metrics = text_metrics(model, texts, dense_argmax, nll_only=args.metrics == "nll")
                 metrics.pop("_argmax")
                 row = {
@@ -566,8 +597,8 @@ def run(args) -> dict:
                     **metrics,
                     **shape_summary(model, dense_kv),
                 }
-                if args.em_problems and (args.em_sparsities is None or sparsity in args.em_sparsities):
-                    row.update(exact_match(model, tokenizer, problems, args))
+                if wants_em:
+                    row.update(timed_exact_match(model, tokenizer, problems, args))
                 row["row_time_s"] = round(time.perf_counter() - row_start, 1)
                 rows.append(row)
                 print(_row_line(row), flush=True)
@@ -578,6 +609,9 @@ def run(args) -> dict:
 
 def result_record(args, texts: Texts, rows: list[dict], start: float, complete: bool) -> dict:
     """The JSON record of a run; written after every row too (`complete: false`), so a long run keeps its rows."""
+    command = "python benchmarks/real_model.py " + " ".join(sys.argv[1:])
+    wall = round(time.perf_counter() - start, 1)
+    runs = [*getattr(args, "earlier_runs", []), {"command": command, "wall_time_s": wall}]
     return {
         "complete": complete,
         "model": str(args.model),
@@ -593,8 +627,11 @@ def result_record(args, texts: Texts, rows: list[dict], start: float, complete: 
         "chat_template": texts.chat,
         "threads": args.threads,
         "seed": args.seed,
-        "command": "python benchmarks/real_model.py " + " ".join(sys.argv[1:]),
-        "wall_time_s": round(time.perf_counter() - start, 1),
+        "command": command,
+        "wall_time_s": wall,
+        # every invocation that wrote this file (a resumed grid runs in several), and their wall time together
+        "runs": runs,
+        "wall_time_total_s": round(sum(run["wall_time_s"] for run in runs), 1),
         "rows": rows,
     }
 

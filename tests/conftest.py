@@ -124,3 +124,29 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+#: a minimal chat template (user turn, then the assistant prompt) for tiny chat models
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
+)
+
+
+def chat_benchmark_workspace(root):
+    """A tiny Llama with a chat-template tokenizer saved at `root/model`, and GSM8K-style jsonl files at
+    `root/gsm8k` (40 train, 6 test problems): what the real-model benchmarks run on in tests."""
+    import json
+
+    tok = make_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    tiny_model("llama", max_position_embeddings=256).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    data = root / "gsm8k"
+    data.mkdir()
+    for name, offset, n in (("train.jsonl", 0, 40), ("test.jsonl", 100, 6)):
+        rows = [
+            {"question": f"{i}+{i + 1}?", "answer": f"{i}+{i + 1}={2 * i + 1} #### {2 * i + 1}"}
+            for i in range(offset, offset + n)
+        ]
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

@@ -14,6 +14,7 @@ import torch
 from conftest import FAMILIES, make_tokenizer, tiny_model, token_dataset
 
 from optimum_rku import RKUConfig, RKUPruner
+from optimum_rku.data import generation
 from optimum_rku.data.generation import _StopCheck, continuous_unsupported, generate_completions, pad_and_eos
 
 #: families whose tiny models get a short sliding window, so decoding runs past it
@@ -311,3 +312,40 @@ def test_stop_precheck_makes_the_same_decisions(build, stops) -> None:
         assert not cheap.filtered and cheap.decodes == exhaustive.decodes
     else:
         assert cheap.filtered and cheap.decodes < 0.75 * exhaustive.decodes
+
+
+# -------------------------------------------------------------------------------------------- the growing cache
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("headroom", [1, 3])
+def test_continuous_matches_generate_when_the_cache_outgrows_its_headroom(family, headroom, monkeypatch) -> None:
+    """With a headroom of 1-3 positions, full-attention layers move to a larger buffer every few steps (and rows join
+    and leave in between); the text and counts stay those of `model.generate`."""
+    monkeypatch.setattr(generation, "CACHE_HEADROOM", headroom)
+    model, tokenizer, prompts = _model(family), make_tokenizer(), _prompts(10, seed=3)
+    reference = _run(model, tokenizer, prompts, "generate", 1, max_new_tokens=24)
+    assert _run(model, tokenizer, prompts, "continuous", 4, max_new_tokens=24) == reference
+
+
+def test_decode_steps_append_in_place() -> None:
+    """A decode step writes into the buffer the layer already has and hands the model views of it: no full-attention
+    layer copies its cache per token (transformers' DynamicLayer concatenates, copying all of it every step)."""
+    model, tokenizer = _model("llama"), make_tokenizer()
+    seen: list[tuple[int, int, bool]] = []
+    original = generation._GrowingLayer.update
+
+    def update(layer, keys, values, *args, **kwargs):
+        before = layer.key_buffer.data_ptr()
+        result = original(layer, keys, values, *args, **kwargs)
+        shared = result[0].untyped_storage().data_ptr() == layer.key_buffer.untyped_storage().data_ptr()
+        seen.append((before, layer.key_buffer.data_ptr(), shared))
+        return result
+
+    generation._GrowingLayer.update = update
+    try:
+        _run(model, tokenizer, _prompts(6), "continuous", 3, max_new_tokens=16)
+    finally:
+        generation._GrowingLayer.update = original
+    assert len(seen) >= 20  # 16 tokens per row stay inside the headroom: no update moves the cache
+    assert all(before == after and shared for before, after, shared in seen)

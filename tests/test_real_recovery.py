@@ -10,33 +10,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import make_tokenizer, tiny_model  # noqa: E402
+from conftest import chat_benchmark_workspace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import real_recovery  # noqa: E402
 
 from optimum_rku.config import AUTO_RANKING  # noqa: E402
 
-CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
-
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A tiny Llama with a chat-template tokenizer saved as a model directory, and GSM8K-style jsonl files."""
-    root = tmp_path_factory.mktemp("real_recovery")
-    tok = make_tokenizer()
-    tok.chat_template = CHAT
-    tiny_model("llama", max_position_embeddings=256).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    data = root / "gsm8k"
-    data.mkdir()
-    for name, offset, n in (("train.jsonl", 0, 40), ("test.jsonl", 100, 6)):
-        rows = [
-            {"question": f"{i}+{i + 1}?", "answer": f"{i}+{i + 1}={2 * i + 1} #### {2 * i + 1}"}
-            for i in range(offset, offset + n)
-        ]
-        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    """A tiny chat model directory and GSM8K-style jsonl files."""
+    return chat_benchmark_workspace(tmp_path_factory.mktemp("real_recovery"))
 
 
 def args_for(workspace, tmp_path, *extra):

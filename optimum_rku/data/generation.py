@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer
 
 from optimum_rku.data.prompts import STOP_STRINGS
 
@@ -224,15 +225,20 @@ class _CacheUnsupported(RuntimeError):
     """The model's KV cache is not one whose rows the continuous loop knows how to move."""
 
 
+#: spare positions a running batch's full-attention cache reserves, so appending a token writes in place; without it
+#: every decode step would copy the whole cache (DynamicLayer concatenates), most of a step's time at batch 32+
+CACHE_HEADROOM = 128
+
+
 def _cache_layers(cache: Any) -> list[Any]:
     """The layers of a transformers DynamicCache with full or sliding-window attention, else _CacheUnsupported."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+    from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 
     if type(cache) is not DynamicCache or getattr(cache, "offloading", False):
         raise _CacheUnsupported(f"the model returned a {type(cache).__name__}, not a plain DynamicCache")
     layers = list(cache.layers)
     for layer in layers:
-        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not layer.is_initialized:
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer, _GrowingLayer) or not layer.is_initialized:
             raise _CacheUnsupported(f"unsupported cache layer {type(layer).__name__}")
         if getattr(layer, "record_past", False):
             raise _CacheUnsupported("the cache records past states")
@@ -263,6 +269,75 @@ def _left_pad(tensor: torch.Tensor, amount: int) -> torch.Tensor:
     return F.pad(tensor, (0, 0, amount, 0)) if amount else tensor
 
 
+class _GrowingLayer(DynamicLayer):
+    """A full-attention cache layer that appends in place into spare capacity of one buffer per keys / values.
+
+    `keys` / `values` are views of positions `[start, start + length)` of the buffers, so the model sees what a
+    DynamicLayer would hold; only running out of capacity (every `CACHE_HEADROOM` steps) copies the cache.
+    """
+
+    def __init__(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, start: int, length: int) -> None:
+        """Adopt buffers whose positions `[start, start + length)` hold the cache."""
+        super().__init__()
+        self.device, self.is_initialized = key_buffer.device, True
+        self.key_buffer, self.value_buffer, self.start, self.length = key_buffer, value_buffer, start, length
+        self._refresh()
+
+    def _refresh(self) -> None:
+        end = self.start + self.length
+        self.keys, self.values = self.key_buffer[:, :, self.start : end], self.value_buffer[:, :, self.start : end]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new positions after the cached ones (moving to a larger buffer when full); return the views."""
+        new = key_states.shape[-2]
+        if self.start + self.length + new > self.key_buffer.shape[-2]:
+            capacity = self.length + new + CACHE_HEADROOM
+            self.key_buffer = _reserve(self.keys, capacity)
+            self.value_buffer = _reserve(self.values, capacity)
+            self.start = 0
+        end = self.start + self.length
+        self.key_buffer[:, :, end : end + new].copy_(key_states)
+        self.value_buffer[:, :, end : end + new].copy_(value_states)
+        self.length += new
+        self._refresh()
+        return self.keys, self.values
+
+    def select(self, index: torch.Tensor, drop: int) -> None:
+        """Keep the batch rows at `index` and drop the first `drop` positions (padding every kept row shares)."""
+        self.key_buffer = self.key_buffer.index_select(0, index)
+        self.value_buffer = self.value_buffer.index_select(0, index)
+        self.start, self.length = self.start + drop, self.length - drop
+        self._refresh()
+
+
+def _reserve(tensor: torch.Tensor, capacity: int) -> torch.Tensor:
+    """A buffer of `capacity` positions whose first ones hold `tensor` ([batch, heads, seq, dim])."""
+    shape = (*tensor.shape[:2], capacity, tensor.shape[-1])
+    buffer = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
+    buffer[:, :, : tensor.shape[-2]].copy_(tensor)
+    return buffer
+
+
+def _merged_buffer(parts: list[tuple[torch.Tensor, int]], target: int) -> torch.Tensor:
+    """One buffer holding each part's rows right-aligned at `target` positions (zeros before), plus headroom.
+
+    `parts` are `(tensor, stored)`: a [rows, heads, stored, dim] cache and how many positions it holds."""
+    first = parts[0][0]
+    rows = sum(tensor.shape[0] for tensor, _ in parts)
+    buffer = torch.empty(
+        (rows, first.shape[1], target + CACHE_HEADROOM, first.shape[-1]), dtype=first.dtype, device=first.device
+    )
+    row = 0
+    for tensor, stored in parts:
+        count = tensor.shape[0]
+        buffer[row : row + count, :, : target - stored].zero_()  # the left padding: masked, but must be finite
+        buffer[row : row + count, :, target - stored : target].copy_(tensor)
+        row += count
+    return buffer
+
+
 @dataclass
 class _Row:
     """One prompt in the running batch: its index, the tokens it holds in the cache, what it generated."""
@@ -273,7 +348,10 @@ class _Row:
 
 
 class _Batch:
-    """The running batch: one KV cache whose rows are left-padded to a common `length`, one `_Row` each."""
+    """The running batch: one KV cache whose rows are left-padded to a common `length`, one `_Row` each.
+
+    Full-attention layers become `_GrowingLayer`s (appending writes in place); sliding-window layers stay
+    transformers' own (they hold at most window - 1 positions, so their per-step copy stays small)."""
 
     def __init__(self) -> None:
         """Start empty."""
@@ -287,17 +365,25 @@ class _Batch:
         parts = [(_cache_layers(cache), row.cached) for row, cache in newcomers]
         if self.cache is None:
             self.cache, self.layers = newcomers[0][1], parts[0][0]
+            parts = parts[1:]
+            current = newcomers[0][0].cached
         else:
-            parts.insert(0, (self.layers, self.length))
+            current = self.length
         if any(len(layers) != len(self.layers) for layers, _ in parts):
             raise _CacheUnsupported("caches of different depth")
-        target = max(length for _, length in parts)
+        target = max([current] + [length for _, length in parts])
         for position, layer in enumerate(self.layers):
+            if any(_window(layers[position]) != _window(layer) for layers, _ in parts):
+                raise _CacheUnsupported("cache layers of different kinds")
+            if _window(layer) is None:
+                merged = [(layer.keys, current), *((layers[position].keys, length) for layers, length in parts)]
+                keys = _merged_buffer(merged, target)
+                merged = [(layer.values, current), *((layers[position].values, length) for layers, length in parts)]
+                grown = _GrowingLayer(keys, _merged_buffer(merged, target), 0, target)
+                self.layers[position] = self.cache.layers[position] = grown
+                continue
             keys, values = [], []
-            for layers, length in parts:
-                source = layers[position]
-                if type(source) is not type(layer) or _window(source) != _window(layer):
-                    raise _CacheUnsupported("cache layers of different kinds")
+            for source, length in [(layer, current), *((layers[position], length) for layers, length in parts)]:
                 amount = _stored(layer, target) - _stored(layer, length)
                 keys.append(_left_pad(source.keys, amount))
                 values.append(_left_pad(source.values, amount))
@@ -319,6 +405,9 @@ class _Batch:
         shared_pad = self.length - max(row.cached for row in self.rows)
         length = self.length - shared_pad
         for layer in self.layers:
+            if isinstance(layer, _GrowingLayer):
+                layer.select(index, shared_pad)
+                continue
             stored = _stored(layer, length)
             keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
             layer.keys, layer.values = keys[:, :, keys.shape[2] - stored :], values[:, :, values.shape[2] - stored :]
