@@ -6,7 +6,8 @@ For each model (dense, and pruned copies at `--sparsities`) it runs GSM8K-style 
 decode row-steps (rows the model computed at one-token steps: finished rows that keep being computed count too) and
 prefill tokens (padding included), the speed-up over the first run, and whether every completion is identical to the
 first run's (and to the first batch-size-1 run's, if any). It exits non-zero if any completion differs from the first
-run's.
+run's. `concat:B` runs the continuous loop with transformers' own (concatenating) cache layers instead of the
+in-place buffers, to measure what those save.
 
     python benchmarks/generation_loop.py                         # testbed, 100 test problems
     python benchmarks/generation_loop.py --model smollm2 --sparsities 0 0.4 --limit 48 --max-new-tokens 256 \\
@@ -33,7 +34,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from optimum_rku.data import generation  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+#: loops a run can name: the library's two, and `concat` (the continuous loop on transformers' cache layers, which
+#: copy the whole KV cache every decode step) to measure the in-place cache against
+RUN_LOOPS = ("generate", "continuous", "concat")
 SHARED_GSM8K = ROOT.parent / "shared" / "gsm8k"
 
 
@@ -49,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs",
         nargs="+",
         default=["generate:8", "continuous:8", "continuous:16"],
-        help="LOOP:BATCH pairs; the first is the reference for speed-ups and identical completions",
+        help="LOOP:BATCH pairs (LOOP: generate, continuous, or concat = continuous with transformers' concatenating "
+        "cache layers); the first is the reference for speed-ups and identical completions",
     )
     p.add_argument("--repeats", type=int, default=1, help="timings per run (alternating order); medians reported")
     p.add_argument("--threads", type=int, default=1)
@@ -57,13 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="output JSON (default: docs/perf_generation_<model>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    from optimum_rku.data.generation import GENERATION_LOOPS
-
     runs = []
     for spec in args.runs:
         loop, _, batch = spec.partition(":")
-        if loop not in GENERATION_LOOPS[1:] or not batch.isdigit() or int(batch) < 1:
-            raise ValueError(f"--runs {spec!r}: expected LOOP:BATCH with LOOP in {GENERATION_LOOPS[1:]}, BATCH >= 1")
+        if loop not in RUN_LOOPS or not batch.isdigit() or int(batch) < 1:
+            raise ValueError(f"--runs {spec!r}: expected LOOP:BATCH with LOOP in {RUN_LOOPS}, BATCH >= 1")
         runs.append((loop, int(batch)))
     if len(set(runs)) != len(runs):
         raise ValueError(f"--runs repeats a run: {args.runs}")
@@ -142,6 +147,8 @@ def measure(model: Any, tokenizer: Any, problems: list[dict], chat: bool, args: 
     for repeat in range(args.repeats):
         for loop, batch in args.runs if repeat % 2 == 0 else args.runs[::-1]:
             counter = WorkCounter(model)
+            headroom = generation.CACHE_HEADROOM
+            generation.CACHE_HEADROOM = 0 if loop == "concat" else headroom
             start_cpu = time.process_time()
             try:
                 result = evaluate_gsm8k(
@@ -153,10 +160,11 @@ def measure(model: Any, tokenizer: Any, problems: list[dict], chat: bool, args: 
                     max_new_tokens=args.max_new_tokens,
                     apply_chat_template=chat,
                     progress=not args.quiet,
-                    generation_loop=loop,
+                    generation_loop="continuous" if loop == "concat" else loop,
                 )
             finally:
                 counter.handle.remove()
+                generation.CACHE_HEADROOM = headroom
             timings[(loop, batch)]["cpu"].append(time.process_time() - start_cpu)
             print(
                 f"  {loop}:{batch}: {timings[(loop, batch)]['cpu'][-1]:.1f} CPU s, {result.generation_time_s:.1f} wall s, "

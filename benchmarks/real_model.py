@@ -158,8 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         metavar="JSON",
-        help="selection records: each method found there runs only its best plan setting (lowest mean NLL over "
-        "the sparsities it was measured at); other methods run the grid of the flags",
+        help="selection records: each method found there runs only its best plan setting per allocation of "
+        "--allocations (lowest mean NLL over the sparsities it was measured at); other methods run the grid of the "
+        "flags",
     )
     args = p.parse_args(argv)
     if args.quick:  # the five methods at 20 / 40%, both allocations, NLL metrics only (exact match: the full run)
@@ -188,8 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def best_settings(paths: list[str]) -> dict[str, dict]:
-    """Per method, the plan setting with the lowest mean NLL over the selection records' sparsities.
+def best_settings(paths: list[str]) -> dict[str, dict[str, dict]]:
+    """Per method and allocation, the plan setting with the lowest mean NLL over the selection records' sparsities.
 
     Only settings measured at every sparsity the method was measured at compete, so a setting is not chosen
     for having been tried only where pruning is mild. Choosing on validation and reporting on test keeps the
@@ -205,12 +206,15 @@ def best_settings(paths: list[str]) -> dict[str, dict]:
                 continue
             setting = json.dumps(row_setting(row), sort_keys=True)
             nll.setdefault(row["method"], {}).setdefault(setting, {})[row["sparsity"]] = row["nll"]
-    best = {}
+    best: dict[str, dict[str, dict]] = {}
     for method, by_setting in nll.items():
         sparsities = set().union(*(set(v) for v in by_setting.values()))
         complete = {k: v for k, v in by_setting.items() if set(v) == sparsities}
-        setting = min(complete, key=lambda k: sum(complete[k].values()) / len(sparsities))
-        best[method] = json.loads(setting)
+        for allocation in ("global", "uniform"):
+            mine = {k: v for k, v in complete.items() if json.loads(k)["allocation"] == allocation}
+            if mine:
+                setting = min(mine, key=lambda k: sum(mine[k].values()) / len(sparsities))
+                best.setdefault(method, {})[allocation] = json.loads(setting)
     return best
 
 
@@ -456,8 +460,9 @@ def shape_summary(model, dense_kv: int) -> dict:
 # ------------------------------------------------------------------------------------------------------ grid
 def variants(args, method: str, family_can_compensate: bool) -> list[dict]:
     """Every plan setting of one method's scores (rankings only for global; compensation only where it exists)."""
-    if method in args.best_settings:
-        return [args.best_settings[method]]
+    chosen = args.best_settings.get(method, {})
+    if any(allocation in chosen for allocation in args.allocations):
+        return [chosen[allocation] for allocation in args.allocations if allocation in chosen]
     data_free = not get_importance(method).needs_calibration
     out = []
     for allocation, min_keep in itertools.product(args.allocations, args.min_keep):

@@ -318,10 +318,11 @@ def test_stop_precheck_makes_the_same_decisions(build, stops) -> None:
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
-@pytest.mark.parametrize("headroom", [1, 3])
+@pytest.mark.parametrize("headroom", [0, 1, 3])
 def test_continuous_matches_generate_when_the_cache_outgrows_its_headroom(family, headroom, monkeypatch) -> None:
     """With a headroom of 1-3 positions, full-attention layers move to a larger buffer every few steps (and rows join
-    and leave in between); the text and counts stay those of `model.generate`."""
+    and leave in between); with 0 they stay transformers' concatenating layers. The text and counts stay those of
+    `model.generate` either way."""
     monkeypatch.setattr(generation, "CACHE_HEADROOM", headroom)
     model, tokenizer, prompts = _model(family), make_tokenizer(), _prompts(10, seed=3)
     reference = _run(model, tokenizer, prompts, "generate", 1, max_new_tokens=24)

@@ -225,8 +225,8 @@ class _CacheUnsupported(RuntimeError):
     """The model's KV cache is not one whose rows the continuous loop knows how to move."""
 
 
-#: spare positions a running batch's full-attention cache reserves, so appending a token writes in place; without it
-#: every decode step would copy the whole cache (DynamicLayer concatenates), most of a step's time at batch 32+
+#: spare positions a running batch's full-attention cache reserves, so appending a token writes in place (0: keep
+#: transformers' DynamicLayer, which concatenates, copying the whole cache every decode step)
 CACHE_HEADROOM = 128
 
 
@@ -375,7 +375,7 @@ class _Batch:
         for position, layer in enumerate(self.layers):
             if any(_window(layers[position]) != _window(layer) for layers, _ in parts):
                 raise _CacheUnsupported("cache layers of different kinds")
-            if _window(layer) is None:
+            if _window(layer) is None and CACHE_HEADROOM > 0:
                 merged = [(layer.keys, current), *((layers[position].keys, length) for layers, length in parts)]
                 keys = _merged_buffer(merged, target)
                 merged = [(layer.values, current), *((layers[position].values, length) for layers, length in parts)]
