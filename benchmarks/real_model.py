@@ -327,6 +327,12 @@ def resumable_rows(args) -> dict[tuple, dict]:
     return {tuple(row["key"]): row for row in record["rows"] if "key" in row}
 
 
+def with_unreached(rows: list[dict], done: dict[tuple, dict]) -> list[dict]:
+    """`rows` plus the resumed rows this run has not reached yet, so stopping a resumed run loses none of them."""
+    reached = {tuple(row["key"]) for row in rows if "key" in row}
+    return rows + [row for key, row in done.items() if key not in reached]
+
+
 def write_json(output: str, record: dict) -> None:
     path = Path(f"{output}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -572,13 +578,23 @@ def run(args) -> dict:
                 row_start = time.perf_counter()
                 pruner = RKUPruner(copy.deepcopy(dense), tokenizer)
                 model = pruner.prune(config, scores=scores, progress=False)
+                shape = shape_summary(model, dense_kv)
+                if earlier is not None and shape != {k: earlier.get(k) for k in shape}:
+                    # scores recomputed elsewhere (another machine, thread count) can move a borderline unit: the
+                    # row is then a different model, measured again in full rather than mixed with the old metrics
+                    print(
+                        f"--resume: {_row_line(earlier).split()[0]} s={sparsity} prunes to another shape now; "
+                        "measuring the row again",
+                        flush=True,
+                    )
+                    earlier = None
                 if earlier is not None:  # resumed without exact match: the same plan again, then exact match only
-                    if shape_summary(model, dense_kv) != {k: earlier[k] for k in shape_summary(model, dense_kv)}:
-                        raise SystemExit(f"--resume: row {key} prunes to another shape than {args.output}.json holds")
                     row = {**earlier, **timed_exact_match(model, tokenizer, problems, args)}
                     rows.append(row)
                     print(_row_line(row) + " (resumed, exact match added)", flush=True)
-                    write_json(args.output, result_record(args, texts, rows, start, complete=False))
+                    write_json(
+                        args.output, result_record(args, texts, with_unreached(rows, done), start, complete=False)
+                    )
                     del model, pruner
                     continue
                 metrics = text_metrics(model, texts, dense_argmax, nll_only=args.metrics == "nll")
@@ -607,7 +623,7 @@ def run(args) -> dict:
                 row["row_time_s"] = round(time.perf_counter() - row_start, 1)
                 rows.append(row)
                 print(_row_line(row), flush=True)
-                write_json(args.output, result_record(args, texts, rows, start, complete=False))
+                write_json(args.output, result_record(args, texts, with_unreached(rows, done), start, complete=False))
                 del model, pruner
     return result_record(args, texts, rows, start, complete=True)
 

@@ -59,11 +59,72 @@ def test_resume_adds_exact_match_to_rows_that_lack_it(workspace, tmp_path):
     assert all("exact_match" in r for r in third["rows"]) and len(third["runs"]) == 3
 
 
-def test_resume_refuses_a_row_that_prunes_differently(workspace, tmp_path):
+def test_resume_measures_again_a_row_that_prunes_differently(workspace, tmp_path):
+    """A resumed row whose plan no longer matches (scores recomputed elsewhere can move a borderline unit) is not
+    mixed with new exact match: the whole row is measured again."""
     run_grid(workspace, tmp_path, "--em-sparsities")
     path = tmp_path / "out" / "grid.json"
     record = json.loads(path.read_text())
     record["rows"][1]["params"] += 1
+    record["rows"][1]["nll"] = -1.0
     path.write_text(json.dumps(record))
-    with pytest.raises(SystemExit, match="another shape"):
+    again = run_grid(workspace, tmp_path, "--resume")
+    by_key = {tuple(r["key"]): r for r in again["rows"]}
+    changed, same = by_key[tuple(record["rows"][1]["key"])], by_key[tuple(record["rows"][2]["key"])]
+    assert changed["params"] == record["rows"][1]["params"] - 1 and changed["nll"] > 0 and "exact_match" in changed
+    assert {k: same[k] for k in record["rows"][2]} == record["rows"][2] and "exact_match" in same
+
+
+def test_settings_from_chooses_per_allocation(tmp_path):
+    """`--settings-from` keeps the best validation setting of each allocation, over settings measured at every
+    sparsity, and refuses records measured on the test split."""
+
+    def row(allocation, min_keep, sparsity, nll):
+        return {
+            "method": "wanda",
+            "allocation": allocation,
+            "ranking": "score" if allocation == "global" else None,
+            "bias_compensation": False,
+            "min_keep": min_keep,
+            "min_keep_attention": min_keep,
+            "kv_cache_tokens": 0,
+            "sparsity": sparsity,
+            "nll": nll,
+        }
+
+    rows = [row("global", 0.1, 0.2, 3.0), row("global", 0.1, 0.4, 4.0), row("global", 0.5, 0.2, 2.0)]
+    rows += [row("global", 0.5, 0.4, 3.0), row("uniform", 0.1, 0.2, 2.5), row("uniform", 0.1, 0.4, 3.5)]
+    rows += [row("uniform", 0.5, 0.2, 1.0)]  # best NLL, but measured at 20% only: does not compete
+    path = tmp_path / "select.json"
+    path.write_text(json.dumps({"split": "validation", "rows": [{"method": "dense"}, *rows]}))
+    best = real_model.best_settings([str(path)])["wanda"]
+    assert (best["global"]["allocation"], best["global"]["min_keep"], best["global"]["ranking"]) == (
+        "global",
+        0.5,
+        "score",
+    )
+    assert (best["uniform"]["allocation"], best["uniform"]["min_keep"]) == ("uniform", 0.1)
+    path.write_text(json.dumps({"split": "test", "rows": rows}))
+    with pytest.raises(SystemExit, match="test split"):
+        real_model.best_settings([str(path)])
+
+
+def test_a_stopped_resume_keeps_the_rows_it_had_not_reached(workspace, tmp_path, monkeypatch):
+    """Stopping a resumed run (here: the second exact match fails) leaves every earlier row in the JSON."""
+    first = run_grid(workspace, tmp_path, "--em-sparsities")
+    calls = []
+    measure = real_model.timed_exact_match
+
+    def once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(real_model, "timed_exact_match", once)
+    with pytest.raises(KeyboardInterrupt):
         run_grid(workspace, tmp_path, "--resume")
+    stopped = json.loads((tmp_path / "out" / "grid.json").read_text())
+    assert not stopped["complete"]
+    assert sorted(r["key"] for r in stopped["rows"]) == sorted(r["key"] for r in first["rows"])
+    assert sum("exact_match" in r for r in stopped["rows"]) == 2  # dense, and the one row that got it
