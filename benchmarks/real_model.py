@@ -17,6 +17,8 @@ from problems to report on (`--split test`). Writes JSON, a markdown table and a
 
     python benchmarks/real_model.py --quick                                  # < 15 min on 2 cores
     python benchmarks/real_model.py --output docs/real_model/full            # the full grid
+    python benchmarks/real_model.py --output docs/real_model/full --resume --em-sparsities   # ... in phases: cheap
+    python benchmarks/real_model.py --output docs/real_model/full --resume   # metrics first, exact match after
     python benchmarks/real_model.py --summarize docs/real_model/select_*.json   # best variant per method
     python benchmarks/real_model.py --render docs/real_model/x.json           # table + chart again from a JSON
     python benchmarks/real_model.py --split test --settings-from docs/real_model/select_*.json   # report on test
@@ -728,10 +730,12 @@ def chart(result: dict, path: Path) -> None:
     series: dict[str, list[tuple[float, float]]] = {}
     for row in result["rows"][1:]:
         series.setdefault(_label(row), []).append((row["sparsity"], row["nll"]))
-    for label, points in sorted(series.items()):
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours; sorted labels put a method's variants side by side
+    for index, (label, points) in enumerate(sorted(series.items())):
         points.sort()
         style = "-" if " global" in label else "--"
-        ax.plot([0.0] + [p[0] for p in points], [dense] + [p[1] for p in points], style, marker="o", ms=3, label=label)
+        xs, ys = [0.0] + [p[0] for p in points], [dense] + [p[1] for p in points]
+        ax.plot(xs, ys, style, color=colors[index % len(colors)], marker="o", ms=3, label=label)
     ax.axhline(dense, color="black", lw=0.8, ls=":", label="dense")
     ax.set_xlabel("sparsity (fraction of prunable parameters removed)")
     ax.set_ylabel("gold-solution NLL per token (lower is better)")
