@@ -6,8 +6,10 @@ Greedy decoding runs a loop of our own over one KV cache (`continuous` loop): a 
 the step it finishes, and the next waiting prompt takes its slot, so no step computes a finished row and the batch
 stays full while prompts wait. Each prompt is prefilled on its own (as at batch size 1) and then joins the running
 batch, left-padded in the cache to the batch's length; its positions count its own tokens only, so padding never
-shifts them. Sampling, and greedy decoding that the model's `generation_config` would alter (e.g. a repetition
-penalty), go through `model.generate` on fixed, length-sorted, left-padded batches instead (`generate` loop).
+shifts them. Full-attention layers of the running cache append in place into spare capacity (`_GrowingLayer`),
+so a decode step does not copy the whole cache as transformers' concatenating layers do. Sampling, and greedy
+decoding that the model's `generation_config` would alter (e.g. a repetition penalty), go through `model.generate`
+on fixed, length-sorted, left-padded batches instead (`generate` loop).
 
 A row stops at its first eos or stop string either way; the decision is the same per-row rule in both loops (decode
 the row's last few generated tokens, look for a stop string), and the continuous loop only skips the decode when the
