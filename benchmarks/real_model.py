@@ -541,8 +541,7 @@ def run(args) -> dict:
     rows = [{**dense_row, **base, **shape_summary(dense, dense_kv)}]
     if args.em_problems:
         earlier = done.get(("dense",), {})
-        rows[0].update({k: earlier[k] for k in ("exact_match", "exact_match_flexible") if k in earlier})
-        rows[0].update({k: earlier[k] for k in ("em_time_s",) if k in earlier})
+        rows[0].update({k: earlier[k] for k in ("exact_match", "exact_match_flexible", "em_time_s") if k in earlier})
         if "exact_match" not in rows[0]:
             rows[0].update(timed_exact_match(dense, tokenizer, problems, args))
     print(_row_line(rows[0]), flush=True)
@@ -618,7 +617,7 @@ def run(args) -> dict:
                     "achieved_sparsity": pruner.plan.achieved_sparsity,
                     "score_time_s": round(score_time, 1),
                     **metrics,
-                    **shape_summary(model, dense_kv),
+                    **shape,
                 }
                 if wants_em:
                     row.update(timed_exact_match(model, tokenizer, problems, args))

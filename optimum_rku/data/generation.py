@@ -377,15 +377,17 @@ class _Batch:
         for position, layer in enumerate(self.layers):
             if any(_window(layers[position]) != _window(layer) for layers, _ in parts):
                 raise _CacheUnsupported("cache layers of different kinds")
+            sources = [(layer, current), *((layers[position], length) for layers, length in parts)]
             if _window(layer) is None and CACHE_HEADROOM > 0:
-                merged = [(layer.keys, current), *((layers[position].keys, length) for layers, length in parts)]
-                keys = _merged_buffer(merged, target)
-                merged = [(layer.values, current), *((layers[position].values, length) for layers, length in parts)]
-                grown = _GrowingLayer(keys, _merged_buffer(merged, target), 0, target)
+                keys, values = (
+                    _merged_buffer([(getattr(source, name), length) for source, length in sources], target)
+                    for name in ("keys", "values")
+                )
+                grown = _GrowingLayer(keys, values, 0, target)
                 self.layers[position] = self.cache.layers[position] = grown
                 continue
             keys, values = [], []
-            for source, length in [(layer, current), *((layers[position], length) for layers, length in parts)]:
+            for source, length in sources:
                 amount = _stored(layer, target) - _stored(layer, length)
                 keys.append(_left_pad(source.keys, amount))
                 values.append(_left_pad(source.values, amount))
