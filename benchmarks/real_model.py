@@ -47,6 +47,7 @@ import torch  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.cli.args import int_or_auto  # noqa: E402
+from optimum_rku.config import ALLOCATIONS  # noqa: E402
 from optimum_rku.data.calibration import tokenize_texts  # noqa: E402
 from optimum_rku.data.prompts import question_prompt, uses_chat_template  # noqa: E402
 from optimum_rku.data.self_generated import self_generated_dataset  # noqa: E402
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--methods", nargs="+", default=None, help="importance methods (default: all)")
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    p.add_argument("--allocations", nargs="+", default=["global", "uniform"], choices=["global", "uniform"])
+    p.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
     p.add_argument("--rankings", nargs="+", default=None, help="global rankings (default: the config default)")
     p.add_argument(
         "--compensation",
@@ -212,7 +213,7 @@ def best_settings(paths: list[str]) -> dict[str, dict[str, dict]]:
     for method, by_setting in nll.items():
         sparsities = set().union(*(set(v) for v in by_setting.values()))
         complete = {k: v for k, v in by_setting.items() if set(v) == sparsities}
-        for allocation in ("global", "uniform"):
+        for allocation in ALLOCATIONS:
             mine = {k: v for k, v in complete.items() if json.loads(k)["allocation"] == allocation}
             if mine:
                 setting = min(mine, key=lambda k: sum(mine[k].values()) / len(sparsities))

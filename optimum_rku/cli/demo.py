@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.config import ALLOCATIONS
 from optimum_rku.io.files import atomic_write, atomic_write_json
 
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-samples", type=int, default=128, help="testbed train questions for scoring")
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch size")
     parser.add_argument("--max-new-tokens", type=int, default=192)
-    parser.add_argument("--allocation", choices=["global", "uniform"], default="global")
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default="global")
     parser.add_argument("--output-dir", default=".", help="where demo_results.json and demo_accuracy.png go")
     parser.add_argument("--seed", type=int, default=2016)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
