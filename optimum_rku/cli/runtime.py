@@ -37,7 +37,7 @@ def check_model_name(name: Any) -> str:
 
 
 def model_argument(args: argparse.Namespace) -> str | None:
-    """--model checked; None with --gguf-file alone (a path to a GGUF file or 'smollm2' names the model itself)."""
+    """--model checked; None with --gguf-file alone (a path to a GGUF file or a packaged model's name, e.g. 'smollm2', names the model itself)."""
     from optimum_rku.data.providers import DEFAULT_MODEL
 
     if getattr(args, "gguf_file", None) and args.model == DEFAULT_MODEL:

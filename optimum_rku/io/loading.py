@@ -40,7 +40,7 @@ def load_pretrained(
     """Load a causal LM and its tokenizer; None loads `DEFAULT_MODEL` (the bundled testbed).
 
     `model_kwargs` go to transformers' `from_pretrained` as they are (`revision`, `token`, `gguf_file`,
-    `attn_implementation`, ...). A GGUF source (`gguf_file=...`, a path ending in `.gguf`, or "smollm2") is
+    `attn_implementation`, ...). A GGUF source (`gguf_file=...`, a path ending in `.gguf`, or a packaged model's name such as "smollm2") is
     dequantized. optimum-rku checkpoints with per-layer widths load with optimum-rku's classes (no remote code runs).
     With `require_supported`, a family optimum-rku cannot prune is refused before any weights load. With
     `with_adapter`, an adapter checkpoint (`recover(merge=False, save_dir=...)`: pruned base at the top, its LoRA

