@@ -537,3 +537,84 @@ def test_unreachable_hub_error_explains_local_files() -> None:
             num_fewshot=0,
             progress=False,
         )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GSM8K chain of thought, boxed answers (the instrument of the real-model benchmark)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("so Janet makes \\(\\boxed{20}\\) dollars.", "20"),
+        ("\\boxed{\\$1{,}000}", "1000"),
+        ("\\boxed{1,234}.", "1234"),
+        ("\\boxed{18.00 \\text{ dollars}}", "18"),
+        ("\\boxed{18.50}", "18.5"),
+        ("\\boxed{50\\%}", "50"),
+        ("\\boxed{-3}", "-3"),
+        ("first \\boxed{1}, then \\boxed{2}", "2"),
+        ("\\boxed{\\text{yes}}", None),
+        ("no box: 42", None),
+        ("\\boxed{12", None),  # cut off by the budget before the box closed
+    ],
+)
+def test_boxed_number_reads_the_last_box(completion: str, expected: str | None) -> None:
+    from optimum_rku.evaluation.gsm8k_cot import boxed_number
+
+    assert boxed_number(completion) == expected
+
+
+def test_boxed_task_prompts_with_qwen_instruction_and_judges_the_box(tokenizer) -> None:
+    """The boxed task asks 0-shot through the chat template and scores the box numerically, flexible beside it."""
+    from optimum_rku.evaluation import evaluate
+    from optimum_rku.evaluation.gsm8k_cot import BOXED_INSTRUCTION, GSM8KBoxedTask
+
+    task = GSM8KBoxedTask()
+    row = {"question": "What is 6 * 7?", "answer": "6 * 7 = 42\n#### 42"}
+    assert task.prompt(row, [], tokenizer, chat=True) == f"user: What is 6 * 7?\n{BOXED_INSTRUCTION}\nassistant:"
+    with pytest.raises(ValueError, match="0-shot"):
+        task.prompt(row, SHOTS[:1], tokenizer, chat=True)
+    assert task.score(row, "6 * 7 = \\boxed{42.0}") == {
+        "extracted_boxed": "42",
+        "extracted_flexible": "42.0",
+        "target": "42",
+        "correct_boxed": True,
+        "correct_flexible": False,
+    }
+    assert task.score(row, "it is 42, not \\boxed{41}")["correct_boxed"] is False
+
+    model = make_random_llama(tokenizer)
+    result = evaluate(
+        model, tokenizer, "gsm8k_cot_boxed", ROWS[:3], max_new_tokens=6, apply_chat_template=True, progress=False
+    )
+    assert result.task == "gsm8k_cot_boxed" and result.max_new_tokens == 6
+    assert set(result.metrics) == {"exact_match_boxed", "exact_match_flexible"}
+    assert all(s["prompt"].endswith(f"{BOXED_INSTRUCTION}\nassistant:") for s in result.samples)
+
+
+def test_paired_difference_interval_and_mcnemar() -> None:
+    from optimum_rku.evaluation.stats import mcnemar_p_value, paired_difference, wilson_interval
+
+    same = [1, 0, 1, 1, 0] * 20
+    result = paired_difference(same, same)
+    assert result.difference == result.low == result.high == 0.0 and result.p_value == 1.0
+    better = [1] * 60 + [0] * 40
+    worse = [1] * 40 + [0] * 60  # a strictly better on 20 problems, never worse
+    result = paired_difference(better, worse, resamples=4000)
+    assert result.difference == pytest.approx(0.2) and (result.only_a, result.only_b) == (20, 0)
+    assert 0.1 < result.low < 0.2 < result.high < 0.3 and result.p_value < 1e-5
+    assert paired_difference(better, worse, resamples=4000) == result  # seeded
+    flipped = paired_difference(worse, better, resamples=4000)
+    assert flipped.difference == pytest.approx(-0.2) and flipped.high < 0
+    # discordant 3 vs 1: exact two-sided binomial p = 2 * (1 + 4) / 16
+    assert mcnemar_p_value(3, 1) == pytest.approx(0.625) and mcnemar_p_value(0, 0) == 1.0
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference([1, 0], [1])
+    with pytest.raises(ValueError, match="0/1"):
+        paired_difference([2], [1])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_difference([1], [1], confidence=1.5)

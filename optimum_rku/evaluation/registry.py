@@ -9,7 +9,10 @@ from typing import Any
 from optimum_rku.evaluation.task import EvaluationTask
 
 #: task name -> "module:Class"; adding a task is a file plus a line here
-TASKS: dict[str, str] = {"gsm8k": "optimum_rku.evaluation.gsm8k:GSM8KTask"}
+TASKS: dict[str, str] = {
+    "gsm8k": "optimum_rku.evaluation.gsm8k:GSM8KTask",
+    "gsm8k_cot_boxed": "optimum_rku.evaluation.gsm8k_cot:GSM8KBoxedTask",
+}
 #: what results written before tasks were recorded are
 DEFAULT_TASK = "gsm8k"
 _LOADED: dict[str, EvaluationTask] = {}
