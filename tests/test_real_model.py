@@ -128,3 +128,65 @@ def test_a_stopped_resume_keeps_the_rows_it_had_not_reached(workspace, tmp_path,
     assert not stopped["complete"]
     assert sorted(r["key"] for r in stopped["rows"]) == sorted(r["key"] for r in first["rows"])
     assert sum("exact_match" in r for r in stopped["rows"]) == 2  # dense, and the one row that got it
+
+
+def test_more_problems_on_resume_answer_only_the_new_ones(workspace, tmp_path, monkeypatch):
+    """Exact match keeps per-problem verdicts: a resume with more --em-problems answers only the problems a row has
+    no verdict for, and ends with the verdicts a fresh run on all of them gives; the report pairs rows on them."""
+    torch.set_num_threads(1)
+    fresh = run_grid(workspace, tmp_path / "fresh", "--em-problems", "5")
+    run_grid(workspace, tmp_path, "--em-problems", "3")
+    answered = []
+    import optimum_rku.evaluation as evaluation
+    from optimum_rku.evaluation.runner import evaluate
+
+    def counting(model, tokenizer, task, dataset=None, **kwargs):
+        answered.append(len(dataset))
+        return evaluate(model, tokenizer, task, dataset, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", counting, raising=False)
+    resumed = run_grid(workspace, tmp_path, "--em-problems", "5", "--resume")
+    assert answered == [2] * 5  # dense and the four pruned rows: problems 4 and 5 only
+    for again, row in zip(resumed["rows"], fresh["rows"]):
+        assert again["key"] == row["key"] and again["em_problems"] == 5
+        for key in ("em_correct", "em_correct_flexible", "exact_match", "em_generated_tokens", "em_hit_budget"):
+            assert again[key] == row[key], key
+    assert resumed["em_task"] == "gsm8k_cot_boxed" and resumed["em_tokens"] == 6
+
+    record = json.loads((tmp_path / "out" / "grid.json").read_text())
+    record["rows"][3]["em_correct"] = "11111"  # wanda 20% becomes the best baseline at 20%
+    record["rows"][3]["exact_match"] = 1.0
+    record["rows"][0]["em_correct"] = "11100"
+    compared = real_model.em_comparisons(record)
+    assert compared[1]["vs_best_baseline"]["baseline"].startswith("wanda")
+    assert compared[1]["vs_best_baseline"]["difference"] == pytest.approx(
+        record["rows"][1]["em_correct"].count("1") / 5 - 1.0
+    )
+    assert "vs_best_baseline" not in compared[3] and compared[3]["kept_of_dense"] == pytest.approx(5 / 3)
+    table = real_model.em_markdown(record)
+    assert "| wanda global" in table and "difference to best baseline" in table
+    assert real_model.em_chart(record, tmp_path / "em.png") and (tmp_path / "em.png").stat().st_size > 0
+
+
+def test_settings_are_chosen_on_exact_match_where_every_row_has_it(tmp_path):
+    def row(min_keep, sparsity, nll, em=None):
+        out = {
+            "method": "wanda",
+            "allocation": "global",
+            "ranking": "score",
+            "bias_compensation": False,
+            "min_keep": min_keep,
+            "min_keep_attention": min_keep,
+            "kv_cache_tokens": 0,
+            "sparsity": sparsity,
+            "nll": nll,
+        }
+        return out | ({"exact_match": em} if em is not None else {})
+
+    rows = [row(0.1, 0.2, 2.0, 0.30), row(0.1, 0.4, 3.0, 0.10), row(0.5, 0.2, 2.5, 0.32), row(0.5, 0.4, 3.5, 0.12)]
+    path = tmp_path / "select.json"
+    path.write_text(json.dumps({"split": "validation", "rows": [{"method": "dense"}, *rows]}))
+    assert real_model.best_settings([str(path)])["wanda"]["global"]["min_keep"] == 0.5  # higher exact match
+    del rows[3]["exact_match"]
+    path.write_text(json.dumps({"split": "validation", "rows": [{"method": "dense"}, *rows]}))
+    assert real_model.best_settings([str(path)])["wanda"]["global"]["min_keep"] == 0.1  # lower NLL
