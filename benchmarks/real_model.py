@@ -60,7 +60,7 @@ from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E
 from optimum_rku.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
 from optimum_rku.io.packaged import weights_note  # noqa: E402
-from optimum_rku.models.geometry import kv_cache_bytes_per_token  # noqa: E402
+from optimum_rku.models.geometry import generation_flops, kv_cache_bytes_per_token, matmul_rate  # noqa: E402
 from optimum_rku.models.specs import output_bias_flag  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -505,6 +505,9 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
         apply_chat_template=uses_chat_template(tokenizer, "auto"),
         progress=False,
     )
+    chat = uses_chat_template(tokenizer, "auto")
+    prompt_tokens = sum(len(tokenizer(s["prompt"], add_special_tokens=not chat)["input_ids"]) for s in result.samples)
+    flops = generation_flops(model, prompt_tokens, result.generated_tokens, len(result.samples))
     correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)
     correct_flexible = earlier.get("em_correct_flexible", "") + "".join(str(int(s[flexible])) for s in result.samples)
     return {
@@ -517,6 +520,8 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
         + sum(s["generated_tokens"] >= args.em_tokens for s in result.samples),
         "em_generated_tokens": earlier.get("em_generated_tokens", 0) + result.generated_tokens,
         "em_generation_time_s": round(earlier.get("em_generation_time_s", 0.0) + result.generation_time_s, 1),
+        # weight-matrix FLOPs of the generation (prefill + decode): over the measured matmul rate, its compute floor
+        "em_flops": earlier.get("em_flops", 0.0) + flops,
     }
 
 
@@ -630,6 +635,10 @@ def run(args) -> dict:
     questions, problems = choose_problems(train, test, args)
     texts = Texts(tokenizer, problems[: args.nll_problems])
     dense_kv = kv_cache_bytes_per_token(dense)
+    # the machine's matmul rate at the generation batch and the model's FFN shape: the compute floor's yardstick
+    args.matmul_gflops = (
+        matmul_rate(args.em_batch_size, dense.config.hidden_size, dense.config.intermediate_size) / 1e9
+    )
     print(
         f"loaded {args.model} ({sum(p.numel() for p in dense.parameters()) / 1e6:.1f}M) in "
         f"{time.perf_counter() - start:.0f}s; measuring on {args.split}",
@@ -747,6 +756,7 @@ def result_record(args, texts: Texts, rows: list[dict], start: float, complete: 
         "em_tokens": args.em_tokens,
         "em_batch_size": args.em_batch_size,
         "harness_problems": args.harness_problems,
+        "matmul_gflops": round(getattr(args, "matmul_gflops", 0.0), 1),
         "num_calibration": args.num_calibration,
         "generation_tokens": args.generation_tokens,
         "chat_template": texts.chat,
@@ -788,6 +798,8 @@ def _label(row: dict) -> str:
 
 def _row_line(row: dict) -> str:
     em = f" em={100 * row['exact_match']:.1f}%" if "exact_match" in row else ""
+    if row.get("em_generation_time_s"):
+        em += f" ({row['em_generated_tokens'] / row['em_generation_time_s']:.1f} tok/s, {row['em_time_s']:.0f} s)"
     return (
         f"{_label(row):<55} s={row['sparsity']:.2f} nll={row['nll']:.3f} ppl={row['ppl']:.2f} "
         f"agree={row['agreement']:.3f} kv-={100 * row['kv_reduction']:.0f}%{em}"
@@ -869,9 +881,11 @@ def em_markdown(result: dict) -> str:
         "(95% paired bootstrap interval, McNemar p).",
         "",
         "| variant | sparsity | problems | exact match [95%] | % of dense | difference to best baseline [95%] | p | "
-        "flexible | harness 5-shot strict | hit budget | gold NLL | KV bytes/token | params |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "flexible | harness 5-shot strict | hit budget | gold NLL | KV bytes/token | params | tokens/s | "
+        "compute floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rate = result.get("matmul_gflops") or 0.0
     for index, info in compared.items():
         row = result["rows"][index]
         n = len(row["em_correct"])
@@ -887,9 +901,25 @@ def em_markdown(result: dict) -> str:
             f"| {_label(row)} | {row['sparsity']:.0%} | {n} | {100 * row['exact_match']:.1f}% "
             f"[{100 * low:.1f}, {100 * high:.1f}] | {kept} | {versus} | {p_value} | "
             f"{100 * row['exact_match_flexible']:.1f}% | {harness} | {row.get('em_hit_budget', 0)} | {row['nll']:.3f} | "
-            f"{row['kv_bytes_per_token']:,} | {row['params'] / 1e6:.1f}M |"
+            f"{row['kv_bytes_per_token']:,} | {row['params'] / 1e6:.1f}M | {_speed(row, rate)} |"
         )
+    if rate:
+        lines += [
+            "",
+            f"tokens/s: generated tokens per second of generation; compute floor: the share of that time the weight "
+            f"matrices' FLOPs need at the machine's measured matmul rate ({rate:.0f} GFLOP/s at the generation batch, "
+            "float32), i.e. how close generation runs to its compute floor.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _speed(row: dict, rate: float) -> str:
+    """`tokens/s | % of the compute floor` of a row's exact-match generation ("- | -" when not recorded)."""
+    seconds = row.get("em_generation_time_s")
+    if not seconds or "em_flops" not in row:
+        return "- | -"
+    floor = f"{100 * row['em_flops'] / (rate * 1e9) / seconds:.0f}%" if rate else "-"
+    return f"{row['em_generated_tokens'] / seconds:.1f} | {floor}"
 
 
 def em_chart(result: dict, path: Path) -> bool:

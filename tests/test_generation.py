@@ -350,3 +350,20 @@ def test_decode_steps_append_in_place() -> None:
         generation._GrowingLayer.update = original
     assert len(seen) >= 20  # 16 tokens per row stay inside the headroom: no update moves the cache
     assert all(before == after and shared for before, after, shared in seen)
+
+
+def test_generation_flops_counts_blocks_per_token_and_the_head_per_answer_token():
+    from optimum_rku.models.geometry import generation_flops, matmul_rate
+
+    for tied in (False, True):
+        model = tiny_model("llama", tie_word_embeddings=tied)
+        hidden, vocab = model.config.hidden_size, model.config.vocab_size
+        layer = model.model.layers[0]
+        linears = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        per_layer = sum(m.weight.numel() for m in linears)
+        body = per_layer * model.config.num_hidden_layers
+        # 2 answers: 7 + 5 prompt tokens, 4 + 3 generated -> 12 + 7 - 2 block tokens, 7 head positions
+        assert generation_flops(model, 12, 7, 2) == 2.0 * (body * 17 + vocab * hidden * 7)
+    with pytest.raises(ValueError, match="generated_tokens >= sequences"):
+        generation_flops(model, 10, 1, 2)
+    assert matmul_rate(8, 16, 32, seconds=0.01) > 0

@@ -45,3 +45,37 @@ def kv_cache_bytes_per_token(model) -> int:
     """Bytes of K and V cached per token over all layers at the model's dtype."""
     element = next(model.parameters()).element_size()
     return sum(2 * b.num_kv_heads * b.head_dim * element for b in blocks(model))
+
+
+def generation_flops(model, prompt_tokens: int, generated_tokens: int, sequences: int) -> float:
+    """Multiply-add FLOPs of the weight matrices to greedy-decode `sequences` answers (attention scores excluded).
+
+    Each sequence is prefilled (its prompt tokens through every block, logits at the last position only) and then
+    decoded one token per step; so the blocks see `prompt_tokens + generated_tokens - sequences` tokens and the
+    vocabulary projection `generated_tokens` positions. Dividing by a measured matmul rate gives generation's compute
+    floor, the time it cannot beat at that rate."""
+    if min(prompt_tokens, generated_tokens, sequences) < 0 or generated_tokens < sequences:
+        raise ValueError(
+            f"need non-negative counts and generated_tokens >= sequences, got {prompt_tokens}, {generated_tokens}, "
+            f"{sequences}"
+        )
+    head = model.get_output_embeddings()
+    embedding = model.get_input_embeddings()
+    skipped = {id(module.weight) for module in (head, embedding) if module is not None}
+    body = sum(p.numel() for p in model.parameters() if id(p) not in skipped and p.dim() >= 2)
+    head_parameters = head.weight.numel() if head is not None else 0
+    return 2.0 * (body * (prompt_tokens + generated_tokens - sequences) + head_parameters * generated_tokens)
+
+
+def matmul_rate(rows: int, inner: int, columns: int, dtype=torch.float32, seconds: float = 1.0) -> float:
+    """Measured FLOP/s of a `[rows, inner] x [inner, columns]` matrix product on this machine (current threads)."""
+    import time
+
+    x, w = torch.randn(rows, inner, dtype=dtype), torch.randn(columns, inner, dtype=dtype)
+    for _ in range(3):  # warm-up
+        x @ w.T
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or count < 3:
+        x @ w.T
+        count += 1
+    return 2.0 * rows * inner * columns * count / elapsed
