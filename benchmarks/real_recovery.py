@@ -58,6 +58,7 @@ from real_model import (  # noqa: E402
 )
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
+from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
 from optimum_rku.models.specs import output_bias_flag  # noqa: E402
 
@@ -106,7 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=["test", "validation"], help="problems to measure on")
     p.add_argument("--nll-problems", type=int, default=60, help="problems for NLL, perplexity and agreement")
     p.add_argument("--em-problems", type=int, default=0, help="problems for exact match (0: none)")
-    p.add_argument("--em-tokens", type=int, default=256, help="max new tokens for exact match")
+    p.add_argument(
+        "--em-task", default="gsm8k_cot_boxed", choices=available_tasks(), help="exact match's task (as real_model.py)"
+    )
+    p.add_argument("--em-tokens", type=int, default=None, help="answer budget (default: the task's)")
+    p.add_argument("--em-batch-size", type=int, default=128, help="exact-match generation batch (default: 128)")
     # the LoRA budget
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"LoRA steps per run (default: {DEFAULT_STEPS})")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default: 8)")
@@ -150,7 +155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     except (TypeError, ValueError) as err:
         p.error(f"baseline setting: {err}")
-    args.em_sparsities = None  # real_model.exact_match reads only em_problems / em_tokens
+    args.em_sparsities = None  # real_model.exact_match reads only em_problems / em_task / em_tokens / em_batch_size
+    args.em_tokens = args.em_tokens or get_task(args.em_task).max_new_tokens
+    args.harness_problems = 0
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
