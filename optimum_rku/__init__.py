@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from optimum_rku.version import __version__
 
 # Public names resolve on first access (PEP 562), so `import optimum_rku.cli` (and `optimum-rku --help`,
 # `optimum-cli --help`) does not pay for importing torch and transformers.

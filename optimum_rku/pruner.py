@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from optimum.quantization_base import OptimumQuantizer
 
-from optimum_rku import __version__
 from optimum_rku.config import RKUConfig
 from optimum_rku.data.calibration import count_tokens, load_texts, resolve_calibration, tokenize_texts
 from optimum_rku.data.gsm8k import GSM8K_HUB_ID
@@ -29,13 +28,14 @@ from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
 from optimum_rku.io.labels import hub_model_id
 from optimum_rku.models.blocks import head_dim_of
 from optimum_rku.models.geometry import kv_cache_bytes_per_token, layer_widths, prunable_parameters
+from optimum_rku.models.masks import combine_masks, plan_masks
 from optimum_rku.models.specs import check_supported
 from optimum_rku.pruning.allocation import PruningPlan, allocate
-from optimum_rku.pruning.masks import combine_masks, plan_masks
 from optimum_rku.pruning.removal import apply_plan
 from optimum_rku.pruning.run import PruningRun, check_scores, resolve_run
 from optimum_rku.scoring import NonFiniteError, PruningScores, compute_scores
 from optimum_rku.scoring.compute import zero_scores
+from optimum_rku.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import optimum_rku.data.self_generated as self_generated
 from optimum_rku import RKUConfig, RKUPruner
 from optimum_rku.importance import available_importances, get_importance
 from optimum_rku.models.geometry import prunable_parameters
-from optimum_rku.pruning.masks import masked_model, plan_masks
+from optimum_rku.models.masks import masked_model, plan_masks
 from optimum_rku.pruning.removal import apply_plan
 
 

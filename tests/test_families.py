@@ -15,8 +15,8 @@ from conftest import logits, make_tokenizer, masked_logits, tiny_model, token_da
 
 from optimum_rku import RKUConfig, RKUModelForCausalLM, RKUPruner
 from optimum_rku.models.blocks import blocks
+from optimum_rku.models.masks import plan_masks
 from optimum_rku.models.specs import SPECS
-from optimum_rku.pruning.masks import plan_masks
 
 NEW = ["gemma3_text", "phi3"]
 #: settings that leave layers with different head counts (the per-layer path) under each allocation

@@ -9,8 +9,8 @@ from conftest import FAMILIES, logits, masked_logits, sample_inputs, tiny_model
 from optimum_rku import RKUConfig, RKUPruner
 from optimum_rku.models.blocks import blocks
 from optimum_rku.models.geometry import prunable_parameters
+from optimum_rku.models.masks import plan_masks
 from optimum_rku.pruning.allocation import TOLERANCE
-from optimum_rku.pruning.masks import plan_masks
 
 
 def test_sparsity_zero_is_noop(calib):

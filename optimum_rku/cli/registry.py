@@ -85,7 +85,7 @@ def run_command(name: str, args: argparse.Namespace, prog: str | None = None) ->
 
 def build_parser(prog: str = "optimum-rku") -> argparse.ArgumentParser:
     """The `optimum-rku` parser with every subcommand (demo/testbed are listed; their flags belong to them)."""
-    from optimum_rku import __version__
+    from optimum_rku.version import __version__
 
     parser = OneLineParser(
         prog=prog, description="Structured pruning of reasoning LLMs with Relative Kinetic Utility."

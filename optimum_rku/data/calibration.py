@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from optimum_rku.data.context import calibration_length, context_length, report_context_cut
 from optimum_rku.data.gsm8k import GSM8K_CONFIG, GSM8K_HUB_ID
 
 logger = logging.getLogger(__name__)
@@ -122,33 +123,6 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int):
         raise ValueError("The calibration set is empty: no non-empty text to calibrate on.")
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     return datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-
-
-def context_length(model) -> int | None:
-    """The longest sequence the model's positions cover (`max_position_embeddings`), or None if it does not say."""
-    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def calibration_length(model, seq_len: int) -> int:
-    """`seq_len` capped at the model's context (rows are cut there; `report_context_cut` says when one was)."""
-    context = context_length(model)
-    return min(seq_len, context) if context is not None else seq_len
-
-
-def report_context_cut(rows, length: int, seq_len: int) -> None:
-    """Warn when `calibration_seq_len` was capped at the model's context and some row reached that cap."""
-    if length >= seq_len:
-        return
-    cut = sum(len(ids) >= length for ids in rows["input_ids"])
-    if cut:
-        logger.warning(
-            "%d calibration row(s) were cut at %d tokens, the model's context (max_position_embeddings), shorter than "
-            "calibration_seq_len=%d.",
-            cut,
-            length,
-            seq_len,
-        )
 
 
 def _preview(rows: list[int]) -> str:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import torch
 
-from optimum_rku.data.calibration import calibration_length, context_length, report_context_cut
+from optimum_rku.data.context import calibration_length, context_length, report_context_cut
 from optimum_rku.data.generation import generate_completions
 from optimum_rku.data.prompts import DEFAULT_BATCH_SIZE, question_prompt, uses_chat_template
-from optimum_rku.pruning.masks import masked_model
+from optimum_rku.models.masks import masked_model
 
 logger = logging.getLogger(__name__)
 

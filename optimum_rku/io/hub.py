@@ -25,6 +25,7 @@ from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nes
 from optimum_rku.io.card import CARD_FILE, build_model_card, is_generated_card
 from optimum_rku.io.chart import CHART_FILE, plot_allocation
 from optimum_rku.io.gguf_export import gguf_files
+from optimum_rku.io.labels import check_repo_id
 from optimum_rku.io.metadata import (
     EVAL_RESULTS_FILE,
     REMOTE_CODE_FILE,
@@ -67,25 +68,6 @@ def hub_endpoint() -> str:
     from huggingface_hub import constants
 
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def check_repo_id(repo_id: Any) -> str:
-    """Validate a Hub repo id ('user/name' or 'name') before any work; raise ValueError naming what is allowed."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if not isinstance(repo_id, str) or not repo_id:
-        raise TypeError(f"repo_id must be a non-empty string like 'user/model-name', got {repo_id!r}.")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid"
-        raise ValueError(
-            f"repo_id={repo_id!r} is not a valid Hub repo id ({first}); use 'user/model-name' with letters, digits, "
-            "'-', '_' and '.'."
-        ) from None
-    if repo_id.count("/") > 1:
-        raise ValueError(f"repo_id={repo_id!r} has more than one '/'; use 'user/model-name'.")
-    return repo_id
 
 
 def check_checkpoint(checkpoint_dir: Any) -> Path:
@@ -213,7 +195,7 @@ def _push(
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from optimum_rku import __version__
+    from optimum_rku.version import __version__
 
     meta = read_metadata(path)
     with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as staging_dir:

@@ -87,3 +87,22 @@ def checkpoint_name(meta: Mapping[str, Any], repo_id: str | None) -> str:
     stem = (base_id or Path(str(base)).name or "model").split("/")[-1]
     target = float(meta["pruning_config"].get("sparsity", meta["plan"].get("target_sparsity", 0.0)))
     return f"{stem}-rku-{round(100 * target)}"
+
+
+def check_repo_id(repo_id: Any) -> str:
+    """Validate a Hub repo id ('user/name' or 'name') before any work; raise ValueError naming what is allowed."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or not repo_id:
+        raise TypeError(f"repo_id must be a non-empty string like 'user/model-name', got {repo_id!r}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid"
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a valid Hub repo id ({first}); use 'user/model-name' with letters, digits, "
+            "'-', '_' and '.'."
+        ) from None
+    if repo_id.count("/") > 1:
+        raise ValueError(f"repo_id={repo_id!r} has more than one '/'; use 'user/model-name'.")
+    return repo_id

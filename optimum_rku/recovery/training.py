@@ -133,7 +133,7 @@ def resolve_training_args(training_args: Any = None, *, progress: bool = True, s
 
 
 def _default_metadata(model, source: Any) -> dict[str, Any]:
-    from optimum_rku import __version__
+    from optimum_rku.version import __version__
 
     name = source if source is not None else getattr(model.config, "_name_or_path", None)
     if name and Path(str(name)).is_dir():

@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from optimum_rku.data.calibration import iter_batches
 from optimum_rku.importance import BlockStats, Importance
 from optimum_rku.models.blocks import BlockView, blocks, decoder
+from optimum_rku.models.masks import masked_input
 from optimum_rku.models.specs import PROJECTIONS
-from optimum_rku.pruning.masks import masked_input
 from optimum_rku.scoring.objectives import objective_value
 from optimum_rku.scoring.offload import check_no_weight_gradients, stream_offloaded_weights
 
