@@ -20,8 +20,6 @@ CALIBRATIONS = ("dataset", "self_generated")
 GENERATION_CHAT_TEMPLATES = ("auto", "on", "off")
 #: how `allocation="global"` compares units of different layers and types (docs/design.md, "Ranking")
 RANKINGS = ("auto", "score", "per_parameter", "standardized", "expected_loss", "measured_loss")
-#: what `ranking="auto"` means per importance (chosen on SmolLM2-135M-Instruct, docs/benchmarks.md); others: "score"
-AUTO_RANKING = {"rku": "measured_loss"}
 #: `kv_cache_tokens="auto"`: the cache of one sequence this long (or of the model's whole context, if shorter)
 DEFAULT_KV_CACHE_TOKENS = 6144
 #: RKU's activity term A_s: mean |y| (L2 over a head's slice), or the spread around the calibration mean
@@ -54,7 +52,7 @@ class RKUConfig:
     `bias_compensation=True` adds the calibration-mean output of removed channels / heads to the down_proj / o_proj
     bias (FLAP's compensation); only families whose config can build those biases accept it (`output_bias_flags` in
     `models/specs.py`); "auto" turns it on exactly there (off by default: on SmolLM2 its gain with RKU was within
-    noise). `ranking="auto"` is `AUTO_RANKING[importance]` (RKU: the Fisher of a mask on each structure per unit
+    noise). `ranking="auto"` is the importance's `default_ranking` (RKU: the Fisher of a mask on each structure per unit
     of cost, `measured_loss`), chosen on a real pretrained model (docs/benchmarks.md). In the rankings that divide by
     cost, a KV group costs its parameters plus the KV cache it frees at `kv_cache_tokens` cached tokens (0: its
     parameters alone); "auto" is one sequence of 6144 tokens — the smallest multiple of 2048 whose plan cuts SmolLM2's
@@ -97,7 +95,7 @@ class RKUConfig:
 
     def validate(self) -> None:
         """Raise a ValueError/TypeError naming the first bad field and what is allowed."""
-        from optimum_rku.importance import available_importances
+        from optimum_rku.importance import available_importances, get_importance
 
         _number("sparsity", self.sparsity, 0.0, 0.9)
         _choice("targets", self.targets, TARGETS)
@@ -114,11 +112,15 @@ class RKUConfig:
         _number("token_gradient_floor", self.token_gradient_floor, 0.0, 1.0)
         if self.min_keep_attention is not None:
             _number("min_keep_attention", self.min_keep_attention, 0.0, 1.0)
-        if self.ranking in ("expected_loss", "measured_loss") and self.importance != "rku":
+        importance = get_importance(self.importance)
+        if self.ranking != "auto" and self.ranking not in importance.rankings:
+            fisher = [name for name in available_importances() if get_importance(name).yields_fisher]
             raise ValueError(
-                f"RKUConfig.ranking={self.ranking!r} needs RKU's Fisher statistics, but importance={self.importance!r}; "
-                "allowed: importance='rku', or ranking 'score', 'per_parameter' or 'standardized'."
+                f"RKUConfig.ranking={self.ranking!r} needs Fisher statistics, which importance={self.importance!r} does "
+                f"not yield; allowed: ranking in {sorted(importance.rankings)}, or an importance that yields them "
+                f"({', '.join(map(repr, fisher))})."
             )
+        importance.check_config(self)
         _number("round_to", self.round_to, 1, 1 << 20, integer=True)
         if self.kv_cache_tokens != "auto":
             if isinstance(self.kv_cache_tokens, str):
@@ -172,8 +174,12 @@ class RKUConfig:
 
     @property
     def resolved_ranking(self) -> str:
-        """The global ranking actually used: `ranking`, or for "auto" the importance's entry in `AUTO_RANKING`."""
-        return AUTO_RANKING.get(self.importance, "score") if self.ranking == "auto" else self.ranking
+        """The global ranking actually used: `ranking`, or for "auto" the importance's `default_ranking`."""
+        if self.ranking != "auto":
+            return self.ranking
+        from optimum_rku.importance import get_importance
+
+        return get_importance(self.importance).default_ranking
 
     def kv_cache_tokens_for(self, context_length: int | None) -> int:
         """`kv_cache_tokens`, with "auto" resolved for a model of `context_length` positions (None: unknown)."""

@@ -109,7 +109,7 @@ def test_expected_loss_ranks_squared_raw_kinetic_per_parameter():
         scores, weights_only(sparsity=GROUP_COST / prunable(scores), min_keep=0.0, ranking="score"), prunable(scores)
     )
     assert removed(score_plan, scores)[1] == 1
-    with pytest.raises(ValueError, match="needs RKU scores"):
+    with pytest.raises(ValueError, match="needs kinetic-utility scores.*flap"):
         ranking_keys(hand_scores([[1.0]], [[1.0]], importance="flap"), weights_only(ranking="expected_loss"))
 
 
@@ -267,15 +267,15 @@ def test_measured_loss_is_half_the_mean_squared_mask_gradient():
 
 
 def test_auto_ranking_resolves_per_importance():
-    from optimum_rku.config import AUTO_RANKING
+    from optimum_rku.importance import get_importance
 
-    assert RKUConfig(importance="rku").resolved_ranking == AUTO_RANKING["rku"]
-    assert RKUConfig(importance="flap").resolved_ranking == AUTO_RANKING.get("flap", "score")
+    assert RKUConfig(importance="rku").resolved_ranking == get_importance("rku").default_ranking
+    assert RKUConfig(importance="flap").resolved_ranking == get_importance("flap").default_ranking == "score"
     assert RKUConfig(importance="rku", ranking="standardized").resolved_ranking == "standardized"
     scores = hand_scores([[5, 6, 7, 8]], [[12, 30]])
     scores.mlp_loss, scores.attention_loss, scores.head_dim = scores.mlp, scores.attention, 1
     plan = allocate(scores, RKUConfig(sparsity=0.3), prunable(scores))
-    assert plan.ranking == AUTO_RANKING["rku"] == "measured_loss"
+    assert plan.ranking == get_importance("rku").default_ranking == "measured_loss"
 
 
 def test_kv_cache_credit_prices_a_kv_group_by_the_cache_it_frees():

@@ -44,10 +44,30 @@ class StructureScores:
     attention_loss: torch.Tensor | None = None
 
 
+#: global rankings every method can feed: they read only the scores `score_block` returns
+SCORE_RANKINGS = frozenset({"score", "per_parameter", "standardized"})
+#: rankings that price a unit in expected loss, for methods that yield Fisher statistics (`yields_fisher`):
+#: `expected_loss` squares the raw score (A^2 F), `measured_loss` reads `mlp_loss` / `attention_loss`
+FISHER_RANKINGS = frozenset({"expected_loss", "measured_loss"})
+
+
 class Importance:
-    """Base class. Subclasses set which statistics they need and implement `score_block`."""
+    """Base class. Subclasses set which statistics they need and implement `score_block`.
+
+    A method also declares what it can do, so config, allocation and the card ask it instead of naming it:
+    `yields_fisher` (its raw score is A * sqrt(F) and it fills the mask-Fisher losses when the ranking is
+    `measured_loss`), `default_ranking` (what `ranking="auto"` means for it), `title` (how cards name it), and
+    `check_config` for options only it reads.
+    """
 
     name: str = "base"
+    #: how model cards name the method (default: "the `name` importance criterion")
+    title: str = ""
+    #: whether the raw scores are kinetic utilities A * sqrt(F) and, with `ranking="measured_loss"`, `score_block`
+    #: fills `mlp_loss` / `attention_loss` (1/2 mean_t (dPhi/dm_s)^2, from the "mask_sq" statistics)
+    yields_fisher: bool = False
+    #: the global ranking `ranking="auto"` resolves to
+    default_ranking: str = "score"
     #: statistics to accumulate: "abs" (sum |y|), "sq" (sum y^2), "sum" (sum y), "slice_norm" (sum of head/group L2)
     activation_stats: frozenset[str] = frozenset()
     #: whether sum of squared activation gradients (dPhi/dy)^2 is needed (one backward to activations)
@@ -60,6 +80,19 @@ class Importance:
     @property
     def needs_calibration(self) -> bool:
         return bool(self.activation_stats) or self.needs_activation_gradients or self.needs_weight_gradients
+
+    @property
+    def rankings(self) -> frozenset[str]:
+        """The global rankings this method's scores can feed."""
+        return SCORE_RANKINGS | (FISHER_RANKINGS if self.yields_fisher else frozenset())
+
+    @property
+    def card_name(self) -> str:
+        """How a model card names the method."""
+        return self.title or f"the `{self.name}` importance criterion"
+
+    def check_config(self, config) -> None:
+        """Raise ValueError for an option of `config` this method cannot run with (none by default)."""
 
     def config_stats(self, config) -> frozenset[str]:
         """Statistics a config option of this method needs on top of `activation_stats` (none by default)."""

@@ -111,6 +111,15 @@ def _eval_results(
     ]
 
 
+def _method_name(importance: Any) -> str:
+    """How the card names the importance method (its registered `card_name`; a method unknown here by its name)."""
+    from optimum_rku.importance import available_importances, get_importance
+
+    if importance in available_importances():
+        return get_importance(importance).card_name
+    return f"the `{importance}` importance criterion"
+
+
 def build_model_card(
     meta: Mapping[str, Any],
     eval_results: Any = None,
@@ -293,11 +302,7 @@ def build_model_card(
         f"A structurally pruned version of {origin}, produced with "
         "optimum-rku (`pip install optimum-rku`). Whole FFN channels and attention "
         f"{'KV groups' if config.get('attention_granularity') == 'kv_group' else 'query heads'} were scored with "
-        + (
-            "Relative Kinetic Utility (RKU)"
-            if config.get("importance") == "rku"
-            else f"the `{config.get('importance')}` importance criterion"
-        )
+        + _method_name(config.get("importance"))
         + ", ranked "
         f"{'across all layers' if config.get('allocation') == 'global' else 'within each layer'} and physically "
         "removed: the weight matrices and the KV cache are smaller, and the result is an ordinary dense "

@@ -118,6 +118,14 @@ def pool_ranking(config) -> str:
     return config.resolved_ranking if config.allocation == "global" and config.sparsity > 0 else "score"
 
 
+def _yields_fisher(importance: str) -> bool:
+    """Whether scores of the method `importance` are kinetic utilities with Fisher statistics (unknown methods:
+    scores loaded from a file of a method this process has not registered, are not)."""
+    from optimum_rku.importance import available_importances, get_importance
+
+    return importance in available_importances() and get_importance(importance).yields_fisher
+
+
 def ranking_keys(scores: PruningScores, config) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-structure values the global pool compares (FFN channels, attention structures), by `pool_ranking`.
 
@@ -126,9 +134,10 @@ def ranking_keys(scores: PruningScores, config) -> tuple[list[torch.Tensor], lis
     ranking = pool_ranking(config)
     mlp, attention = scores.mlp, scores.attention
     if ranking == "expected_loss":
-        if scores.importance != "rku":
+        if not _yields_fisher(scores.importance):
             raise ValueError(
-                f"ranking='expected_loss' needs RKU scores, but these come from importance={scores.importance!r}."
+                f"ranking='expected_loss' needs kinetic-utility scores (an importance that yields Fisher statistics), "
+                f"but these come from importance={scores.importance!r}."
             )
 
         def loss(raw: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
