@@ -25,7 +25,7 @@ from optimum_rku.data.calibration import count_tokens, load_texts, resolve_calib
 from optimum_rku.data.gsm8k import GSM8K_HUB_ID
 from optimum_rku.data.providers import METADATA_KEY, DataProvider, get_provider, provider_for
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
-from optimum_rku.io.labels import hub_model_id
+from optimum_rku.io.labels import hub_model_id, portable_source
 from optimum_rku.models.blocks import head_dim_of
 from optimum_rku.models.geometry import kv_cache_bytes_per_token, layer_widths, prunable_parameters
 from optimum_rku.models.masks import combine_masks, plan_masks
@@ -312,7 +312,7 @@ class RKUPruner(OptimumQuantizer):
         kv_after = kv_cache_bytes_per_token(self.model)
         return {
             "optimum_rku_version": __version__,
-            "base_model": str(self.source) if self.source is not None else None,
+            **portable_source(self.source),  # a Hub id or alias, else the folder name and a content hash
             METADATA_KEY: self.data.name,
             "architecture": self.model.config.model_type,
             "pruning_config": self.pruning_config.to_dict(),

@@ -33,7 +33,7 @@ def test_calibration_local_jsonl(tmp_path):
     pruner = RKUPruner(tiny_model("llama"), make_tokenizer())
     ds = pruner.get_calibration_dataset(data_files=str(path), num_samples=5)
     assert len(ds) == 5
-    assert pruner.calibration_summary["dataset"] == str(path)
+    assert pruner.calibration_summary["dataset"] == "train.jsonl"  # the file's name, never a machine path
     both = pruner.get_calibration_dataset(data_files=str(path), num_samples=3, text_column=["question", "answer"])
     assert len(both) == 3
 

@@ -305,13 +305,21 @@ def test_recover_and_benchmark_commands(workspace, tmp_path, capsys):
         )
         == 0
     )
-    code = main(
-        [
-            *("recover", "--checkpoint", str(out), "--output", str(recovered), "--max-steps", "2", "--lora-r", "4"),
-            *("--data-files", str(workspace / "train.jsonl"), "--num-samples", "4", "--batch-size", "2"),
-            *("--max-length", "160", "--teacher", "base", "--distillation-alpha", "0.25", "--quiet"),
-        ]
-    )
+    meta = json.loads((out / "rku_config.json").read_text())
+    assert meta["base_model"] == "base" and meta["base_model_fingerprint"].startswith("sha256:")
+    assert str(workspace) not in (out / "rku_config.json").read_text()  # names only, never a machine path
+    recover = [
+        *("recover", "--checkpoint", str(out), "--output", str(recovered), "--max-steps", "2", "--lora-r", "4"),
+        *("--data-files", str(workspace / "train.jsonl"), "--num-samples", "4", "--batch-size", "2"),
+        *("--max-length", "160", "--teacher", "base", "--distillation-alpha", "0.25", "--quiet"),
+    ]
+    capsys.readouterr()
+    assert main(recover) == 2  # a local base is recorded by name: only --base finds it
+    assert "pass --base PATH" in capsys.readouterr().err and not recovered.exists()
+    tiny_model("llama", num_hidden_layers=1).save_pretrained(tmp_path / "other")
+    assert main([*recover, "--base", str(tmp_path / "other")]) == 2  # another model: its content hash differs
+    assert "is not the model this checkpoint was pruned from" in capsys.readouterr().err
+    code = main([*recover, "--base", str(workspace / "base")])
     assert code == 0
     recovery = json.loads((recovered / "rku_config.json").read_text())["recovery"]
     assert recovery["steps"] == 2 and recovery["rank"] == 4 and recovery["merged"] is True

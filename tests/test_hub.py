@@ -242,6 +242,28 @@ def test_push_defaults_to_checkpoint_eval_results_and_pr(checkpoints, online, tm
     assert "trust_remote_code" not in main_files["README.md"].decode()
 
 
+def test_push_never_uploads_a_machine_path(checkpoints, online, tmp_path):
+    """A checkpoint written before records were portable (absolute paths in rku_config.json) uploads a record with
+    names only; the local file stays as it was."""
+    import shutil
+
+    from optimum_rku.io.hub import push_to_hub
+
+    path = Path(shutil.copytree(checkpoints["uniform"], tmp_path / "ckpt"))
+    meta = json.loads((path / "rku_config.json").read_text())
+    meta["base_model"] = "/home/someone/models/tiny-base"
+    meta["calibration"] = {"dataset": "/home/someone/data/calib.jsonl", "num_samples": 4}
+    (path / "rku_config.json").write_text(json.dumps(meta))
+    with LoopbackHub() as hub:
+        online.setenv("HF_ENDPOINT", hub.url)
+        push_to_hub(path, "me/portable", token="hf_x")
+        files = hub.files("me/portable")
+    uploaded = json.loads(files["rku_config.json"])
+    assert uploaded["base_model"] == "tiny-base" and uploaded["calibration"]["dataset"] == "calib.jsonl"
+    assert all("/home/someone" not in content.decode("latin-1") for content in files.values())
+    assert json.loads((path / "rku_config.json").read_text())["base_model"] == "/home/someone/models/tiny-base"
+
+
 def test_push_keeps_hand_edited_card(checkpoints, online, tmp_path):
     import shutil
 

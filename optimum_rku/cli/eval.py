@@ -14,6 +14,7 @@ from typing import Any
 
 from optimum_rku.cli.args import CLIError, add_eval_arguments, add_model_arguments
 from optimum_rku.cli.runtime import (
+    base_model_for,
     data_of,
     load_model,
     looks_like_path,
@@ -33,6 +34,12 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="per-sample jsonl (default: <checkpoint>/<task>_samples.jsonl)")
     parser.add_argument(
         "--compare-base", action="store_true", help="also evaluate the dense model the checkpoint was pruned from"
+    )
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="with --compare-base: the dense model (directory or Hub id) when the checkpoint records a local folder "
+        "by name only",
     )
     parser.add_argument(
         "--no-adapter",
@@ -111,8 +118,6 @@ def results_table(rows: list[tuple[str, dict[str, Any]]], task) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate a model, print a table, write samples and (next to a checkpoint) `eval_results.json` and its card."""
-    from optimum_rku.data.providers import base_model_of
-
     model_name = model_argument(args)
     checkpoint = Path(model_name).expanduser() if model_name and is_checkpoint(model_name) else None
     settings = eval_settings(args, model_name)
@@ -131,9 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_base:
         if checkpoint is None:
             raise CLIError("--compare-base needs --model to be an optimum-rku checkpoint directory.")
-        base_name = base_model_of(read_metadata(checkpoint))
-        if not base_name:
-            raise CLIError(f"{str(checkpoint)!r} does not record its base model; evaluate the base separately.")
+        base_name = base_model_for(read_metadata(checkpoint), args.base, "--compare-base")
     device = resolve_device(args.device)
 
     model, tokenizer = load_model(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from optimum_rku.cli.args import CLIError, non_negative_int, positive_float, positive_int, unit_float
-from optimum_rku.cli.runtime import check_files, load_model, say
+from optimum_rku.cli.runtime import base_model_for, check_files, load_model, say
 from optimum_rku.config import CONFIG_NAME
 
 
@@ -42,6 +42,12 @@ def add(parser: argparse.ArgumentParser) -> None:
         "directory or a Hub id; default: plain cross-entropy",
     )
     parser.add_argument(
+        "--base",
+        default=None,
+        help="with --teacher base: the dense model (directory or Hub id) when the checkpoint records a local folder by "
+        "name only",
+    )
+    parser.add_argument(
         "--distillation-alpha", type=unit_float, default=0.5, help="weight of the KL term in [0, 1] (default: 0.5)"
     )
     parser.add_argument(
@@ -62,17 +68,15 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _load_teacher(name: str, meta: dict[str, Any]):
+def _load_teacher(name: str, meta: dict[str, Any], base: str | None):
     """The dense teacher for `recover --teacher` and how the summary names it: 'base' is the model the checkpoint was
-    pruned from (named by its Hub id, else "dense"); another model by the name given (no machine path is kept)."""
+    pruned from (`--base`, or the name it records; named by its Hub id, else "dense"); another model by the name
+    given (no machine path is kept)."""
     label = name
     if name == "base":
-        from optimum_rku.data.providers import base_model_of
         from optimum_rku.io.labels import hub_model_id
 
-        name = base_model_of(meta)
-        if not name:
-            raise CLIError("--teacher base: the checkpoint does not record its base model; pass its path or Hub id.")
+        name = base_model_for(meta, base, "--teacher base")
         label = hub_model_id(name) or "dense"
     teacher, _ = load_model(name, "float32")
     return teacher, label
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(
                 f"could not load --dataset {args.dataset!r} ({type(err).__name__}: {err}); offline? use --data-files."
             ) from None
-    teacher, teacher_name = _load_teacher(args.teacher, meta) if args.teacher is not None else (None, None)
+    teacher, teacher_name = _load_teacher(args.teacher, meta, args.base) if args.teacher is not None else (None, None)
     model, tokenizer = load_model(str(checkpoint), "float32")
     _, summary = recover_with_lora(
         model,

@@ -45,6 +45,31 @@ def model_argument(args: argparse.Namespace) -> str | None:
     return check_model_name(args.model)
 
 
+def base_model_for(meta: dict[str, Any], explicit: str | None, flag: str) -> str:
+    """The dense model a checkpoint was pruned from: `--base` when given (checked against the recorded content hash
+    of a local source), else the name the checkpoint records, unless that is a local folder known by name only."""
+    from optimum_rku.data.providers import base_model_of, is_model_alias
+    from optimum_rku.io.labels import is_local_record, source_fingerprint
+
+    recorded = base_model_of(meta)
+    if explicit is not None:
+        expected, found = meta.get("base_model_fingerprint"), source_fingerprint(explicit)
+        if expected and found and expected != found:
+            raise CLIError(
+                f"--base {explicit!r} is not the model this checkpoint was pruned from ({recorded!r}): its content "
+                f"hash is {found}, the checkpoint records {expected}."
+            )
+        return explicit
+    if not recorded:
+        raise CLIError(f"{flag}: the checkpoint does not record its base model; pass --base PATH_OR_HUB_ID.")
+    if is_local_record(meta) and not is_model_alias(recorded):  # an alias ("testbed") loads wherever it lives
+        raise CLIError(
+            f"{flag}: the checkpoint was pruned from a local model it records by name only ({recorded!r}, no machine "
+            "path is kept); pass --base PATH to that model."
+        )
+    return recorded
+
+
 def data_of(name: str | None):
     """The data provider of the model named `name` (for a checkpoint: the one its `rku_config.json` records)."""
     from optimum_rku.data.providers import provider_for

@@ -21,6 +21,15 @@ MIN_ROW_TOKENS = 2
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 
+def files_label(data_files: Any) -> str:
+    """How records name local data files or a local dataset folder: file names only, never a machine path."""
+    if isinstance(data_files, dict):
+        data_files = [f for files in data_files.values() for f in ([files] if isinstance(files, str) else files)]
+    if isinstance(data_files, (list, tuple)):
+        return ", ".join(files_label(f) for f in data_files)
+    return Path(str(data_files)).name
+
+
 def _local_builder(data_files: Any) -> str:
     first = data_files
     if isinstance(first, dict):
@@ -104,7 +113,7 @@ def load_texts(
     else:
         texts = [preprocess_function(row) for row in ds]
     summary = {
-        "dataset": source,
+        "dataset": files_label(source) if data_files is not None or Path(source).expanduser().exists() else source,
         "config": dataset_config_name if data_files is None else None,
         "split": dataset_split if data_files is None else None,
         "text_column": text_column if preprocess_function is None else "preprocess_function",

@@ -14,6 +14,7 @@ a base by repository id, so the adapter's base needs a repository top level of i
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nes
 from optimum_rku.io.card import CARD_FILE, build_model_card, is_generated_card
 from optimum_rku.io.chart import CHART_FILE, plot_allocation
 from optimum_rku.io.gguf_export import gguf_files
-from optimum_rku.io.labels import check_repo_id
+from optimum_rku.io.labels import check_repo_id, portable_metadata
 from optimum_rku.io.metadata import (
     EVAL_RESULTS_FILE,
     REMOTE_CODE_FILE,
@@ -198,9 +199,14 @@ def _push(
     from optimum_rku.version import __version__
 
     meta = read_metadata(path)
+    portable = portable_metadata(meta)
     with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as staging_dir:
         staging = Path(staging_dir)
         uploaded = _stage(path, staging)
+        if portable != meta:  # an older checkpoint that recorded a machine path: upload the portable record
+            (staging / METADATA_FILE).unlink()
+            (staging / METADATA_FILE).write_text(json.dumps(portable, indent=2) + "\n", encoding="utf-8")
+        meta = portable
         adapter_dir = adapter_in(path)
         if adapter_dir is not None:
             uploaded += stage_adapter(adapter_dir, staging, repo_id)
@@ -210,8 +216,6 @@ def _push(
             except (ImportError, RuntimeError, OSError, ValueError) as err:
                 logger.warning("Could not draw %s (%s); uploading without it.", CHART_FILE, err)
         if results is not None and EVAL_RESULTS_FILE not in uploaded:
-            import json
-
             (staging / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         local_card = path / CARD_FILE
         if local_card.is_file() and not is_generated_card(local_card):

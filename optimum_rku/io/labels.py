@@ -43,6 +43,63 @@ def portable_model_name(name: Any) -> str | None:
     return PurePosixPath(name.replace("\\", "/").rstrip("/")).name or None
 
 
+def source_fingerprint(name: Any) -> str | None:
+    """A short content hash that recognises a local model again after its folder moved (None for a Hub id, an
+    alias or a path that does not exist): its config.json and weights index (or weight-file names and sizes) for a
+    directory, its size and first MiB for a single file such as a GGUF."""
+    import hashlib
+
+    if not isinstance(name, (str, os.PathLike)) or hub_model_id(str(name)) or is_model_alias(str(name)):
+        return None
+    path = Path(name).expanduser()
+    digest = hashlib.sha256()
+    if path.is_file():
+        digest.update(str(path.stat().st_size).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+    elif path.is_dir():
+        for item in sorted(path.iterdir()):
+            if item.name in ("config.json", "model.safetensors.index.json"):
+                digest.update(item.name.encode() + item.read_bytes())
+            elif item.suffix in (".safetensors", ".bin", ".gguf"):
+                digest.update(f"{item.name}:{item.stat().st_size}".encode())
+    else:
+        return None
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def portable_source(name: Any) -> dict[str, str | None]:
+    """The `base_model` a checkpoint records (never a machine path, see `portable_model_name`), plus
+    `base_model_fingerprint` when the source was a local folder or file (`source_fingerprint`)."""
+    record: dict[str, str | None] = {"base_model": portable_model_name(name)}
+    fingerprint = source_fingerprint(name)
+    if fingerprint is not None:
+        record["base_model_fingerprint"] = fingerprint
+    return record
+
+
+def portable_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """`meta` (an `rku_config.json`) with every model and dataset name made portable (`portable_model_name`): what
+    `push` uploads, so a checkpoint written before records were portable still uploads no machine path."""
+    import copy
+
+    out = copy.deepcopy(dict(meta))
+    if out.get("base_model"):
+        out["base_model"] = portable_model_name(out["base_model"])
+    for section in ("calibration", "recovery"):
+        part = out.get(section)
+        holders = [part, part.get("data")] if isinstance(part, dict) else []
+        for holder in holders:
+            if isinstance(holder, dict) and isinstance(holder.get("dataset"), str):
+                holder["dataset"] = portable_model_name(holder["dataset"]) or holder["dataset"]
+    return out
+
+
+def is_local_record(meta: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's `base_model` names a local folder or file by name only (so only `--base` finds it)."""
+    return bool(meta.get("base_model_fingerprint"))
+
+
 def hub_dataset_id(name: Any) -> str | None:
     """A dataset name usable in card metadata (Hub ids only; local files and in-memory lists are described in text)."""
     return hub_model_id(name)

@@ -108,7 +108,7 @@ def _pairs_from_list(items: Sequence[Any], qa: QAFormat) -> list[tuple[str | Non
 
 def _local_pairs(data_files: Any, num_samples: int | None, seed: int, qa: QAFormat) -> tuple[list, dict]:
     """Pairs from local json/jsonl/csv/parquet files of any supported layout, shuffled with `seed`."""
-    from optimum_rku.data.calibration import load_local_files
+    from optimum_rku.data.calibration import files_label, load_local_files
 
     ds = load_local_files(data_files, "Recovery")
     source = str(data_files)
@@ -117,7 +117,7 @@ def _local_pairs(data_files: Any, num_samples: int | None, seed: int, qa: QAForm
     ds = ds.shuffle(seed=seed)
     if num_samples is not None:
         ds = ds.select(range(min(num_samples, len(ds))))
-    return _rows_to_pairs(ds, ds.column_names, repr(source), qa), {"dataset": source, "seed": seed}
+    return _rows_to_pairs(ds, ds.column_names, repr(source), qa), {"dataset": files_label(source), "seed": seed}
 
 
 def _has_own_bos(tokenizer, prompt: str) -> bool:
