@@ -220,7 +220,7 @@ ABLATIONS = {
 
 def export_without(ckpt: Path, target: Path, ablation: str) -> Path | None:
     """The f32 export with one translation left out, or None when the plan does not make it."""
-    import optimum_rku.io.gguf_export as exporter
+    import optimum_rku.export.gguf as exporter
 
     applies, undo = ABLATIONS[ablation]
     original = exporter.plan_gguf_export
@@ -295,7 +295,7 @@ def compare(ckpt: Path, gguf_path: Path, args) -> dict:
 
 
 def run(family: str, name: str, settings: dict, extra: dict, work: Path, args) -> dict:
-    from optimum_rku.io.gguf_export import describe_gguf, export_gguf, plan_gguf_export
+    from optimum_rku.export.gguf import describe_gguf, export_gguf, plan_gguf_export
 
     ckpt = prune(family, settings, extra, work / f"{family}-{name}", args.seed)
     row = {"family": family, "variant": name}

@@ -83,7 +83,7 @@ def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gs
 
 def gguf_file(variant: Variant, work: Path, dtype: str, **kwargs) -> tuple[Path, Path]:
     """(checkpoint, GGUF file) of a variant in `dtype`, exported on first use."""
-    from optimum_rku.io.gguf_export import export_gguf
+    from optimum_rku.export.gguf import export_gguf
 
     ckpt = checkpoint(variant, work, **kwargs)
     target = work / f"{variant.name}.{dtype}.gguf"

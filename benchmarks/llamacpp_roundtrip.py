@@ -78,8 +78,8 @@ def hf_greedy(model, ids: list[int], steps: int, eos: int | None) -> tuple[list[
 def run_variant(variant, args) -> dict:
     from llama_cpp import Llama
 
+    from optimum_rku.export.gguf import describe_gguf
     from optimum_rku.io.checkpoint import RKUModelForCausalLM, load_tokenizer
-    from optimum_rku.io.gguf_export import describe_gguf
 
     work = Path(args.work_dir)
     ckpt, file = gguf_file(

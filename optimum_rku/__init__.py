@@ -16,17 +16,17 @@ _EXPORTS = {
     "RKUModelForCausalLM": "optimum_rku.io.checkpoint",
     "RKUPruner": "optimum_rku.pruner",
     "available_importances": "optimum_rku.importance",
-    "export_gguf": "optimum_rku.io.gguf_export",
+    "export_gguf": "optimum_rku.export.gguf",
     "load_adapter_model": "optimum_rku.io.adapter",
     "register_importance": "optimum_rku.importance",
 }
 
 if TYPE_CHECKING:
     from optimum_rku.config import RKUConfig
+    from optimum_rku.export.gguf import export_gguf
     from optimum_rku.importance import Importance, available_importances, register_importance
     from optimum_rku.io.adapter import load_adapter_model
     from optimum_rku.io.checkpoint import RKUModelForCausalLM
-    from optimum_rku.io.gguf_export import export_gguf
     from optimum_rku.pruner import RKUPruner
     from optimum_rku.scoring import PruningScores
 

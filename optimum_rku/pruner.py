@@ -24,8 +24,8 @@ from optimum_rku.config import RKUConfig
 from optimum_rku.data.calibration import count_tokens, load_texts, resolve_calibration, tokenize_texts
 from optimum_rku.data.gsm8k import GSM8K_HUB_ID
 from optimum_rku.data.providers import METADATA_KEY, DataProvider, get_provider, provider_for
+from optimum_rku.hub.labels import hub_model_id, portable_source
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
-from optimum_rku.io.labels import hub_model_id, portable_source
 from optimum_rku.models.blocks import head_dim_of
 from optimum_rku.models.geometry import kv_cache_bytes_per_token, layer_widths, prunable_parameters
 from optimum_rku.models.masks import combine_masks, plan_masks
@@ -401,7 +401,7 @@ class RKUPruner(OptimumQuantizer):
 
     def save_pretrained(self, save_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save the pruned model, tokenizer, `rku_config.json`, card and chart atomically into `save_dir`."""
-        from optimum_rku.io.card import checkpoint_writers
+        from optimum_rku.hub.card import checkpoint_writers
 
         meta = self.metadata()
         path = save_checkpoint(
@@ -419,12 +419,12 @@ class RKUPruner(OptimumQuantizer):
     def push_to_hub(self, repo_id: str, **options: Any) -> str:
         """Save to a temporary directory and upload it; returns the commit URL.
 
-        `options` are those of `optimum_rku.io.hub.push_to_hub`: `private`, `token`, `eval_results`,
+        `options` are those of `optimum_rku.hub.upload.push_to_hub`: `private`, `token`, `eval_results`,
         `commit_message`, `create_pr`.
         """
         import tempfile
 
-        from optimum_rku.io.hub import check_repo_id, push_to_hub
+        from optimum_rku.hub.upload import check_repo_id, push_to_hub
 
         check_repo_id(repo_id)  # before the (possibly long) save
         with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as tmp:

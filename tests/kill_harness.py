@@ -150,7 +150,7 @@ def make_op(kind: str, work: Path):
     if kind == "gguf":
         import gguf
 
-        from optimum_rku.io.gguf_export import export_gguf
+        from optimum_rku.export.gguf import export_gguf
 
         write_data = gguf.GGUFWriter.write_tensor_data
 

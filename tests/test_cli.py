@@ -146,7 +146,7 @@ def test_config_flags_and_card_command_round_trip(tmp_path):
 
     from optimum_rku.cli import build_parser, config_from_args
     from optimum_rku.config import RKUConfig
-    from optimum_rku.io.reproduce import reproduce_command
+    from optimum_rku.hub.reproduce import reproduce_command
 
     parser = build_parser()
     names = {action.dest for action in parser._subparsers._group_actions[0].choices["prune"]._actions}

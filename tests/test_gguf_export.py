@@ -17,9 +17,9 @@ from conftest import make_tokenizer, tiny_model, token_dataset  # noqa: E402
 gguf = pytest.importorskip("gguf", reason="the gguf package writes and reads GGUF files")
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
+from optimum_rku.export.gguf import export_gguf, plan_gguf_export  # noqa: E402
+from optimum_rku.export.vocab import detect_pre_tokenizer  # noqa: E402
 from optimum_rku.io.checkpoint import RKUModelForCausalLM, load_tokenizer  # noqa: E402
-from optimum_rku.io.gguf_export import export_gguf, plan_gguf_export  # noqa: E402
-from optimum_rku.io.gguf_vocab import detect_pre_tokenizer  # noqa: E402
 
 TESTBED = Path(__file__).resolve().parents[1] / "optimum_rku" / "testbed" / "model"
 VOCAB = 512  # the testbed's byte-level BPE tokenizer serves the tiny models too
@@ -242,7 +242,7 @@ def test_gguf_sourced_checkpoint_carries_the_source_tokens_and_can_copy_its_toke
 
 
 def test_pre_tokenizer_shapes_are_recognised():
-    from optimum_rku.io.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT
+    from optimum_rku.export.vocab import LLAMA3_SPLIT, QWEN2_SPLIT
 
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     no_regex = {**byte_level, "use_regex": False}
@@ -315,7 +315,7 @@ def test_tokenizers_llama_cpp_cannot_run_are_refused_with_the_alternatives(tmp_p
 
 
 def test_a_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
-    import optimum_rku.io.gguf_export as exporter
+    import optimum_rku.export.gguf as exporter
 
     ckpt = prune_tiny("llama", "global", tmp_path / "ckpt")
 
@@ -330,8 +330,8 @@ def test_a_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
 
 def test_cli_export_gguf_writes_the_file_and_the_cards_llama_cpp_section(tmp_path, capsys):
     from optimum_rku.cli import main
-    from optimum_rku.io.card import write_model_card
-    from optimum_rku.io.hub import UPLOAD_PATTERNS
+    from optimum_rku.hub.card import write_model_card
+    from optimum_rku.hub.upload import UPLOAD_PATTERNS
 
     ckpt = prune_tiny("llama", "global", tmp_path / "ckpt")
     write_model_card(ckpt)

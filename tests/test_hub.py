@@ -127,7 +127,7 @@ def test_checkpoint_gets_card_and_chart(checkpoints):
 def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
     from huggingface_hub import ModelCard
 
-    from optimum_rku.io.card import build_model_card
+    from optimum_rku.hub.card import build_model_card
 
     meta = json.loads((checkpoints["global"] / "rku_config.json").read_text())
     meta["base_model"] = "someone/base-model"
@@ -159,7 +159,7 @@ def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
 
 
 def test_card_rejects_bad_inputs(checkpoints):
-    from optimum_rku.io.card import build_model_card, checkpoint_writers
+    from optimum_rku.hub.card import build_model_card, checkpoint_writers
 
     meta = json.loads((checkpoints["uniform"] / "rku_config.json").read_text())
     with pytest.raises(TypeError, match="rku_config.json"):
@@ -176,7 +176,7 @@ def test_card_rejects_bad_inputs(checkpoints):
 
 # ------------------------------------------------------------------------------------------------ push_to_hub
 def test_push_uploads_checkpoint_with_results(checkpoints, online, caplog, capsys):
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     caplog.set_level(logging.DEBUG)
     token = "hf_" + secrets.token_hex(16)
@@ -222,7 +222,7 @@ def test_push_uploads_checkpoint_with_results(checkpoints, online, caplog, capsy
 def test_push_defaults_to_checkpoint_eval_results_and_pr(checkpoints, online, tmp_path):
     import shutil
 
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     path = Path(shutil.copytree(checkpoints["uniform"], tmp_path / "ckpt"))
     (path / "eval_results.json").write_text(json.dumps(gsm8k_result(0.25, 0.5).to_dict()))
@@ -247,7 +247,7 @@ def test_push_never_uploads_a_machine_path(checkpoints, online, tmp_path):
     names only; the local file stays as it was."""
     import shutil
 
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     path = Path(shutil.copytree(checkpoints["uniform"], tmp_path / "ckpt"))
     meta = json.loads((path / "rku_config.json").read_text())
@@ -267,7 +267,7 @@ def test_push_never_uploads_a_machine_path(checkpoints, online, tmp_path):
 def test_push_keeps_hand_edited_card(checkpoints, online, tmp_path):
     import shutil
 
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     path = Path(shutil.copytree(checkpoints["uniform"], tmp_path / "ckpt"))
     generated = (path / "README.md").read_text()
@@ -282,7 +282,7 @@ def test_push_keeps_hand_edited_card(checkpoints, online, tmp_path):
 
 
 def test_push_auth_failure_is_one_clear_line(checkpoints, online):
-    from optimum_rku.io.hub import HubAuthenticationError, push_to_hub
+    from optimum_rku.hub.upload import HubAuthenticationError, push_to_hub
 
     path = checkpoints["uniform"]
     before = tree_digest(path)
@@ -300,7 +300,7 @@ def test_push_auth_failure_is_one_clear_line(checkpoints, online):
 
 
 def test_push_connection_refused_is_one_clear_line(checkpoints, online):
-    from optimum_rku.io.hub import HubPushError, push_to_hub
+    from optimum_rku.hub.upload import HubPushError, push_to_hub
 
     path = checkpoints["uniform"]
     before = tree_digest(path)
@@ -319,7 +319,7 @@ def test_push_connection_refused_is_one_clear_line(checkpoints, online):
 def test_push_validates_before_network(checkpoints, online, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from optimum_rku.io.hub import HubPushError, push_to_hub
+    from optimum_rku.hub.upload import HubPushError, push_to_hub
 
     with LoopbackHub() as hub:
         online.setenv("HF_ENDPOINT", hub.url)
@@ -382,7 +382,7 @@ def merged_logits(model) -> list:
 
 
 def test_push_adapter_checkpoint_uploads_base_and_adapter(recovered, online):
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     path = recovered["adapter_checkpoint"]
     before = tree_digest(path)
@@ -433,7 +433,7 @@ def test_card_snippet_loads_the_pushed_adapter(recovered, online, tmp_path):
     import subprocess
     import sys
 
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     with LoopbackHub(max_requests=600, lifetime_s=280) as hub:
         online.setenv("HF_ENDPOINT", hub.url)
@@ -475,7 +475,7 @@ def test_card_snippet_loads_the_pushed_adapter(recovered, online, tmp_path):
 
 
 def test_push_merged_checkpoint_with_its_adapter(recovered, online, caplog):
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     path = recovered["dir"]
     before = tree_digest(path)
@@ -504,7 +504,7 @@ def test_push_merged_checkpoint_with_its_adapter(recovered, online, caplog):
 
 
 def test_adapter_push_validates_before_network(recovered, checkpoints, online):
-    from optimum_rku.io.hub import push_to_hub
+    from optimum_rku.hub.upload import push_to_hub
 
     with LoopbackHub() as hub:
         online.setenv("HF_ENDPOINT", hub.url)

@@ -174,7 +174,7 @@ def test_centered_activity_is_the_spread_around_the_calibration_mean():
 
 def test_metadata_and_card_show_the_ranking_and_the_attention_removed(calib):
     from optimum_rku import RKUPruner
-    from optimum_rku.io.card import build_model_card
+    from optimum_rku.hub.card import build_model_card
 
     pruner = RKUPruner(tiny_model("llama"))
     config = RKUConfig(sparsity=0.4, ranking="per_parameter", calibration="dataset", min_keep_attention=0.5)

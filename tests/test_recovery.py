@@ -438,7 +438,7 @@ def test_distillation_teacher_is_named_without_machine_paths(single_thread, tmp_
     ],
 )
 def test_portable_model_name(name, label):
-    from optimum_rku.io.labels import portable_model_name
+    from optimum_rku.hub.labels import portable_model_name
 
     assert portable_model_name(name) == label
 

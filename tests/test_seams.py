@@ -14,7 +14,7 @@ from optimum_rku import RKUConfig, RKUPruner
 from optimum_rku.data.providers import DataProvider, EvaluationProblems, base_model_of, get_provider, provider_for
 from optimum_rku.evaluation.runner import evaluate
 from optimum_rku.evaluation.task import EvaluationTask, Metric
-from optimum_rku.io.card import build_model_card
+from optimum_rku.hub.card import build_model_card
 from optimum_rku.io.metadata import result_dict
 from optimum_rku.recovery import prepare_recovery_dataset
 

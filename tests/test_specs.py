@@ -134,7 +134,7 @@ def test_readme_family_table_lists_every_spec():
 
 def test_gguf_exporter_names_no_family_and_no_llama_cpp_architecture():
     """Which llama.cpp architecture a family goes to, and what that architecture accepts, live in specs.py only."""
-    from optimum_rku.io import gguf_export
+    from optimum_rku.export import gguf as gguf_export
 
     tree = ast.parse(inspect.getsource(gguf_export))
     strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}

@@ -12,8 +12,8 @@ from optimum_rku.cli.comparison import compare_methods
 from optimum_rku.cli.eval import eval_settings, evaluate_model
 from optimum_rku.cli.runtime import calibration_texts, check_files, load_model, model_argument, resolve_device, say
 from optimum_rku.config import RKUConfig
+from optimum_rku.hub.labels import human_count
 from optimum_rku.io.files import atomic_write_json
-from optimum_rku.io.labels import human_count
 
 
 def add(parser: argparse.ArgumentParser) -> None:

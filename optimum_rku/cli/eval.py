@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is not None and not args.no_save:
         atomic_write_json(checkpoint / EVAL_RESULTS_FILE, record)
         say(f"summary: {checkpoint / EVAL_RESULTS_FILE}")
-        from optimum_rku.io.card import CARD_FILE, is_generated_card, write_model_card
+        from optimum_rku.hub.card import CARD_FILE, is_generated_card, write_model_card
 
         if is_generated_card(checkpoint / CARD_FILE):
             write_model_card(checkpoint, eval_results=record)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from optimum_rku.cli.runtime import say
-from optimum_rku.io.gguf_export import GGUF_DTYPES  # a light module: torch and gguf load when the command runs
+from optimum_rku.export.gguf import GGUF_DTYPES  # a light module: torch and gguf load when the command runs
 
 FORMATS = ("gguf",)
 
@@ -31,8 +31,8 @@ def add(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, print what was written and how to run it; a generated model card beside the file gains its section."""
-    from optimum_rku.io.card import CARD_FILE, is_generated_card, write_model_card
-    from optimum_rku.io.gguf_export import export_gguf, plan_gguf_export
+    from optimum_rku.export.gguf import export_gguf, plan_gguf_export
+    from optimum_rku.hub.card import CARD_FILE, is_generated_card, write_model_card
 
     plan = plan_gguf_export(
         args.checkpoint, args.dtype, pre_tokenizer=args.pre_tokenizer, tokenizer_gguf=args.tokenizer_gguf

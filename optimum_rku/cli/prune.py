@@ -13,7 +13,7 @@ from optimum_rku.cli.args import (
     positive_int,
 )
 from optimum_rku.cli.runtime import calibration_texts, check_files, dtype_of, model_argument, say
-from optimum_rku.io.labels import human_count
+from optimum_rku.hub.labels import human_count
 
 
 def add(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ def add(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------------- push
 def run(args: argparse.Namespace) -> int:
     """Upload a checkpoint to the Hub with a regenerated card; print the commit (or pull-request) URL."""
-    from optimum_rku.io.hub import check_checkpoint, check_repo_id, push_to_hub
+    from optimum_rku.hub.upload import check_checkpoint, check_repo_id, push_to_hub
 
     check_checkpoint(args.checkpoint)
     check_repo_id(args.repo_id)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         adapter_repo_id=args.adapter_repo_id,
     )
     if args.adapter_repo_id is not None:
-        from optimum_rku.io.hub import hub_endpoint
+        from optimum_rku.hub.upload import hub_endpoint
 
         say(f"LoRA adapter with its pruned base: {hub_endpoint()}/{args.adapter_repo_id}")
     say(f"{'pull request' if args.create_pr else 'pushed'}: {url}")

@@ -74,7 +74,7 @@ def _load_teacher(name: str, meta: dict[str, Any], base: str | None):
     given (no machine path is kept)."""
     label = name
     if name == "base":
-        from optimum_rku.io.labels import hub_model_id
+        from optimum_rku.hub.labels import hub_model_id
 
         name = base_model_for(meta, base, "--teacher base")
         label = hub_model_id(name) or "dense"

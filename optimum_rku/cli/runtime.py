@@ -49,7 +49,7 @@ def base_model_for(meta: dict[str, Any], explicit: str | None, flag: str) -> str
     """The dense model a checkpoint was pruned from: `--base` when given (checked against the recorded content hash
     of a local source), else the name the checkpoint records, unless that is a local folder known by name only."""
     from optimum_rku.data.providers import base_model_of, is_model_alias
-    from optimum_rku.io.labels import is_local_record, source_fingerprint
+    from optimum_rku.hub.labels import is_local_record, source_fingerprint
 
     recorded = base_model_of(meta)
     if explicit is not None:

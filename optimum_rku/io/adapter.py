@@ -166,7 +166,7 @@ def load_adapter_model(
 
     from huggingface_hub import hf_hub_download
 
-    from optimum_rku.io.labels import check_repo_id
+    from optimum_rku.hub.labels import check_repo_id
 
     repo_id = check_repo_id(str(model_name_or_path))
     config_file = hf_hub_download(repo_id, ADAPTER_CONFIG_FILE, subfolder=subfolder, revision=revision, token=token)

@@ -133,7 +133,7 @@ LLAMA_CPP_NAME_TOKENS: Mapping[tuple[str, ...], tuple[str, ...]] = MappingProxyT
 
 @dataclass(frozen=True)
 class GGUFSpec:
-    """How a family's checkpoints are written as GGUF for llama.cpp (read by `io/gguf_export.py`)."""
+    """How a family's checkpoints are written as GGUF for llama.cpp (read by `export/gguf.py`)."""
 
     #: the family's own llama.cpp architecture (a key of `LLAMA_CPP_ARCHITECTURES`), used whenever it fits
     architecture: str

@@ -20,11 +20,11 @@ import torch
 
 from optimum_rku.config import CONFIG_NAME
 from optimum_rku.data.providers import provider_for
+from optimum_rku.hub.card import checkpoint_writers
+from optimum_rku.hub.labels import portable_model_name
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, write_adapter
-from optimum_rku.io.card import checkpoint_writers
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
 from optimum_rku.io.files import install_directory, new_staging_directory
-from optimum_rku.io.labels import portable_model_name
 from optimum_rku.io.metadata import read_metadata
 from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset

@@ -8,7 +8,7 @@ from typing import Any
 
 from optimum_rku.data.gsm8k import hub_config
 from optimum_rku.data.providers import provider_for
-from optimum_rku.io.labels import DATA_SUFFIXES, checkpoint_name, hub_dataset_id, hub_model_id
+from optimum_rku.hub.labels import DATA_SUFFIXES, checkpoint_name, hub_dataset_id, hub_model_id
 
 
 def reproduce_command(meta: Mapping[str, Any], output: str | None = None) -> str:

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from optimum_rku.data.providers import provider_for
+from optimum_rku.export.vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
 from optimum_rku.io.files import atomic_write
-from optimum_rku.io.gguf_vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
 from optimum_rku.models.specs import (
     ATTENTION_PROJECTIONS,
     LLAMA_CPP_ARCHITECTURES,
@@ -696,7 +696,7 @@ def export_gguf(
     def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(str(tmp), plan.arch)
         _write_hparams(writer, plan)
-        from optimum_rku.io.gguf_vocab import write_vocab
+        from optimum_rku.export.vocab import write_vocab
 
         write_vocab(writer, plan.vocab)
         import numpy as np

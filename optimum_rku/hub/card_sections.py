@@ -7,8 +7,8 @@ from typing import Any
 
 from optimum_rku.data.providers import DataProvider, provider_for, providers
 from optimum_rku.evaluation.registry import task_of
+from optimum_rku.hub.labels import human_count, percent, source_label
 from optimum_rku.io.adapter import EVALUATED_LABELS
-from optimum_rku.io.labels import human_count, percent, source_label
 
 
 def problem_provider(result: Mapping[str, Any], meta: Mapping[str, Any]) -> DataProvider | None:

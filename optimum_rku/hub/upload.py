@@ -22,11 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.export.gguf import gguf_files
+from optimum_rku.hub.card import CARD_FILE, build_model_card, is_generated_card
+from optimum_rku.hub.chart import CHART_FILE, plot_allocation
+from optimum_rku.hub.labels import check_repo_id, portable_metadata
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint, stage_adapter
-from optimum_rku.io.card import CARD_FILE, build_model_card, is_generated_card
-from optimum_rku.io.chart import CHART_FILE, plot_allocation
-from optimum_rku.io.gguf_export import gguf_files
-from optimum_rku.io.labels import check_repo_id, portable_metadata
 from optimum_rku.io.metadata import (
     EVAL_RESULTS_FILE,
     REMOTE_CODE_FILE,

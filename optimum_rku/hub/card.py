@@ -26,8 +26,8 @@ from typing import Any
 
 from optimum_rku.data.providers import provider_for
 from optimum_rku.evaluation.registry import task_of
-from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint
-from optimum_rku.io.card_sections import (
+from optimum_rku.export.gguf import gguf_files as find_gguf_files
+from optimum_rku.hub.card_sections import (
     adapter_link_section,
     adapter_section,
     calibration_section,
@@ -39,10 +39,8 @@ from optimum_rku.io.card_sections import (
     recovery_section,
     usage_section,
 )
-from optimum_rku.io.chart import CHART_FILE, plot_allocation
-from optimum_rku.io.files import atomic_write
-from optimum_rku.io.gguf_export import gguf_files as find_gguf_files
-from optimum_rku.io.labels import (
+from optimum_rku.hub.chart import CHART_FILE, plot_allocation
+from optimum_rku.hub.labels import (
     HUB_ID,
     checkpoint_name,
     hub_dataset_id,
@@ -51,8 +49,10 @@ from optimum_rku.io.labels import (
     human_count,
     percent,
 )
+from optimum_rku.hub.reproduce import reproduce_command
+from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint
+from optimum_rku.io.files import atomic_write
 from optimum_rku.io.metadata import REMOTE_CODE_FILE, check_meta, read_eval_results, read_metadata, result_dict
-from optimum_rku.io.reproduce import reproduce_command
 
 logger = logging.getLogger(__name__)
 

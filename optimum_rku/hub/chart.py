@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.hub.labels import percent
 from optimum_rku.io.files import atomic_write
-from optimum_rku.io.labels import percent
 from optimum_rku.io.metadata import check_meta
 
 CHART_FILE = "rku_allocation.png"
