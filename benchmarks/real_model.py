@@ -38,7 +38,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 import os
 import random
 import sys
@@ -54,8 +53,9 @@ from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.cli.args import int_or_auto  # noqa: E402
 from optimum_rku.config import ALLOCATIONS  # noqa: E402
 from optimum_rku.data.calibration import tokenize_texts  # noqa: E402
-from optimum_rku.data.prompts import question_prompt, uses_chat_template  # noqa: E402
+from optimum_rku.data.prompts import uses_chat_template  # noqa: E402
 from optimum_rku.data.self_generated import self_generated_dataset  # noqa: E402
+from optimum_rku.evaluation.likelihood import GoldTexts, likelihood_metrics  # noqa: E402
 from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E402
 from optimum_rku.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
@@ -414,73 +414,17 @@ def cached_scores(pruner, config: RKUConfig, dataset, kind: str, args):
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
-def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int):
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        targets = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for i, (tokens, mask) in enumerate(chunk):
-            ids[i, : len(tokens)] = torch.tensor(tokens)
-            attention[i, : len(tokens)] = 1
-            targets[i, : len(tokens)] = torch.tensor(mask, dtype=torch.bool)
-        yield ids, attention, targets
+class Texts(GoldTexts):
+    """The measured problems, tokenized once (`optimum_rku.evaluation.likelihood.GoldTexts`)."""
 
 
-class Texts:
-    """The measured problems, tokenized once: gold solutions after the chat prompt, and the plain text."""
-
-    def __init__(self, tokenizer, problems: list[dict], plain: bool = True):
-        self.chat = uses_chat_template(tokenizer, "auto")
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.gold, self.plain = [], []
-        for row in problems:
-            prompt = question_prompt(tokenizer, row["question"], self.chat)
-            prompt_ids = tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
-            answer = row["answer"] + ((tokenizer.eos_token or "") if self.chat else "")
-            answer_ids = tokenizer((" " if not self.chat else "") + answer, add_special_tokens=False)["input_ids"]
-            ids = (prompt_ids + answer_ids)[:1024]
-            self.gold.append((ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))))
-            if plain:
-                text = tokenizer(f"Question: {row['question']}\nAnswer: {row['answer']}")["input_ids"][:1024]
-                self.plain.append((text, [1] * len(text)))
-
-
-@torch.no_grad()
 def text_metrics(
     model, texts: Texts, dense_argmax: list[torch.Tensor] | None, batch_size: int = 8, nll_only: bool = False
 ) -> dict:
-    """Gold-solution NLL, plain-text perplexity and top-1 agreement with the dense model's argmax."""
-    model.eval()
-    nll_sum = nll_count = 0.0
-    for ids, attention, targets in _batches(texts.gold, batch_size, texts.pad):
-        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        mask = targets[:, 1:] & attention[:, 1:].bool()
-        nll_sum += float(loss[mask].sum())
-        nll_count += int(mask.sum())
-    ppl_sum = ppl_count = agree = 0.0
-    argmaxes: list[torch.Tensor] = []
-    if nll_only:
-        return {"nll": nll_sum / max(nll_count, 1), "ppl": float("nan"), "agreement": float("nan"), "_argmax": []}
-    for ids, attention, _ in _batches(texts.plain, batch_size, texts.pad):
-        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        mask = attention[:, 1:].bool()
-        ppl_sum += float(loss[mask].sum())
-        ppl_count += int(mask.sum())
-        top = logits.argmax(-1)
-        for i in range(ids.shape[0]):
-            argmaxes.append(top[i][mask[i]])
-    if dense_argmax is not None:
-        agree = sum(int((a == b).sum()) for a, b in zip(argmaxes, dense_argmax)) / max(ppl_count, 1)
-    return {
-        "nll": nll_sum / max(nll_count, 1),
-        "ppl": math.exp(ppl_sum / max(ppl_count, 1)),
-        "agreement": agree if dense_argmax is not None else 1.0,
-        "_argmax": argmaxes,
-    }
+    """Gold-solution NLL, plain-text perplexity and top-1 agreement with the dense model's argmax (`_argmax`)."""
+    metrics = likelihood_metrics(model, texts, dense_argmax, batch_size=batch_size, nll_only=nll_only)
+    metrics["_argmax"] = metrics.pop("argmax")
+    return metrics
 
 
 def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None) -> dict:

@@ -5,6 +5,7 @@ Over ~450 lines on purpose: every test reads the same scripted models, tokenizer
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -618,3 +619,29 @@ def test_paired_difference_interval_and_mcnemar() -> None:
         paired_difference([2], [1])
     with pytest.raises(ValueError, match="confidence"):
         paired_difference([1], [1], confidence=1.5)
+
+
+def test_likelihood_metrics_gold_nll_perplexity_and_agreement(tokenizer) -> None:
+    """Gold NLL counts the solution tokens only; a model agrees fully with itself; nll_only skips the plain pass."""
+    from optimum_rku.evaluation.likelihood import GoldTexts, likelihood_metrics
+
+    model = make_random_llama(tokenizer)
+    texts = GoldTexts(tokenizer, ROWS[:3])
+    assert texts.chat and len(texts.gold) == len(texts.plain) == 3  # asked through the chat template
+    ids, mask = texts.gold[0]
+    answer = tokenizer(ROWS[0]["answer"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    assert sum(mask) == len(answer) and ids[-len(answer) :] == answer and mask[-len(answer) - 1] == 0
+    with torch.no_grad():  # the first problem's NLL by hand: mean over its solution tokens
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+        losses = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+        expected_first = float(losses[torch.tensor(mask[1:], dtype=torch.bool)].mean())
+    single = likelihood_metrics(model, GoldTexts(tokenizer, ROWS[:1]))
+    assert single["nll"] == pytest.approx(expected_first, rel=1e-5)
+    dense = likelihood_metrics(model, texts, batch_size=2)
+    assert dense["agreement"] == 1.0 and dense["ppl"] > 1 and len(dense["argmax"]) == 3
+    same = likelihood_metrics(model, texts, dense["argmax"], batch_size=3)  # batching does not change it
+    assert same["agreement"] == 1.0 and same["nll"] == pytest.approx(dense["nll"], rel=1e-5)
+    other = likelihood_metrics(make_random_llama(tokenizer, seed=3), texts, dense["argmax"])
+    assert 0.0 <= other["agreement"] < 1.0
+    quick = likelihood_metrics(model, texts, nll_only=True)
+    assert quick["nll"] == pytest.approx(dense["nll"], rel=1e-5) and math.isnan(quick["ppl"])
