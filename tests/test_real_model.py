@@ -75,22 +75,26 @@ def test_resume_measures_again_a_row_that_prunes_differently(workspace, tmp_path
     assert {k: same[k] for k in record["rows"][2]} == record["rows"][2] and "exact_match" in same
 
 
+def selection_row(allocation, min_keep, sparsity, nll, em=None):
+    """A row of a selection record (what `--settings-from` reads), with exact match when `em` is given."""
+    row = {
+        "method": "wanda",
+        "allocation": allocation,
+        "ranking": "score" if allocation == "global" else None,
+        "bias_compensation": False,
+        "min_keep": min_keep,
+        "min_keep_attention": min_keep,
+        "kv_cache_tokens": 0,
+        "sparsity": sparsity,
+        "nll": nll,
+    }
+    return row | ({"exact_match": em} if em is not None else {})
+
+
 def test_settings_from_chooses_per_allocation(tmp_path):
     """`--settings-from` keeps the best validation setting of each allocation, over settings measured at every
     sparsity, and refuses records measured on the test split."""
-
-    def row(allocation, min_keep, sparsity, nll):
-        return {
-            "method": "wanda",
-            "allocation": allocation,
-            "ranking": "score" if allocation == "global" else None,
-            "bias_compensation": False,
-            "min_keep": min_keep,
-            "min_keep_attention": min_keep,
-            "kv_cache_tokens": 0,
-            "sparsity": sparsity,
-            "nll": nll,
-        }
+    row = selection_row
 
     rows = [row("global", 0.1, 0.2, 3.0), row("global", 0.1, 0.4, 4.0), row("global", 0.5, 0.2, 2.0)]
     rows += [row("global", 0.5, 0.4, 3.0), row("uniform", 0.1, 0.2, 2.5), row("uniform", 0.1, 0.4, 3.5)]
@@ -170,18 +174,7 @@ def test_more_problems_on_resume_answer_only_the_new_ones(workspace, tmp_path, m
 
 def test_settings_are_chosen_on_exact_match_where_every_row_has_it(tmp_path):
     def row(min_keep, sparsity, nll, em=None):
-        out = {
-            "method": "wanda",
-            "allocation": "global",
-            "ranking": "score",
-            "bias_compensation": False,
-            "min_keep": min_keep,
-            "min_keep_attention": min_keep,
-            "kv_cache_tokens": 0,
-            "sparsity": sparsity,
-            "nll": nll,
-        }
-        return out | ({"exact_match": em} if em is not None else {})
+        return selection_row("global", min_keep, sparsity, nll, em)
 
     rows = [row(0.1, 0.2, 2.0, 0.30), row(0.1, 0.4, 3.0, 0.10), row(0.5, 0.2, 2.5, 0.32), row(0.5, 0.4, 3.5, 0.12)]
     path = tmp_path / "select.json"

@@ -33,6 +33,7 @@ from typing import Any
 from optimum_rku.data.providers import provider_for
 from optimum_rku.export.vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
 from optimum_rku.io.files import atomic_write
+from optimum_rku.io.metadata import check_model_dir
 from optimum_rku.models.specs import (
     ATTENTION_PROJECTIONS,
     LLAMA_CPP_ARCHITECTURES,
@@ -167,18 +168,12 @@ def _check_inputs(checkpoint_dir: Any, dtype: Any, tokenizer_gguf: Any) -> Path:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(map(repr, GGUF_DTYPES))}.")
     if tokenizer_gguf is not None and not isinstance(tokenizer_gguf, (str, os.PathLike)):
         raise TypeError(f"tokenizer_gguf must be a path to a .gguf file or None, got {type(tokenizer_gguf).__name__}.")
-    directory = Path(checkpoint_dir).expanduser()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint_dir {str(checkpoint_dir)!r} is not a directory.")
-    missing = [] if (directory / "config.json").is_file() else ["config.json"]
-    if not any(directory.glob("*.safetensors")):
-        missing.append("*.safetensors")
-    if missing:
-        raise ValueError(
-            f"{str(checkpoint_dir)!r} is not a saved model directory (missing {', '.join(missing)}); save one with "
-            "RKUPruner.save_pretrained, `optimum-rku prune` or `optimum-rku import-gguf`."
-        )
-    return directory
+    return check_model_dir(
+        checkpoint_dir,
+        ("config.json",),
+        "a saved model directory",
+        "save one with RKUPruner.save_pretrained, `optimum-rku prune` or `optimum-rku import-gguf`",
+    )
 
 
 def _exportable_spec(config: dict) -> ArchitectureSpec:

@@ -31,6 +31,7 @@ from optimum_rku.io.metadata import (
     EVAL_RESULTS_FILE,
     REMOTE_CODE_FILE,
     TOKENIZER_FILES,
+    check_model_dir,
     read_eval_results,
     read_metadata,
     result_dict,
@@ -73,20 +74,12 @@ def hub_endpoint() -> str:
 
 def check_checkpoint(checkpoint_dir: Any) -> Path:
     """Make sure `checkpoint_dir` is an optimum-rku checkpoint (config, weights, rku_config.json) before uploading."""
-    if not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise TypeError(f"checkpoint_dir must be a directory path, got {type(checkpoint_dir).__name__}.")
-    path = Path(checkpoint_dir).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint_dir {str(checkpoint_dir)!r} is not a directory.")
-    missing = [name for name in ("config.json", METADATA_FILE) if not (path / name).is_file()]
-    if not any(path.glob("*.safetensors")):
-        missing.append("*.safetensors")
-    if missing:
-        raise ValueError(
-            f"{str(checkpoint_dir)!r} is not a complete optimum-rku checkpoint (missing {', '.join(missing)}); "
-            "save one with RKUPruner.save_pretrained or `optimum-rku prune`."
-        )
-    return path
+    return check_model_dir(
+        checkpoint_dir,
+        ("config.json", METADATA_FILE),
+        "a complete optimum-rku checkpoint",
+        "save one with RKUPruner.save_pretrained or `optimum-rku prune`",
+    )
 
 
 def _stage(source: Path, target: Path) -> list[str]:

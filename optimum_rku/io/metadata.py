@@ -77,6 +77,23 @@ def result_dict(results: Any, name: str = "eval_results") -> dict[str, Any] | No
     return data
 
 
+def check_model_dir(checkpoint_dir: Any, files: tuple[str, ...], what: str, hint: str) -> Path:
+    """`checkpoint_dir` as a Path when it is a directory holding `files` and safetensors weights; else a TypeError,
+    FileNotFoundError or ValueError naming what is missing (`what` names the kind of directory, `hint` how to make
+    one)."""
+    if not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_dir must be a directory path, got {type(checkpoint_dir).__name__}.")
+    path = Path(checkpoint_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint_dir {str(checkpoint_dir)!r} is not a directory.")
+    missing = [name for name in files if not (path / name).is_file()]
+    if not any(path.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise ValueError(f"{str(checkpoint_dir)!r} is not {what} (missing {', '.join(missing)}); {hint}.")
+    return path
+
+
 def read_metadata(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's `rku_config.json` (read here without importing torch, so cards and pushes stay light)."""
     path = Path(checkpoint_dir) / CONFIG_NAME
