@@ -26,6 +26,12 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer-gguf", default=None, help="copy the tokenizer of this GGUF of the same base model instead"
     )
+    parser.add_argument(
+        "--modelfile",
+        action="store_true",
+        help="also write an Ollama Modelfile beside the file (chat template and stop tokens): ollama create NAME -f "
+        "Modelfile",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
@@ -44,11 +50,16 @@ def run(args: argparse.Namespace) -> int:
         pre_tokenizer=args.pre_tokenizer,
         tokenizer_gguf=args.tokenizer_gguf,
         overwrite=args.overwrite,
+        modelfile=args.modelfile,
     )
     say(plan.summary())
     say(f"wrote {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
     flash = " -fa on" if plan.per_layer else ""
     say(f'run it: llama-cli -m {path} -p "Question: ...\\nAnswer:" -n 256{flash}')
+    if args.modelfile:
+        say(
+            f"wrote {path.resolve().parent / 'Modelfile'}; Ollama: ollama create my-model -f {path.parent / 'Modelfile'}"
+        )
     checkpoint = Path(args.checkpoint)
     if path.resolve().parent == checkpoint.resolve() and is_generated_card(checkpoint / CARD_FILE):
         write_model_card(checkpoint)

@@ -674,11 +674,14 @@ def export_gguf(
     pre_tokenizer: str | None = None,
     tokenizer_gguf: str | os.PathLike | None = None,
     overwrite: bool = False,
+    modelfile: bool = False,
 ) -> Path:
     """Write `checkpoint_dir` (a saved optimum-rku or transformers checkpoint) as one GGUF file for llama.cpp.
 
     `dtype`: "f32", "f16" (default), "bf16" or "q8_0". `pre_tokenizer` names llama.cpp's pre-tokenizer when the one in
     tokenizer.json is not recognised; `tokenizer_gguf` copies the tokenizer of another GGUF of the same base model.
+    `modelfile=True` also writes an Ollama `Modelfile` beside the file (`FROM`, the model's chat template as a Go
+    template, its stop tokens; `optimum_rku.export.ollama`), so `ollama create name -f Modelfile` works as it is.
     The file is written to a temporary sibling and renamed into place; the checkpoint is never modified.
     """
     import gguf
@@ -721,6 +724,12 @@ def export_gguf(
 
     atomic_write(target, write)
     logger.info("Wrote %s\n%s", target, plan.summary())
+    if modelfile:
+        from transformers import AutoTokenizer
+
+        from optimum_rku.export.ollama import write_modelfile
+
+        logger.info("Wrote %s", write_modelfile(target, AutoTokenizer.from_pretrained(directory)))
     return target
 
 

@@ -264,7 +264,8 @@ def llamacpp_section(files: Sequence[Mapping[str, Any]], repo: str) -> str:
 {hub}llama-cli -m {first} -p "Question: ...\\nAnswer:" -n 256{flash}
 ```
 
-Ollama: a `Modelfile` with the line `FROM ./{first}`, then `ollama create my-model -f Modelfile`.{note}
+Ollama: `--modelfile` writes a `Modelfile` beside the file (`FROM ./{first}`, the model's chat template, its stop
+tokens), then `ollama create my-model -f Modelfile`.{note}
 
 Written with `optimum-rku export gguf --checkpoint <dir> --output <file.gguf> --dtype <f32|f16|bf16|q8_0>`."""
 
