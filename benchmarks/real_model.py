@@ -719,7 +719,9 @@ def result_record(args, texts: Texts, rows: list[dict], start: float, complete: 
 def _label(row: dict) -> str:
     if row["method"] == "dense":
         return "dense"
-    parts = [row["method"]]
+    # RKU ranked by its own normalized score is the seed paper's method as published: say so
+    paper = row["method"] == "rku" and row.get("allocation") == "global" and row.get("ranking") == "score"
+    parts = ["rku (paper's score)" if paper else row["method"]]
     if row.get("calibration") and row["calibration"] != "self_generated":
         parts.append(row["calibration"])
     if row.get("objective") and row["objective"] != RKUConfig().objective:
