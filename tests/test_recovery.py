@@ -689,3 +689,19 @@ def test_bad_dataset_columns_and_dirs(no_training, tmp_path):
         recover_with_lora(tiny_model("llama"), make_tokenizer(), ["a b"], save_dir=tmp_path / "full")
     with pytest.raises(ValueError, match="prune\\(\\) first"):
         RKUPruner(tiny_model("llama"), make_tokenizer()).recover(["a b"])
+
+
+def test_options_object_and_keywords_are_the_same_call(no_training):
+    """`recover_with_lora` takes a RecoveryOptions (keywords override it); an unknown keyword names the allowed ones."""
+    from optimum_rku.recovery import RecoveryOptions
+
+    model = tiny_model("llama")
+    with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['teachr'\]; allowed: save_adapter, overwrite"):
+        recover_with_lora(model, make_tokenizer(), ["a b"], teachr=model)
+    with pytest.raises(TypeError, match="options must be a RecoveryOptions"):
+        recover_with_lora(model, make_tokenizer(), ["a b"], options={"seed": 1})
+    options = RecoveryOptions(teacher=model, progress=False)
+    for call in ({"options": options}, {"options": RecoveryOptions(progress=False), "teacher": model}):
+        with pytest.raises(ValueError, match="teacher is the model being recovered"):
+            recover_with_lora(model, make_tokenizer(), ["a b"], **call)
+    assert options.teacher is model and options.seed is None  # the caller's options are never changed

@@ -32,6 +32,7 @@ from optimum_rku.recovery.data import (
 )
 from optimum_rku.recovery.losses import distillation_loss, response_loss
 from optimum_rku.recovery.training import (
+    RecoveryOptions,
     default_bf16,
     default_lora_config,
     recover_with_lora,
@@ -41,6 +42,7 @@ from optimum_rku.recovery.training import (
 __all__ = [
     "IGNORE_INDEX",
     "RecoveryCollator",
+    "RecoveryOptions",
     "default_bf16",
     "default_lora_config",
     "distillation_loss",

@@ -181,6 +181,56 @@ def _teacher_label(teacher, teacher_name: Any) -> str | None:
     return portable_model_name(name) or teacher.config.model_type
 
 
+@dataclasses.dataclass
+class RecoveryOptions:
+    """How `recover_with_lora` runs besides its model, data, LoRA config and training arguments.
+
+    `save_adapter`: also keep the adapter checkpoint (default: with `merge=False` and a `save_dir`); `overwrite`: a
+    non-empty `save_dir` may be replaced; `metadata` / `source`: what the checkpoint records (default: read from the
+    model); `data`, `data_files`, `num_samples`, `max_length`, `seed`, `chat_template`: the training rows
+    (`prepare_recovery_dataset`); `teacher`, `teacher_name`, `distillation_alpha`, `distillation_temperature`:
+    knowledge distillation from the dense model; `progress`: progress bars and logs; `return_summary`: also return
+    the summary with wall times.
+    """
+
+    save_adapter: bool | None = None
+    overwrite: bool = False
+    metadata: dict[str, Any] | None = None
+    source: str | os.PathLike | None = None
+    data: Any = None
+    data_files: Any = None
+    num_samples: int | None = None
+    max_length: int = DEFAULT_MAX_LENGTH
+    seed: int | None = None
+    chat_template: str = "auto"
+    teacher: Any = None
+    teacher_name: str | None = None
+    distillation_alpha: float = 0.5
+    distillation_temperature: float = 1.0
+    progress: bool = True
+    return_summary: bool = False
+
+
+@dataclasses.dataclass
+class _Run:
+    """One recovery run, checked and resolved before any training: what `_train` and `_save` work from."""
+
+    model: Any
+    tokenizer: Any
+    options: RecoveryOptions
+    merge: bool
+    save_adapter: bool
+    target: Path | None
+    lora: Any
+    teacher_label: str | None
+    meta: dict[str, Any]
+    dataset: Any
+    data_summary: dict[str, Any]
+    args: Any
+    temp_output: Path | None
+    pad_id: int
+
+
 def recover_with_lora(
     model,
     tokenizer,
@@ -189,26 +239,13 @@ def recover_with_lora(
     training_args: Any = None,
     save_dir: str | os.PathLike | None = None,
     merge: bool = True,
-    *,
-    save_adapter: bool | None = None,
-    overwrite: bool = False,
-    metadata: dict[str, Any] | None = None,
-    source: str | os.PathLike | None = None,
-    data: Any = None,
-    data_files: Any = None,
-    num_samples: int | None = None,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    seed: int | None = None,
-    chat_template: str = "auto",
-    teacher=None,
-    teacher_name: str | None = None,
-    distillation_alpha: float = 0.5,
-    distillation_temperature: float = 1.0,
-    progress: bool = True,
-    return_summary: bool = False,
+    options: RecoveryOptions | None = None,
+    **keywords: Any,
 ):
     """Fine-tune LoRA adapters on a pruned model, merge them (by default) and save like `prune` does.
 
+    Everything else is a `RecoveryOptions` field, given as `options=` or as keywords (`teacher=..., seed=...`;
+    keywords override `options`).
     Returns the merged model (a `PeftModel` when `merge=False`), or `(model, summary)` with `return_summary=True`; the
     summary holds the wall times (`train_runtime_s`, `time_s`) that the saved `rku_config.json` leaves out, so that the
     same model, data and seed give byte-identical checkpoints. With `merge=False`, `model` itself stays free of LoRA
@@ -227,20 +264,49 @@ def recover_with_lora(
     Question/answer rows go through the tokenizer's chat template when it has one (`chat_template="auto"`; "on",
     "off"), the way a chat model is asked; see `prepare_recovery_dataset`.
     """
-    from peft import get_peft_model
-    from transformers import PreTrainedModel, Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback
+    run = _prepare(model, tokenizer, train_dataset, lora_config, training_args, save_dir, merge, options, keywords)
+    staging = None
+    start = time.perf_counter()
+    try:
+        if run.target is not None and run.args.should_save:
+            staging = new_staging_directory(run.target)  # beside the target; removed as stale if this run is killed
+            if run.save_adapter:  # the adapter's base: the pruned model before any training
+                save_checkpoint(model, tokenizer, staging / PRUNED_BASE_DIR, run.meta, overwrite=True)
+        peft_model, summary, timing = _train(run, start)
+        out = _save(run, peft_model, summary, staging)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if run.temp_output is not None:
+            shutil.rmtree(run.temp_output, ignore_errors=True)
+    return (out, {**summary, **timing}) if run.options.return_summary else out
 
-    # ---- every check before any heavy work ----
+
+def _recovery_options(options: RecoveryOptions | None, keywords: dict[str, Any]) -> RecoveryOptions:
+    """`options` with `keywords` applied; an unknown keyword is a TypeError naming it and the allowed ones."""
+    if options is not None and not isinstance(options, RecoveryOptions):
+        raise TypeError(f"options must be a RecoveryOptions or None, got {type(options).__name__}.")
+    allowed = [field.name for field in dataclasses.fields(RecoveryOptions)]
+    unknown = sorted(set(keywords) - set(allowed))
+    if unknown:
+        raise TypeError(f"recover_with_lora got unexpected keyword(s) {unknown}; allowed: {', '.join(allowed)}.")
+    return dataclasses.replace(options or RecoveryOptions(), **keywords)
+
+
+def _prepare(model, tokenizer, train_dataset, lora_config, training_args, save_dir, merge, options, keywords) -> _Run:
+    """Every check before any heavy work, then the training rows and arguments."""
+    from transformers import PreTrainedModel
+
+    opts = _recovery_options(options, keywords)
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}.")
     if tokenizer is None:
         raise ValueError("recover_with_lora needs the model's tokenizer.")
-    if save_adapter is None:
-        save_adapter = not merge and save_dir is not None
-    for name, value in (("merge", merge), ("save_adapter", save_adapter), ("overwrite", overwrite)):
+    save_adapter = opts.save_adapter if opts.save_adapter is not None else (not merge and save_dir is not None)
+    for name, value in (("merge", merge), ("save_adapter", save_adapter), ("overwrite", opts.overwrite)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}.")
+    seed = opts.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed={seed!r} must be a non-negative int or None.")
     if save_adapter and save_dir is None:
@@ -250,147 +316,145 @@ def recover_with_lora(
             "merge=False with a save_dir saves the pruned model and its LoRA adapter; save_adapter=False would leave "
             "nothing to save. Drop save_adapter=False, or use merge=True to save the merged model."
         )
-    target = check_save_dir(save_dir, source, overwrite) if save_dir is not None else None
+    target = check_save_dir(save_dir, opts.source, opts.overwrite) if save_dir is not None else None
     lora = _resolve_lora_config(lora_config, model)
-    check_distillation(model, teacher, distillation_alpha, distillation_temperature)
-    teacher_label = _teacher_label(teacher, teacher_name)
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}.")
-    meta = copy.deepcopy(metadata) if metadata is not None else _default_metadata(model, source)
+    check_distillation(model, opts.teacher, opts.distillation_alpha, opts.distillation_temperature)
+    teacher_label = _teacher_label(opts.teacher, opts.teacher_name)
+    if opts.metadata is not None and not isinstance(opts.metadata, dict):
+        raise TypeError(f"metadata must be a dict or None, got {type(opts.metadata).__name__}.")
+    meta = copy.deepcopy(opts.metadata) if opts.metadata is not None else _default_metadata(model, opts.source)
+    data = opts.data
     if data is None:  # the provider of the model this checkpoint was pruned from (recorded, else by its name)
         data = provider_for(getattr(model.config, "_name_or_path", None) or None, meta)
-    data_seed = seed if seed is not None else DEFAULT_TRAINING_ARGS["seed"]
     dataset, data_summary = prepare_recovery_dataset(
         tokenizer,
         train_dataset,
         data=data,
-        data_files=data_files,
-        num_samples=num_samples,
-        max_length=max_length,
-        seed=data_seed,
-        chat_template=chat_template,
+        data_files=opts.data_files,
+        num_samples=opts.num_samples,
+        max_length=opts.max_length,
+        seed=seed if seed is not None else DEFAULT_TRAINING_ARGS["seed"],
+        chat_template=opts.chat_template,
     )
-    args, temp_output = resolve_training_args(training_args, progress=progress, seed=seed)
+    args, temp_output = resolve_training_args(training_args, progress=opts.progress, seed=seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return _Run(
+        model, tokenizer, opts, merge, save_adapter, target, lora, teacher_label, meta, dataset, data_summary, args,
+        temp_output, pad_id,
+    )  # fmt: skip
 
-    staging = None
-    start = time.perf_counter()
-    try:
-        main = args.should_save
-        if target is not None and main:
-            staging = new_staging_directory(target)  # beside the target; removed as stale if this run is killed
-            if save_adapter:  # the adapter's base: the pruned model before any training
-                save_checkpoint(model, tokenizer, staging / PRUNED_BASE_DIR, meta, overwrite=True)
-        # merge=False returns base + adapter while `model` stays the plain model the adapter applies to: PEFT injects
-        # its layers into a second module tree over the same weights (no copy of any tensor)
-        student = model if merge else sharing_copy(model)
-        student.train()
-        set_seed(args.seed)  # the LoRA A matrices are drawn here: same seed, same adapters, whatever ran before
-        peft_model = get_peft_model(student, lora)
-        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        trainer_kwargs = {
-            "model": peft_model,
-            "args": args,
-            "train_dataset": dataset,
-            "data_collator": RecoveryCollator(pad_id),
-        }
-        if teacher is None:
-            trainer = Trainer(**trainer_kwargs)
-        else:
-            trainer = distillation_trainer(teacher, distillation_alpha, distillation_temperature, **trainer_kwargs)
-        if args.disable_tqdm and not progress:  # silent means silent: no per-step log dicts printed either
-            trainer.remove_callback(PrinterCallback)
-        # a cheap before/after loss on fixed rows, on the training device (fresh LoRA is a no-op: B = 0); skipped
-        # under sharded training (FSDP / DeepSpeed), where a forward outside the engine is not possible
-        sharded = bool(getattr(args, "fsdp", None) or getattr(args, "deepspeed", None))
-        probe = None if sharded else dataset.select(range(min(len(dataset), 32)))
-        initial_loss = response_loss(peft_model, probe, pad_token_id=pad_id) if probe is not None else None
-        result = trainer.train()
-        peft_model.eval()
-        if student is not model:
-            adopt_tensors(model, peft_model.get_base_model())
-        final_loss = response_loss(peft_model, probe, pad_token_id=pad_id) if probe is not None else None
-        history = [[int(e["step"]), float(e["loss"])] for e in trainer.state.log_history if "loss" in e]
-        summary = {
-            "method": "lora",
-            "data": data_summary,
-            "steps": int(trainer.state.global_step),
-            "epochs": round(float(trainer.state.epoch or 0.0), 4),
-            "per_device_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "world_size": args.world_size,
-            "rank": lora.r,
-            "alpha": lora.lora_alpha,
-            "dropout": lora.lora_dropout,
-            "target_modules": sorted(lora.target_modules),
-            "trainable_parameters": trainable,
-            "learning_rate": args.learning_rate,
-            "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "bf16": bool(args.bf16),
-            "seed": args.seed,
-            "train_loss": float(result.training_loss),
-            "loss_before": initial_loss,
-            "loss_after": final_loss,
-            "final_loss": history[-1][1] if history else float(result.training_loss),
-            "loss_history": history,
-            "merged": merge,
-        }
-        # wall times: returned and logged, never saved (same model, data and seed: byte-identical checkpoints)
-        timing = {
-            "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
-            "time_s": round(time.perf_counter() - start, 3),
-        }
-        logger.info(
-            "Recovery: %d steps, training %.1f s, %.1f s in all",
-            summary["steps"],
-            timing["train_runtime_s"],
-            timing["time_s"],
-        )
-        if str(args.include_num_input_tokens_seen) != "no":  # asked for through training_args
-            summary["input_tokens_seen"] = int(trainer.state.num_input_tokens_seen)
-        if teacher is not None:
-            summary["distillation"] = {
-                "teacher": teacher_label,
-                "alpha": float(distillation_alpha),
-                "temperature": float(distillation_temperature),
-            }
-        if save_adapter and staging is not None:  # complete the adapter checkpoint: adapter, metadata, card
-            adapter_checkpoint = staging / PRUNED_BASE_DIR
-            write_adapter(peft_model, tokenizer, adapter_checkpoint / ADAPTER_DIR)
-            base_meta = {**meta, "recovery": {**summary, "merged": False, "adapter": ADAPTER_DIR}}
-            (adapter_checkpoint / CONFIG_NAME).write_text(json.dumps(base_meta, indent=2, sort_keys=False) + "\n")
-            for writer in checkpoint_writers(base_meta):
-                writer(adapter_checkpoint)
-            summary["adapter"] = f"{PRUNED_BASE_DIR}/{ADAPTER_DIR}" if merge else ADAPTER_DIR
-        if not merge:
-            out = peft_model
-        else:
-            out = peft_model.merge_and_unload()
-            out.eval()
-        if target is not None and main and merge:
-            meta["recovery"] = summary
 
-            def move_staged(directory: Path) -> None:  # before the card, which describes the adapter it finds
-                if (staging / PRUNED_BASE_DIR).exists():
-                    shutil.move(str(staging / PRUNED_BASE_DIR), str(directory / PRUNED_BASE_DIR))
+def _train(run: _Run, start: float) -> tuple[Any, dict[str, Any], dict[str, float]]:
+    """Train the adapters (distilling from the teacher when there is one); the PEFT model, summary and wall times."""
+    from peft import get_peft_model
+    from transformers import Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
-            save_checkpoint(
-                out,
-                tokenizer,
-                target,
-                meta,
-                source=source,
-                overwrite=overwrite,
-                writers=[move_staged] + checkpoint_writers(meta),
-            )
-            logger.info("Saved recovered model to %s", target)
-        elif target is not None and main:  # merge=False: the adapter checkpoint is the whole output
-            check_save_dir(target, source, overwrite)
-            install_directory(staging / PRUNED_BASE_DIR, target)  # one step: a kill leaves the previous state
-            logger.info("Saved the pruned model and its LoRA adapter to %s", target)
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if temp_output is not None:
-            shutil.rmtree(temp_output, ignore_errors=True)
-    return (out, {**summary, **timing}) if return_summary else out
+    opts, args, model = run.options, run.args, run.model
+    # merge=False returns base + adapter while `model` stays the plain model the adapter applies to: PEFT injects
+    # its layers into a second module tree over the same weights (no copy of any tensor)
+    student = model if run.merge else sharing_copy(model)
+    student.train()
+    set_seed(args.seed)  # the LoRA A matrices are drawn here: same seed, same adapters, whatever ran before
+    peft_model = get_peft_model(student, run.lora)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    trainer_kwargs = {
+        "model": peft_model,
+        "args": args,
+        "train_dataset": run.dataset,
+        "data_collator": RecoveryCollator(run.pad_id),
+    }
+    if opts.teacher is None:
+        trainer = Trainer(**trainer_kwargs)
+    else:
+        alpha, temperature = opts.distillation_alpha, opts.distillation_temperature
+        trainer = distillation_trainer(opts.teacher, alpha, temperature, **trainer_kwargs)
+    if args.disable_tqdm and not opts.progress:  # silent means silent: no per-step log dicts printed either
+        trainer.remove_callback(PrinterCallback)
+    # a cheap before/after loss on fixed rows, on the training device (fresh LoRA is a no-op: B = 0); skipped
+    # under sharded training (FSDP / DeepSpeed), where a forward outside the engine is not possible
+    sharded = bool(getattr(args, "fsdp", None) or getattr(args, "deepspeed", None))
+    probe = None if sharded else run.dataset.select(range(min(len(run.dataset), 32)))
+    initial_loss = response_loss(peft_model, probe, pad_token_id=run.pad_id) if probe is not None else None
+    result = trainer.train()
+    peft_model.eval()
+    if student is not model:
+        adopt_tensors(model, peft_model.get_base_model())
+    final_loss = response_loss(peft_model, probe, pad_token_id=run.pad_id) if probe is not None else None
+    history = [[int(e["step"]), float(e["loss"])] for e in trainer.state.log_history if "loss" in e]
+    lora = run.lora
+    summary = {
+        "method": "lora",
+        "data": run.data_summary,
+        "steps": int(trainer.state.global_step),
+        "epochs": round(float(trainer.state.epoch or 0.0), 4),
+        "per_device_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "rank": lora.r,
+        "alpha": lora.lora_alpha,
+        "dropout": lora.lora_dropout,
+        "target_modules": sorted(lora.target_modules),
+        "trainable_parameters": trainable,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "bf16": bool(args.bf16),
+        "seed": args.seed,
+        "train_loss": float(result.training_loss),
+        "loss_before": initial_loss,
+        "loss_after": final_loss,
+        "final_loss": history[-1][1] if history else float(result.training_loss),
+        "loss_history": history,
+        "merged": run.merge,
+    }
+    # wall times: returned and logged, never saved (same model, data and seed: byte-identical checkpoints)
+    timing = {
+        "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
+        "time_s": round(time.perf_counter() - start, 3),
+    }
+    logger.info("Recovery: %d steps, training %.1f s, %.1f s in all", summary["steps"], *timing.values())
+    if str(args.include_num_input_tokens_seen) != "no":  # asked for through training_args
+        summary["input_tokens_seen"] = int(trainer.state.num_input_tokens_seen)
+    if opts.teacher is not None:
+        summary["distillation"] = {
+            "teacher": run.teacher_label,
+            "alpha": float(opts.distillation_alpha),
+            "temperature": float(opts.distillation_temperature),
+        }
+    return peft_model, summary, timing
+
+
+def _save(run: _Run, peft_model, summary: dict[str, Any], staging: Path | None):
+    """Complete the adapter checkpoint, merge (unless `merge=False`) and install the output; the returned model."""
+    merge, tokenizer, meta = run.merge, run.tokenizer, run.meta
+    if run.save_adapter and staging is not None:  # complete the adapter checkpoint: adapter, metadata, card
+        adapter_checkpoint = staging / PRUNED_BASE_DIR
+        write_adapter(peft_model, tokenizer, adapter_checkpoint / ADAPTER_DIR)
+        base_meta = {**meta, "recovery": {**summary, "merged": False, "adapter": ADAPTER_DIR}}
+        (adapter_checkpoint / CONFIG_NAME).write_text(json.dumps(base_meta, indent=2, sort_keys=False) + "\n")
+        for writer in checkpoint_writers(base_meta):
+            writer(adapter_checkpoint)
+        summary["adapter"] = f"{PRUNED_BASE_DIR}/{ADAPTER_DIR}" if merge else ADAPTER_DIR
+    if not merge:
+        out = peft_model
+    else:
+        out = peft_model.merge_and_unload()
+        out.eval()
+    if run.target is None or not run.args.should_save:
+        return out
+    source, overwrite = run.options.source, run.options.overwrite
+    if merge:
+        meta["recovery"] = summary
+
+        def move_staged(directory: Path) -> None:  # before the card, which describes the adapter it finds
+            if (staging / PRUNED_BASE_DIR).exists():
+                shutil.move(str(staging / PRUNED_BASE_DIR), str(directory / PRUNED_BASE_DIR))
+
+        writers = [move_staged] + checkpoint_writers(meta)
+        save_checkpoint(out, tokenizer, run.target, meta, source=source, overwrite=overwrite, writers=writers)
+        logger.info("Saved recovered model to %s", run.target)
+    else:  # merge=False: the adapter checkpoint is the whole output
+        check_save_dir(run.target, source, overwrite)
+        install_directory(staging / PRUNED_BASE_DIR, run.target)  # one step: a kill leaves the previous state
+        logger.info("Saved the pruned model and its LoRA adapter to %s", run.target)
+    return out
