@@ -35,6 +35,7 @@ from optimum_rku.hub.card_sections import (
     layer_table,
     llamacpp_section,
     problem_provider,
+    pruning_section,
     recovery_data,
     recovery_section,
     usage_section,
@@ -45,9 +46,6 @@ from optimum_rku.hub.labels import (
     checkpoint_name,
     hub_dataset_id,
     hub_model_id,
-    human_bytes,
-    human_count,
-    percent,
 )
 from optimum_rku.hub.reproduce import reproduce_command
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint
@@ -138,34 +136,22 @@ def build_model_card(
     `eval_results` / `dense_eval_results` take what `evaluate_gsm8k` returns (or its `to_dict()`); a `"dense"` key in
     `eval_results` is used as the dense result when `dense_eval_results` is None. `recovery` defaults to
     `meta["recovery"]`. `repo_id` is used in the loading snippets and as the model name. `gguf_files` (what
-    `io.gguf_export.gguf_files` returns) adds a "Use with llama.cpp" section. `adapter` (a folder name) says the
+    `export.gguf.gguf_files` returns) adds a "Use with llama.cpp" section. `adapter` (a folder name) says the
     checkpoint is an adapter checkpoint whose LoRA adapter for the top-level weights is in that folder;
     `adapter_checkpoint` (`"pruned_base"`, the folder, or a Hub repo id) says where the adapter checkpoint a merged
     model came from is kept. Each adds a section on loading the adapter.
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     meta = check_meta(meta)
-    pruned = result_dict(eval_results)
-    if dense_eval_results is None and pruned is not None and isinstance(pruned.get("dense"), Mapping):
-        dense_eval_results = pruned["dense"]
-    dense = result_dict(dense_eval_results, "dense_eval_results")
-    if recovery is None:
-        recovery = meta.get("recovery") or None
-    if recovery is not None and not isinstance(recovery, Mapping):
-        raise TypeError(f"recovery must be a dict of recovery settings or None, got {type(recovery).__name__}.")
-    if repo_id is not None and (not isinstance(repo_id, str) or not HUB_ID.match(repo_id)):
-        raise ValueError(f"repo_id={repo_id!r} is not a Hub repo id like 'user/name'.")
+    pruned, dense, recovery = _card_inputs(meta, eval_results, dense_eval_results, recovery, repo_id)
     for name, value in (("adapter", adapter), ("adapter_checkpoint", adapter_checkpoint)):
         if value is not None and (not isinstance(value, str) or not HUB_ID.match(value)):
             raise ValueError(f"{name}={value!r} must be a folder name or a Hub repo id like 'user/name'.")
     if adapter and adapter_checkpoint:
         raise ValueError("adapter and adapter_checkpoint exclude each other: pass one (an adapter's base or not).")
     remote_code = _uses_remote_code(meta) if has_remote_code is None else bool(has_remote_code)
-
     config = meta["pruning_config"]
-    params = meta["parameters"]
-    kv = meta.get("kv_cache") or {}
     own = provider_for(metadata=meta)  # a provider's own base model (the testbed) is named by the provider
     base_id = None if own.title else hub_model_id(meta.get("base_model"))
     if own.title:
@@ -173,127 +159,8 @@ def build_model_card(
     else:
         base_label = base_id or (Path(str(meta.get("base_model"))).name if meta.get("base_model") else "unknown")
     name = checkpoint_name(meta, repo_id)
-
-    tags = ["optimum-rku", "pruned", "structured-pruning", "rku"]
-    if remote_code:
-        tags.append("custom_code")
-    if recovery:
-        tags.append("lora")
-    if adapter:
-        tags.append("peft")
-    datasets: list[str] = []
-    for candidate in (
-        (meta.get("calibration") or {}).get("dataset"),
-        ((recovery or {}).get("dataset") or recovery_data(recovery or {}).get("dataset")) if recovery else None,
-    ):
-        dataset_id = hub_dataset_id(candidate)
-        if dataset_id and dataset_id not in datasets:
-            datasets.append(dataset_id)
-    evaluated = [r for r in (pruned, dense) if r is not None]
-    for result in evaluated:
-        provider = problem_provider(result, meta)
-        if provider is not None and provider.hub_dataset and provider.hub_dataset not in datasets:
-            datasets.append(provider.hub_dataset)
-
-    results = []
-    if pruned is not None:  # an adapter checkpoint's pruned base evaluated alone says so in the metric names
-        results += _eval_results(
-            pruned, meta, "pruned base without adapter" if pruned.get("evaluated") == "base" else None, None
-        )
-    if dense is not None:
-        results += _eval_results(dense, meta, "dense base model", base_label)
-    achieved = params.get("achieved_sparsity", meta["plan"].get("achieved_sparsity"))
-    summary = {
-        "version": meta.get("optimum_rku_version"),
-        "target_sparsity": config.get("sparsity"),
-        "achieved_sparsity": round(float(achieved), 6) if achieved is not None else None,
-        "parameters_before": params.get("total_before"),
-        "parameters_after": params.get("total_after"),
-        "prunable_parameters_before": params.get("prunable_before"),
-        "prunable_parameters_after": params.get("prunable_after"),
-        "kv_cache_reduction": round(float(kv["reduction"]), 6) if "reduction" in kv else None,
-        "importance": config.get("importance"),
-        "allocation": config.get("allocation"),
-        "ranking": (meta["plan"].get("ranking") or config.get("ranking"))
-        if config.get("allocation") == "global"
-        else None,
-        "kv_groups_removed_fraction": (meta.get("attention") or {}).get("kv_groups_removed_fraction"),
-        "query_heads_removed_fraction": (meta.get("attention") or {}).get("query_heads_removed_fraction"),
-        "targets": config.get("targets"),
-        "recovered": bool(recovery),
-        "lora_adapter": adapter,
-    }
-    weights_trained = bool(recovery) and not adapter  # an adapter checkpoint's top-level weights are only pruned
-    data = ModelCardData(
-        base_model=base_id,
-        base_model_relation="finetune" if (weights_trained and base_id) else None,
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=tags,
-        datasets=datasets or None,
-        model_name=name if results else None,
-        eval_results=results or None,
-        optimum_rku={k: v for k, v in summary.items() if v is not None},
-    )
-
-    if base_id:
-        origin = f"[{base_id}](https://huggingface.co/{base_id})"
-    elif own.origin:
-        origin = own.origin
-    else:
-        origin = f"`{base_label}`"
-    before, after = params.get("total_before"), params.get("total_after")
-    kv_before, kv_after = kv.get("bytes_per_token_before"), kv.get("bytes_per_token_after")
-    size_rows = [
-        "| | before | after | change |",
-        "|---|---:|---:|---:|",
-    ]
-    if before and after is not None:
-        size_rows.append(
-            f"| parameters | {human_count(before)} | {human_count(after)} | {percent(after / before - 1)} |"
-        )
-    if params.get("prunable_before"):
-        pb, pa = params["prunable_before"], params.get("prunable_after", 0)
-        size_rows.append(
-            f"| prunable parameters (attention q/k/v/o + MLP gate/up/down) | {human_count(pb)} | {human_count(pa)} | "
-            f"{percent(pa / pb - 1)} |"
-        )
-    if kv_before:
-        size_rows.append(
-            f"| KV cache per token | {human_bytes(kv_before)} | {human_bytes(kv_after or 0)} | {percent((kv_after or 0) / kv_before - 1)} |"
-        )
-    strategy = [
-        f"- **target sparsity**: {percent(config.get('sparsity'))} of prunable parameters; **achieved**: {percent(achieved, 2)}",
-        f"- **KV-cache reduction**: {percent(kv.get('reduction'))}",
-        f"- **structures**: {config.get('targets')} (attention unit: {config.get('attention_granularity')}), "
-        f"**allocation**: {config.get('allocation')}"
-        + (
-            f" (ranking: {meta['plan'].get('ranking') or config.get('ranking', 'score')}"
-            + (
-                f", KV cache priced at {config['kv_cache_tokens']} tokens"
-                if config.get("kv_cache_tokens")
-                and (meta["plan"].get("ranking") in ("per_parameter", "expected_loss", "measured_loss"))
-                else ""
-            )
-            + ")"
-            if config.get("allocation") == "global"
-            else ""
-        )
-        + f", **min keep**: {config.get('min_keep')}"
-        + (f" (attention: {config['min_keep_attention']})" if config.get("min_keep_attention") is not None else "")
-        + f", **round to**: {config.get('round_to')}",
-    ]
-    attention = meta.get("attention") or {}
-    if attention.get("kv_groups_before"):
-        strategy.insert(
-            2,
-            f"- **attention removed**: {attention['query_heads_before'] - attention['query_heads_after']} of "
-            f"{attention['query_heads_before']} query heads ({percent(attention['query_heads_removed_fraction'])}), "
-            f"{attention['kv_groups_before'] - attention['kv_groups_after']} of {attention['kv_groups_before']} "
-            f"KV groups ({percent(attention['kv_groups_removed_fraction'])})",
-        )
-    if config.get("protected_layers"):
-        strategy.append(f"- **protected layers**: {', '.join(str(x) for x in config['protected_layers'])}")
+    data = _card_data(meta, pruned, dense, recovery, base_id, base_label, name, remote_code, adapter)
+    origin = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else own.origin or f"`{base_label}`"
     chart_md = f"![Kept width per layer]({CHART_FILE})\n\n" if chart else ""
     repo = repo_id or "<path-or-repo-id>"
     sections = [
@@ -307,7 +174,7 @@ def build_model_card(
         f"{'across all layers' if config.get('allocation') == 'global' else 'within each layer'} and physically "
         "removed: the weight matrices and the KV cache are smaller, and the result is an ordinary dense "
         "transformers model (no sparse kernels needed).",
-        "## Pruning\n\n" + "\n".join(size_rows) + "\n\n" + "\n".join(strategy),
+        pruning_section(meta),
         eval_section(meta, pruned, dense, base_label),
         "## Kept width per layer\n\n" + chart_md + layer_table(meta),
         calibration_section(meta),
@@ -334,6 +201,84 @@ def build_model_card(
     )
     body = "\n\n".join(sections) + "\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _card_inputs(meta, eval_results, dense_eval_results, recovery, repo_id):
+    """The pruned and dense results and the recovery settings a card shows, checked (ValueError / TypeError)."""
+    pruned = result_dict(eval_results)
+    if dense_eval_results is None and pruned is not None and isinstance(pruned.get("dense"), Mapping):
+        dense_eval_results = pruned["dense"]
+    dense = result_dict(dense_eval_results, "dense_eval_results")
+    if recovery is None:
+        recovery = meta.get("recovery") or None
+    if recovery is not None and not isinstance(recovery, Mapping):
+        raise TypeError(f"recovery must be a dict of recovery settings or None, got {type(recovery).__name__}.")
+    if repo_id is not None and (not isinstance(repo_id, str) or not HUB_ID.match(repo_id)):
+        raise ValueError(f"repo_id={repo_id!r} is not a Hub repo id like 'user/name'.")
+    return pruned, dense, recovery
+
+
+def _card_data(meta, pruned, dense, recovery, base_id, base_label, name, remote_code, adapter):
+    """The card's metadata block: tags, datasets, model-index results and the `optimum_rku` summary."""
+    from huggingface_hub import ModelCardData
+
+    config, params, kv = meta["pruning_config"], meta["parameters"], meta.get("kv_cache") or {}
+    tags = ["optimum-rku", "pruned", "structured-pruning", "rku"]
+    tags += [
+        tag for tag, on in (("custom_code", remote_code), ("lora", bool(recovery)), ("peft", bool(adapter))) if on
+    ]
+    datasets: list[str] = []
+    for candidate in (
+        (meta.get("calibration") or {}).get("dataset"),
+        ((recovery or {}).get("dataset") or recovery_data(recovery or {}).get("dataset")) if recovery else None,
+    ):
+        dataset_id = hub_dataset_id(candidate)
+        if dataset_id and dataset_id not in datasets:
+            datasets.append(dataset_id)
+    for result in (r for r in (pruned, dense) if r is not None):
+        provider = problem_provider(result, meta)
+        if provider is not None and provider.hub_dataset and provider.hub_dataset not in datasets:
+            datasets.append(provider.hub_dataset)
+    results = []
+    if pruned is not None:  # an adapter checkpoint's pruned base evaluated alone says so in the metric names
+        label = "pruned base without adapter" if pruned.get("evaluated") == "base" else None
+        results += _eval_results(pruned, meta, label, None)
+    if dense is not None:
+        results += _eval_results(dense, meta, "dense base model", base_label)
+    achieved = params.get("achieved_sparsity", meta["plan"].get("achieved_sparsity"))
+    attention = meta.get("attention") or {}
+    summary = {
+        "version": meta.get("optimum_rku_version"),
+        "target_sparsity": config.get("sparsity"),
+        "achieved_sparsity": round(float(achieved), 6) if achieved is not None else None,
+        "parameters_before": params.get("total_before"),
+        "parameters_after": params.get("total_after"),
+        "prunable_parameters_before": params.get("prunable_before"),
+        "prunable_parameters_after": params.get("prunable_after"),
+        "kv_cache_reduction": round(float(kv["reduction"]), 6) if "reduction" in kv else None,
+        "importance": config.get("importance"),
+        "allocation": config.get("allocation"),
+        "ranking": (meta["plan"].get("ranking") or config.get("ranking"))
+        if config.get("allocation") == "global"
+        else None,
+        "kv_groups_removed_fraction": attention.get("kv_groups_removed_fraction"),
+        "query_heads_removed_fraction": attention.get("query_heads_removed_fraction"),
+        "targets": config.get("targets"),
+        "recovered": bool(recovery),
+        "lora_adapter": adapter,
+    }
+    weights_trained = bool(recovery) and not adapter  # an adapter checkpoint's top-level weights are only pruned
+    return ModelCardData(
+        base_model=base_id,
+        base_model_relation="finetune" if (weights_trained and base_id) else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=tags,
+        datasets=datasets or None,
+        model_name=name if results else None,
+        eval_results=results or None,
+        optimum_rku={k: v for k, v in summary.items() if v is not None},
+    )
 
 
 def write_model_card(

@@ -7,7 +7,7 @@ from typing import Any
 
 from optimum_rku.data.providers import DataProvider, provider_for, providers
 from optimum_rku.evaluation.registry import task_of
-from optimum_rku.hub.labels import human_count, percent, source_label
+from optimum_rku.hub.labels import human_bytes, human_count, percent, source_label
 from optimum_rku.io.adapter import EVALUATED_LABELS
 
 
@@ -309,3 +309,55 @@ def adapter_link_section(location: str, is_repo: bool) -> str:
         "## LoRA adapter\n\nThe LoRA adapter merged into these weights is kept, together with the pruned model it was "
         f"trained on (its base), in {where}. {how}"
     )
+
+
+def pruning_section(meta: Mapping[str, Any]) -> str:
+    """ "Pruning": sizes before and after (parameters, prunable parameters, KV cache per token) and the strategy."""
+    config, params, kv = meta["pruning_config"], meta["parameters"], meta.get("kv_cache") or {}
+    achieved = params.get("achieved_sparsity", meta["plan"].get("achieved_sparsity"))
+    before, after = params.get("total_before"), params.get("total_after")
+    kv_before, kv_after = kv.get("bytes_per_token_before"), kv.get("bytes_per_token_after")
+    size_rows = ["| | before | after | change |", "|---|---:|---:|---:|"]
+    if before and after is not None:
+        size_rows.append(
+            f"| parameters | {human_count(before)} | {human_count(after)} | {percent(after / before - 1)} |"
+        )
+    if params.get("prunable_before"):
+        pb, pa = params["prunable_before"], params.get("prunable_after", 0)
+        size_rows.append(
+            f"| prunable parameters (attention q/k/v/o + MLP gate/up/down) | {human_count(pb)} | {human_count(pa)} | "
+            f"{percent(pa / pb - 1)} |"
+        )
+    if kv_before:
+        size_rows.append(
+            f"| KV cache per token | {human_bytes(kv_before)} | {human_bytes(kv_after or 0)} | {percent((kv_after or 0) / kv_before - 1)} |"
+        )
+    ranking = meta["plan"].get("ranking")
+    priced = config.get("kv_cache_tokens") and ranking in ("per_parameter", "expected_loss", "measured_loss")
+    pool = (
+        f" (ranking: {ranking or config.get('ranking', 'score')}"
+        + (f", KV cache priced at {config['kv_cache_tokens']} tokens" if priced else "")
+        + ")"
+        if config.get("allocation") == "global"
+        else ""
+    )
+    strategy = [
+        f"- **target sparsity**: {percent(config.get('sparsity'))} of prunable parameters; **achieved**: {percent(achieved, 2)}",
+        f"- **KV-cache reduction**: {percent(kv.get('reduction'))}",
+        f"- **structures**: {config.get('targets')} (attention unit: {config.get('attention_granularity')}), "
+        f"**allocation**: {config.get('allocation')}{pool}, **min keep**: {config.get('min_keep')}"
+        + (f" (attention: {config['min_keep_attention']})" if config.get("min_keep_attention") is not None else "")
+        + f", **round to**: {config.get('round_to')}",
+    ]
+    attention = meta.get("attention") or {}
+    if attention.get("kv_groups_before"):
+        strategy.insert(
+            2,
+            f"- **attention removed**: {attention['query_heads_before'] - attention['query_heads_after']} of "
+            f"{attention['query_heads_before']} query heads ({percent(attention['query_heads_removed_fraction'])}), "
+            f"{attention['kv_groups_before'] - attention['kv_groups_after']} of {attention['kv_groups_before']} "
+            f"KV groups ({percent(attention['kv_groups_removed_fraction'])})",
+        )
+    if config.get("protected_layers"):
+        strategy.append(f"- **protected layers**: {', '.join(str(x) for x in config['protected_layers'])}")
+    return "## Pruning\n\n" + "\n".join(size_rows) + "\n\n" + "\n".join(strategy)
