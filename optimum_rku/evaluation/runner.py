@@ -38,34 +38,11 @@ def _check_split(name: str, value: Any, task: EvaluationTask) -> None:
         raise TypeError(f"{name} must be a non-empty str such as one of {task.hub_splits}, got {value!r}")
 
 
-def evaluate(
-    model: Any,
-    tokenizer: Any,
-    task: str | EvaluationTask = "gsm8k",
-    dataset: Any = None,
-    split: str = "test",
-    num_fewshot: int = 0,
-    limit: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_new_tokens: int | None = None,
-    apply_chat_template: bool = False,
-    output_path: str | os.PathLike[str] | None = None,
-    fewshot_seed: int = 1234,
-    fewshot_split: str = "train",
-    progress: bool = True,
-    fewshot_examples: Sequence[Mapping[str, str]] | None = None,
-    generation_loop: str = "auto",
-) -> EvaluationResult:
-    """Run `task` on `dataset` (a Hub id, a json/jsonl file or directory, a datasets.Dataset(Dict) or a list of rows)
-    with greedy decoding and return its metrics; `output_path` also writes per-sample jsonl and a summary.
-
-    `generation_loop` is `optimum_rku.data.generation.generate_completions`'s `loop` ("auto": continuous batching,
-    where finished rows leave the batch and waiting prompts take their slots; "generate": fixed batches through
-    `model.generate`); both give the same completions."""
-    call_start = time.perf_counter()
-    task = get_task(task)
-    max_new_tokens = task.max_new_tokens if max_new_tokens is None else max_new_tokens
-    # ---- cheap argument checks first, before any loading or generation ----
+def _check_arguments(
+    model, tokenizer, task, num_fewshot, limit, batch_size, max_new_tokens, fewshot_seed, split, fewshot_split,
+    generation_loop, apply_chat_template, output_path, fewshot_examples,
+) -> list[dict[str, str]] | None:  # fmt: skip
+    """Every argument of `evaluate` checked (TypeError / ValueError naming it); the validated few-shot pool, if any."""
     if not callable(getattr(model, "generate", None)):
         raise TypeError(f"model must be a generative transformers model with .generate(), got {type(model).__name__}")
     if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
@@ -96,6 +73,41 @@ def evaluate(
                 f"fewshot_examples must be a list of {{{listed}}} dicts or None, got {type(fewshot_examples)}"
             )
         fewshot_pool = validate_rows(fewshot_examples, "fewshot_examples", task.fields)
+    return fewshot_pool
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    task: str | EvaluationTask = "gsm8k",
+    dataset: Any = None,
+    split: str = "test",
+    num_fewshot: int = 0,
+    limit: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int | None = None,
+    apply_chat_template: bool = False,
+    output_path: str | os.PathLike[str] | None = None,
+    fewshot_seed: int = 1234,
+    fewshot_split: str = "train",
+    progress: bool = True,
+    fewshot_examples: Sequence[Mapping[str, str]] | None = None,
+    generation_loop: str = "auto",
+) -> EvaluationResult:
+    """Run `task` on `dataset` (a Hub id, a json/jsonl file or directory, a datasets.Dataset(Dict) or a list of rows)
+    with greedy decoding and return its metrics; `output_path` also writes per-sample jsonl and a summary.
+
+    `generation_loop` is `optimum_rku.data.generation.generate_completions`'s `loop` ("auto": continuous batching,
+    where finished rows leave the batch and waiting prompts take their slots; "generate": fixed batches through
+    `model.generate`); both give the same completions."""
+    call_start = time.perf_counter()
+    task = get_task(task)
+    max_new_tokens = task.max_new_tokens if max_new_tokens is None else max_new_tokens
+    # ---- cheap argument checks first, before any loading or generation ----
+    fewshot_pool = _check_arguments(
+        model, tokenizer, task, num_fewshot, limit, batch_size, max_new_tokens, fewshot_seed, split, fewshot_split,
+        generation_loop, apply_chat_template, output_path, fewshot_examples,
+    )  # fmt: skip
     pad_id, eos_ids = pad_and_eos(model, tokenizer)
     source = resolve_source(dataset, split, fewshot_split, task)
     if num_fewshot > 0 and fewshot_pool is None and source.fewshot_loader is None:
