@@ -964,8 +964,8 @@ def main(argv: list[str] | None = None) -> int:
             record, stem = json.loads(Path(path).read_text()), str(Path(path).with_suffix(""))
             Path(f"{stem}.md").write_text(markdown(record))
             chart(record, Path(f"{stem}.png"))
-            em_chart(record, Path(f"{stem}_em.png"))
-            print(f"wrote {stem}.md, {stem}.png")
+            drawn = em_chart(record, Path(f"{stem}_em.png"))
+            print(f"wrote {stem}.md, {stem}.png" + (f", {stem}_em.png" if drawn else ""))
         return 0
     args = parse_args(argv)
     result = run(args)
