@@ -44,7 +44,7 @@ def chat_turns(tokenizer: Any) -> ChatTurns | None:
         asked = _render(tokenizer, [user], generation=True)
     except Exception:  # noqa: BLE001 - a template that cannot render these turns gets no TEMPLATE line
         return None
-    if one.count(_USER) != 1 or one.count(_ASSISTANT) != 1 or not asked.endswith(asked.split(_USER)[-1]):
+    if one.count(_USER) != 1 or one.count(_ASSISTANT) != 1 or asked.count(_USER) != 1:
         return None
     before_user, after_user = one.split(_USER)
     between, end = after_user.split(_ASSISTANT)
@@ -99,9 +99,10 @@ def modelfile_text(gguf_name: str, tokenizer: Any) -> str:
     turns = chat_turns(tokenizer)
     stops: list[str] = []
     if turns is not None:
-        if '"""' in ollama_template(turns):
+        template = ollama_template(turns)
+        if '"""' in template:
             raise ValueError('the chat template holds """, which a Modelfile TEMPLATE cannot quote')
-        lines.append(f'TEMPLATE """{ollama_template(turns)}"""')
+        lines.append(f'TEMPLATE """{template}"""')
         stops.append(turns.end.strip())
     eos = getattr(tokenizer, "eos_token", None)
     if eos:
