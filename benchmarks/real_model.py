@@ -414,8 +414,8 @@ def cached_scores(pruner, config: RKUConfig, dataset, kind: str, args):
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
-class Texts(GoldTexts):
-    """The measured problems, tokenized once (`optimum_rku.evaluation.likelihood.GoldTexts`)."""
+#: the measured problems, tokenized once
+Texts = GoldTexts
 
 
 def text_metrics(
@@ -438,6 +438,7 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
     start = len(earlier.get("em_correct", ""))
     if start >= args.em_problems:  # complete already (e.g. only the harness column was missing)
         return {k: v for k, v in earlier.items() if k.startswith(("em_", "exact_match"))}
+    chat = uses_chat_template(tokenizer, "auto")
     result = evaluate(
         model,
         tokenizer,
@@ -446,10 +447,9 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
         num_fewshot=0,
         max_new_tokens=args.em_tokens,
         batch_size=args.em_batch_size,
-        apply_chat_template=uses_chat_template(tokenizer, "auto"),
+        apply_chat_template=chat,
         progress=False,
     )
-    chat = uses_chat_template(tokenizer, "auto")
     prompt_tokens = sum(len(tokenizer(s["prompt"], add_special_tokens=not chat)["input_ids"]) for s in result.samples)
     flops = generation_flops(model, prompt_tokens, result.generated_tokens, len(result.samples))
     correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)
