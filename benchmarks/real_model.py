@@ -165,6 +165,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="problems for lm-evaluation-harness 5-shot strict match (plain prompts), rows with exact match only",
     )
+    p.add_argument(
+        "--stop-loops",
+        action="store_true",
+        help="end an answer once it repeats one span of tokens (greedy decoding would repeat it to the budget); counted "
+        "as em_looped beside em_hit_budget",
+    )
+    p.add_argument(
+        "--save-completions",
+        action="store_true",
+        help="append every exact-match answer (text, tokens, verdicts) to <output>_completions.jsonl",
+    )
     p.add_argument("--seed", type=int, default=2016)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
     p.add_argument("--output", default=None, help="output prefix (default: docs/real_model/<quick|full>)")
@@ -427,9 +438,10 @@ def text_metrics(
     return metrics
 
 
-def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None) -> dict:
+def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None, label: str = "") -> dict:
     """Exact match of `--em-task` on the first `--em-problems` problems; with `earlier` (a row's fields) only the
-    problems it has no verdict for are answered, and the verdicts, budget hits and tokens are added up."""
+    problems it has no verdict for are answered, and the verdicts, budget hits and tokens are added up. With
+    `--save-completions` every answer is appended to `<output>_completions.jsonl` under the row's `label`."""
     from optimum_rku.evaluation import evaluate
 
     task = get_task(args.em_task)
@@ -449,8 +461,14 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
         batch_size=args.em_batch_size,
         apply_chat_template=chat,
         progress=False,
+        stop_loops=args.stop_loops,
     )
     prompt_tokens = sum(len(tokenizer(s["prompt"], add_special_tokens=not chat)["input_ids"]) for s in result.samples)
+    if getattr(args, "save_completions", False):
+        with open(f"{args.output}_completions.jsonl", "a", encoding="utf-8") as handle:
+            for offset, sample in enumerate(result.samples):
+                kept = {k: sample[k] for k in ("completion", "generated_tokens", "stopped", judged, flexible)}
+                handle.write(json.dumps({"row": label, "problem": start + offset, **kept}) + "\n")
     flops = generation_flops(model, prompt_tokens, result.generated_tokens, len(result.samples))
     correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)
     correct_flexible = earlier.get("em_correct_flexible", "") + "".join(str(int(s[flexible])) for s in result.samples)
@@ -460,8 +478,9 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
         "em_problems": len(correct),
         "em_correct": correct,
         "em_correct_flexible": correct_flexible,
-        "em_hit_budget": earlier.get("em_hit_budget", 0)
-        + sum(s["generated_tokens"] >= args.em_tokens for s in result.samples),
+        "em_hit_budget": earlier.get("em_hit_budget", 0) + result.stopped.get("budget", 0),
+        # answers stopped in a loop (--stop-loops): without the stop they would have run to the budget
+        "em_looped": earlier.get("em_looped", 0) + result.stopped.get("loop", 0),
         "em_generated_tokens": earlier.get("em_generated_tokens", 0) + result.generated_tokens,
         "em_generation_time_s": round(earlier.get("em_generation_time_s", 0.0) + result.generation_time_s, 1),
         # weight-matrix FLOPs of the generation (prefill + decode): over the measured matmul rate, its compute floor
@@ -489,11 +508,13 @@ def harness_strict(model, tokenizer, problems: list[dict], train: list[dict], ar
     }
 
 
-def timed_exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None, train=None) -> dict:
+def timed_exact_match(
+    model, tokenizer, problems: list[dict], args, earlier: dict | None = None, train=None, label: str = ""
+) -> dict:
     """`exact_match` (and the harness column, where asked and missing) plus the wall time spent (`em_time_s`, added
     up over resumed runs): exact match is most of a full run's cost."""
     start = time.perf_counter()
-    out = exact_match(model, tokenizer, problems, args, earlier)
+    out = exact_match(model, tokenizer, problems, args, earlier, label)
     if args.harness_problems and (earlier or {}).get("harness_problems", 0) < args.harness_problems:
         out.update(harness_strict(model, tokenizer, problems, train or [], args))
     extended = earlier is not None and "em_correct" in earlier  # else measured afresh
@@ -597,7 +618,7 @@ def run(args) -> dict:
         earlier = done.get(("dense",), {})
         rows[0].update({k: v for k, v in earlier.items() if k.startswith(("em_", "exact_match", "harness_"))})
         if needs_em(rows[0], args):
-            rows[0].update(timed_exact_match(dense, tokenizer, problems, args, rows[0], train))
+            rows[0].update(timed_exact_match(dense, tokenizer, problems, args, rows[0], train, "dense"))
     print(_row_line(rows[0]), flush=True)
     datasets_by_kind: dict[str, Any] = {}
     for method, kind in itertools.product(args.methods, args.calibrations):
@@ -644,7 +665,8 @@ def run(args) -> dict:
                     )
                     earlier = None
                 if earlier is not None:  # resumed without (enough) exact match: the same plan, then exact match only
-                    row = {**earlier, **timed_exact_match(model, tokenizer, problems, args, earlier, train)}
+                    label = json.dumps(list(key))
+                    row = {**earlier, **timed_exact_match(model, tokenizer, problems, args, earlier, train, label)}
                     rows.append(row)
                     print(_row_line(row) + " (resumed, exact match added)", flush=True)
                     write_json(
@@ -674,7 +696,9 @@ def run(args) -> dict:
                     **shape,
                 }
                 if wants_em:
-                    row.update(timed_exact_match(model, tokenizer, problems, args, train=train))
+                    row.update(
+                        timed_exact_match(model, tokenizer, problems, args, train=train, label=json.dumps(list(key)))
+                    )
                 row["row_time_s"] = round(time.perf_counter() - row_start, 1)
                 rows.append(row)
                 print(_row_line(row), flush=True)
@@ -699,6 +723,7 @@ def result_record(args, texts: Texts, rows: list[dict], start: float, complete: 
         "em_task": args.em_task,
         "em_tokens": args.em_tokens,
         "em_batch_size": args.em_batch_size,
+        "stop_loops": args.stop_loops,
         "harness_problems": args.harness_problems,
         "matmul_gflops": round(getattr(args, "matmul_gflops", 0.0), 1),
         "num_calibration": args.num_calibration,
@@ -824,10 +849,15 @@ def em_markdown(result: dict) -> str:
     lines = [
         f"Exact match: `{task.name}` ({task.metrics[0].label}; {result.get('em_tokens', 256)}-token answer budget); "
         '95% Wilson interval; "difference" is to the best baseline at the same sparsity on the same problems '
-        "(95% paired bootstrap interval, McNemar p).",
+        "(95% paired bootstrap interval, McNemar p)"
+        + (
+            "; (looped): answers stopped once they repeat one span (`--stop-loops`)."
+            if result.get("stop_loops")
+            else "."
+        ),
         "",
         "| variant | sparsity | problems | exact match [95%] | % of dense | difference to best baseline [95%] | p | "
-        "flexible | harness 5-shot strict | hit budget | gold NLL | KV bytes/token | params | tokens/s | "
+        "flexible | harness 5-shot strict | hit budget (looped) | gold NLL | KV bytes/token | params | tokens/s | "
         "compute floor |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -843,10 +873,11 @@ def em_markdown(result: dict) -> str:
             versus = f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] vs {d['baseline']}"
             p_value = f"{d['p_value']:.3f}"
         harness = f"{100 * row['harness_strict']:.1f}% ({row['harness_problems']})" if "harness_strict" in row else "-"
+        budget = f"{row.get('em_hit_budget', 0)}" + (f" ({row['em_looped']})" if row.get("em_looped") else "")
         lines.append(
             f"| {_label(row)} | {row['sparsity']:.0%} | {n} | {100 * row['exact_match']:.1f}% "
             f"[{100 * low:.1f}, {100 * high:.1f}] | {kept} | {versus} | {p_value} | "
-            f"{100 * row['exact_match_flexible']:.1f}% | {harness} | {row.get('em_hit_budget', 0)} | {row['nll']:.3f} | "
+            f"{100 * row['exact_match_flexible']:.1f}% | {harness} | {budget} | {row['nll']:.3f} | "
             f"{row['kv_bytes_per_token']:,} | {row['params'] / 1e6:.1f}M | {_speed(row, rate)} |"
         )
     if rate:

@@ -112,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--em-tokens", type=int, default=None, help="answer budget (default: the task's)")
     p.add_argument("--em-batch-size", type=int, default=128, help="exact-match generation batch (default: 128)")
+    p.add_argument(
+        "--stop-loops", action="store_true", help="end answers that repeat one span of tokens (see real_model.py)"
+    )
     # the LoRA budget
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"LoRA steps per run (default: {DEFAULT_STEPS})")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default: 8)")
@@ -155,7 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     except (TypeError, ValueError) as err:
         p.error(f"baseline setting: {err}")
-    args.em_sparsities = None  # real_model.exact_match reads only em_problems / em_task / em_tokens / em_batch_size
+    # real_model.exact_match reads em_problems / em_task / em_tokens / em_batch_size / stop_loops
+    args.em_sparsities = None
     args.em_tokens = args.em_tokens or get_task(args.em_task).max_new_tokens
     args.harness_problems = 0
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -230,11 +230,13 @@ def test_prune_eval_push(workspace, tmp_path):
         cli(
             *("eval", "--model", str(out), "--dataset", str(workspace / "eval.jsonl"), "--limit", "3"),
             *("--num-fewshot", "0", "--max-new-tokens", "6", "--batch-size", "3", "--output", str(samples), "--quiet"),
+            "--stop-loops",
         )
     )
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     summary = json.loads((out / "eval_results.json").read_text())
     assert len(rows) == 3 and summary["num_samples"] == 3 and summary["max_new_tokens"] == 6
+    assert summary["stop_loops"] and sum(summary["stopped"].values()) == 3 and all(r["stopped"] for r in rows)
     assert summary["exact_match_strict"] == sum(r["correct_strict"] for r in rows) / 3
     assert summary["exact_match_flexible"] == sum(r["correct_flexible"] for r in rows) / 3
     assert "| model | dataset | split | n | shots |" in evaluated.stdout

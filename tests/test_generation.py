@@ -74,7 +74,7 @@ def test_continuous_matches_generate_for_every_family(family) -> None:
     assert _run(model, tokenizer, prompts, "continuous", 3) == reference
     assert _run(model, tokenizer, prompts, "continuous", 1) == reference
     assert _run(model, tokenizer, prompts, "auto", 8) == reference
-    completions, counts = reference
+    completions, counts, _ = reference
     assert len(set(counts)) > 2  # ragged: rows stop at different steps
     # one character per token: a row cut by a stop string kept fewer characters than it generated tokens (eos: one)
     assert any(len(text) < count - 1 for text, count in zip(completions, counts))
@@ -130,7 +130,7 @@ def test_max_new_tokens_one_and_prompts_that_stop_at_once() -> None:
         model.get_output_embeddings().weight.zero_()  # every logit ties: argmax is token 0, made an eos here
     model.generation_config.eos_token_id = [0, 1]
     counter = DecodeRows(model)
-    completions, counts = _run(model, tokenizer, prompts, "continuous", 3)
+    completions, counts, _ = _run(model, tokenizer, prompts, "continuous", 3)
     counter.handle.remove()
     assert counts == [1] * len(prompts) and completions == [""] * len(prompts) and counter.rows == []
 
@@ -170,14 +170,15 @@ def test_finished_rows_leave_the_batch_and_waiting_prompts_fill_it() -> None:
     until the queue runs dry, then only shrinks. The fixed-batch loop computes finished rows, so it fails this."""
     model, tokenizer, prompts = _model("llama"), make_tokenizer(), _prompts(12, seed=5)
     counter = DecodeRows(model)
-    completions, counts = _run(model, tokenizer, prompts, "continuous", 4)
+    continuous = _run(model, tokenizer, prompts, "continuous", 4)
+    completions, counts, _ = continuous
     counter.handle.remove()
     assert len(set(counts)) > 2
     assert sum(counter.rows) == sum(count - 1 for count in counts)
     assert counter.rows[0] == min(4, sum(count > 1 for count in counts))
     assert all(a >= b for a, b in zip(counter.rows, counter.rows[1:]))
     old = DecodeRows(model)
-    assert _run(model, tokenizer, prompts, "generate", 4) == (completions, counts)
+    assert _run(model, tokenizer, prompts, "generate", 4) == continuous
     old.handle.remove()
     assert sum(old.rows) > sum(counter.rows)
 
@@ -367,3 +368,60 @@ def test_generation_flops_counts_blocks_per_token_and_the_head_per_answer_token(
     with pytest.raises(ValueError, match="generated_tokens >= sequences"):
         generation_flops(model, 10, 1, 2)
     assert matmul_rate(8, 16, 32, seconds=0.01) > 0
+
+
+# ------------------------------------------------------------------------------------------------------- loop stop
+
+
+def test_repeating_period_finds_the_shortest_span_repeated_enough() -> None:
+    from optimum_rku.data.generation import LOOP_MIN_TOKENS, LOOP_REPEATS, repeating_period
+
+    rng = random.Random(0)
+    prefix = [rng.randrange(1000, 2000) for _ in range(40)]
+    span = [rng.randrange(100) for _ in range(50)]
+    assert repeating_period(prefix + span * LOOP_REPEATS) == 50
+    assert repeating_period(prefix + span * (LOOP_REPEATS - 1)) is None  # seen twice: not yet a loop
+    assert repeating_period(prefix + [7] * LOOP_MIN_TOKENS) == 1
+    assert repeating_period(prefix + [7] * (LOOP_MIN_TOKENS - 1)) is None  # a short run of one token is no loop
+    assert repeating_period([3, 4] * LOOP_MIN_TOKENS) == 2  # the shortest period, not a multiple of it
+    broken = prefix + span * LOOP_REPEATS
+    broken[-60] += 1  # one changed token inside the copies
+    assert repeating_period(broken) is None
+    assert repeating_period([rng.randrange(50) for _ in range(600)]) is None
+    assert repeating_period([]) is None
+
+
+def test_loop_stop_cuts_looping_rows_the_same_way_in_both_loops() -> None:
+    """Rows of a tiny random model fall into loops: with `stop_loops` they stop there (the text kept is the start of
+    the full-budget text), identically in both loops and at every batch size; rows that do not loop are unchanged."""
+    from optimum_rku.data.generation import LOOP_CHECK_EVERY
+
+    model, tokenizer = tiny_model("llama", max_position_embeddings=512), make_tokenizer()
+    prompts = _prompts(6, seed=5)
+    options = {"max_new_tokens": 300, "stop_strings": ()}
+    full = _run(model, tokenizer, prompts, "continuous", 3, **options)
+    assert "loop" not in full.reasons  # off by default
+    reference = _run(model, tokenizer, prompts, "generate", 1, stop_loops=True, **options)
+    assert _run(model, tokenizer, prompts, "continuous", 3, stop_loops=True, **options) == reference
+    assert _run(model, tokenizer, prompts, "generate", 4, stop_loops=True, **options) == reference
+    assert "loop" in reference.reasons and set(reference.reasons) - {"loop"}  # both kinds of row are exercised
+    for i, (text, count, reason) in enumerate(zip(*reference)):
+        if reason == "loop":
+            assert count < 300 and count % LOOP_CHECK_EVERY == 0
+            assert full.completions[i].startswith(text) and len(text) < len(full.completions[i])
+        else:
+            assert (text, count, reason) == (full.completions[i], full.counts[i], full.reasons[i])
+
+
+def test_evaluate_records_why_each_answer_stopped() -> None:
+    from optimum_rku.evaluation import evaluate
+
+    model, tokenizer = tiny_model("llama", max_position_embeddings=512), make_tokenizer()
+    rows = [{"question": question, "answer": "#### 2"} for question in _prompts(4, seed=5)]
+    result = evaluate(model, tokenizer, "gsm8k", rows, max_new_tokens=200, progress=False, stop_loops=True)
+    reasons = [sample["stopped"] for sample in result.samples]
+    assert result.stop_loops and "loop" in reasons
+    assert result.stopped == {reason: reasons.count(reason) for reason in set(reasons)}
+    assert sum(result.stopped.values()) == len(rows)
+    with pytest.raises(TypeError, match="stop_loops must be a bool"):
+        evaluate(model, tokenizer, "gsm8k", rows, stop_loops="yes", progress=False)

@@ -227,7 +227,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser, limit_default: int | Non
         default=DEFAULT_BATCH_SIZE,
         help=f"generation batch size (default: {DEFAULT_BATCH_SIZE})",
     )
-    group.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation budget (default: 256)")
+    group.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help="generation budget (default: the task's: 256 for gsm8k, 768 for gsm8k_cot_boxed)",
+    )
+    group.add_argument(
+        "--stop-loops",
+        action="store_true",
+        help="end an answer that repeats one span of tokens over and over (a damaged model's loop) instead of "
+        "running it to the budget; much faster, but the text is cut where the loop is seen",
+    )
     group.add_argument(
         "--apply-chat-template", action="store_true", help="prompt through the tokenizer's chat template"
     )

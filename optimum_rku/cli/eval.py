@@ -97,6 +97,7 @@ def evaluate_model(model, tokenizer, settings: dict[str, Any], args: argparse.Na
         apply_chat_template=args.apply_chat_template,
         output_path=output,
         progress=not args.quiet,
+        stop_loops=args.stop_loops,
     )
     return {**result.to_dict(), "benchmark": settings["benchmark"], "dataset": settings["description"]}
 

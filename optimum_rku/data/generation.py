@@ -25,8 +25,9 @@ import inspect
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -48,23 +49,60 @@ def truncate_at_stop(text: str, stop_strings: Iterable[str] = STOP_STRINGS) -> s
     return text[:cut]
 
 
-class _StopCheck:
-    """The per-row stop rule: done at the first eos (not kept) or once the decoded tail shows a stop string (kept).
+#: a row stuck in a loop repeats one span of at most LOOP_MAX_PERIOD tokens LOOP_REPEATS times in a row, over its
+#: newest LOOP_MIN_TOKENS tokens or more; the check runs when a row's length is a multiple of LOOP_CHECK_EVERY (its
+#: own length, so batching cannot move the cut). Greedy decoding that reached such a state repeats it to the budget.
+LOOP_REPEATS = 3
+LOOP_MIN_TOKENS = 128
+LOOP_MAX_PERIOD = 192
+LOOP_CHECK_EVERY = 16
 
-    The tail is the row's last `max(len(stop)) + 2` generated tokens, decoded with special tokens. With `filtered`,
-    the decode is skipped when the newest token cannot end a stop string: a row that has not stopped yet had no stop
-    string in its previous tail, so a new one must end in the text the newest token adds, which then holds the stop
-    string's last character (a token whose own text shows the replacement character, i.e. an incomplete UTF-8
-    sequence, or no text at all is always decoded). Stop strings that end in whitespace disable the filter: a
+#: why a row stopped: its eos, a stop string, the token budget, or a loop (with `stop_loops`)
+STOP_REASONS = ("eos", "stop", "budget", "loop")
+
+
+def repeating_period(tokens: Sequence[int]) -> int | None:
+    """The shortest period p <= LOOP_MAX_PERIOD such that `tokens` end in LOOP_REPEATS copies of one p-token span
+    covering at least LOOP_MIN_TOKENS tokens, or None."""
+    array = np.asarray(tokens[-LOOP_REPEATS * LOOP_MAX_PERIOD :], dtype=np.int64)
+    n = len(array)
+    if n < LOOP_MIN_TOKENS:
+        return None
+    back = array[-LOOP_MAX_PERIOD - 1 : -1][::-1]  # back[p - 1] is the token p positions before the newest
+    for period in (np.flatnonzero(back == array[-1]) + 1).tolist():
+        span = max(LOOP_MIN_TOKENS, LOOP_REPEATS * period)
+        if span > n:
+            break
+        tail = array[n - span :]
+        if np.array_equal(tail[period:], tail[:-period]):
+            return period
+    return None
+
+
+class _StopCheck:
+    """The per-row stop rule: done at the first eos (not kept), once the decoded tail shows a stop string (kept), or,
+    with `loops`, once the row repeats itself (`repeating_period`, kept).
+
+    The stop-string tail is the row's last `max(len(stop)) + 2` generated tokens, decoded with special tokens. With
+    `filtered`, the decode is skipped when the newest token cannot end a stop string: a row that has not stopped yet
+    had no stop string in its previous tail, so a new one must end in the text the newest token adds, which then holds
+    the stop string's last character (a token whose own text shows the replacement character, i.e. an incomplete
+    UTF-8 sequence, or no text at all is always decoded). Stop strings that end in whitespace disable the filter: a
     tokenizer may add a space before a token in context that its own text lacks.
     """
 
-    def __init__(self, tokenizer: Any, stop_strings: Sequence[str], eos_ids: set[int], filtered: bool) -> None:
-        """Remember the tokenizer, the stop strings and eos ids; `filtered` enables the cheap pre-check."""
+    def __init__(
+        self, tokenizer: Any, stop_strings: Sequence[str], eos_ids: set[int], filtered: bool, loops: bool = False
+    ) -> None:
+        """Remember the tokenizer, the stop strings and eos ids; `filtered` enables the cheap pre-check, `loops` the
+        loop stop."""
         self.tokenizer = tokenizer
         self.stop_strings = tuple(stop for stop in stop_strings if stop)
         self.eos_ids = eos_ids
         self.window = max((len(stop) for stop in self.stop_strings), default=0) + 2
+        self.loops = loops
+        #: how many of a row's newest tokens a decision reads
+        self.history = max(self.window, LOOP_REPEATS * LOOP_MAX_PERIOD) if loops else self.window
         self.final_chars = frozenset(stop[-1] for stop in self.stop_strings)
         self.filtered = filtered and not any(char.isspace() for char in self.final_chars)
         self._may_end_stop: dict[int, bool] = {}
@@ -79,21 +117,23 @@ class _StopCheck:
             self._may_end_stop[token] = known
         return known
 
-    def __call__(self, generated: Sequence[int]) -> tuple[int, int] | None:
-        """`(generated_count, kept_count)` if the row is done after its newest token, else None."""
-        length = len(generated)
-        if length == 0:
+    def __call__(self, generated: Sequence[int], length: int | None = None) -> tuple[int, int, str] | None:
+        """`(generated_count, kept_count, reason)` if the row is done after its newest token, else None. `generated`
+        may be only the newest `history` tokens of a row `length` tokens long."""
+        if not len(generated):
             return None
+        length = len(generated) if length is None else length
         last = int(generated[-1])
         if last in self.eos_ids:
-            return length, length - 1
-        if not self.stop_strings or (self.filtered and not self.may_end_stop(last)):
-            return None
-        self.decodes += 1
-        tail = [int(token) for token in generated[-self.window :]]
-        text = self.tokenizer.decode(tail, skip_special_tokens=False)
-        if any(stop in text for stop in self.stop_strings):
-            return length, length
+            return length, length - 1, "eos"
+        if self.stop_strings and not (self.filtered and not self.may_end_stop(last)):
+            self.decodes += 1
+            tail = [int(token) for token in generated[-self.window :]]
+            text = self.tokenizer.decode(tail, skip_special_tokens=False)
+            if any(stop in text for stop in self.stop_strings):
+                return length, length, "stop"
+        if self.loops and length % LOOP_CHECK_EVERY == 0 and repeating_period(generated) is not None:
+            return length, length, "loop"
         return None
 
 
@@ -104,21 +144,17 @@ class _StopCriteria(StoppingCriteria):
         """Remember where generated tokens start; per-row results start unset."""
         self.check = check
         self.prompt_length = prompt_length
-        self.generated: list[int | None] = [None] * batch_size
-        self.keep: list[int | None] = [None] * batch_size
+        self.results: list[tuple[int, int, str] | None] = [None] * batch_size
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         """Return a per-row done mask; decisions depend only on that row's tokens, so batching cannot change them."""
         new_tokens = input_ids[:, self.prompt_length :]
         done = []
         for row in range(new_tokens.shape[0]):
-            if self.generated[row] is None:
-                result = self.check(new_tokens[row, -self.check.window :].tolist())
-                if result is not None:
-                    # the tail was cut to the window: count from the full length
-                    offset = new_tokens.shape[1] - min(new_tokens.shape[1], self.check.window)
-                    self.generated[row], self.keep[row] = result[0] + offset, result[1] + offset
-            done.append(self.generated[row] is not None)
+            if self.results[row] is None:
+                tail = new_tokens[row, -self.check.history :].tolist()
+                self.results[row] = self.check(tail, new_tokens.shape[1])
+            done.append(self.results[row] is not None)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -442,7 +478,7 @@ def _continuous(
     on_done: Any,
 ) -> None:
     """Greedy-decode the prompts in `order` with at most `batch_size` rows per step; call `on_done(index, tokens,
-    generated, keep)` as each finishes. Raises _CacheUnsupported (before any row finishes) for unknown caches."""
+    (generated, keep, reason))` as each finishes. Raises _CacheUnsupported (before any row finishes) for unknown caches."""
     device = model_device(model)
     cache_name, keeps_logits = _forward_arguments(model)
     extra = {"logits_to_keep": 1} if keeps_logits else {}
@@ -468,8 +504,7 @@ def _continuous(
             if result is None and max_new_tokens > 1:
                 newcomers.append((row, cache))
             else:
-                generated, keep = result if result is not None else (1, 1)
-                on_done(row.index, row.generated, generated, keep)
+                on_done(row.index, row.generated, result or (1, 1, "budget"))
         if newcomers:
             batch.add(newcomers)
         if not batch.rows:
@@ -504,12 +539,19 @@ def _continuous(
             if result is None and len(row.generated) < max_new_tokens:
                 kept.append(position)
             else:
-                generated, keep = result if result is not None else (len(row.generated),) * 2
-                on_done(row.index, row.generated, generated, keep)
+                on_done(row.index, row.generated, result or (len(row.generated), len(row.generated), "budget"))
         batch.keep(kept)
 
 
 # -------------------------------------------------------------------------------------------------- the entry point
+
+
+class Generations(NamedTuple):
+    """What `generate_completions` returns, one entry per prompt."""
+
+    completions: list[str]
+    counts: list[int]
+    reasons: list[str]
 
 
 def generate_completions(
@@ -527,11 +569,15 @@ def generate_completions(
     desc: str = "generating",
     sampling: dict[str, float] | None = None,
     loop: str = "auto",
-) -> tuple[list[str], list[int]]:
-    """Decode all prompts, at most `batch_size` at a time; return completions and generated token counts.
+    stop_loops: bool = False,
+) -> Generations:
+    """Decode all prompts, at most `batch_size` at a time; return completions, generated token counts and why each
+    row stopped (`STOP_REASONS`).
 
     Greedy unless `sampling` gives `temperature` and `top_p`. Each row stops at its first eos or stop string (the
-    completion is cut there); pad and eos ids default to the tokenizer's and the model's. `loop` picks the decoding
+    completion is cut there); pad and eos ids default to the tokenizer's and the model's. With `stop_loops`, a row
+    that repeats one span of tokens (`repeating_period`) stops there too, its text kept: greedy decoding in such a
+    state would repeat it to the budget, so only the tail of the text (and the time) differs. `loop` picks the decoding
     loop: "continuous" (greedy, finished rows leave the batch and waiting prompts take their place), "generate"
     (fixed, length-sorted, left-padded batches through `model.generate`) or "auto" (continuous when it reproduces
     `model.generate`: greedy, and no logits processor from the model's generation_config; else generate).
@@ -567,12 +613,14 @@ def generate_completions(
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     completions: list[str] = [""] * len(prompts)
     counts: list[int] = [0] * len(prompts)
+    reasons: list[str] = [""] * len(prompts)
     # Decode with special tokens so "</s>"/"<|im_end|>" act as stop strings, then drop the rest like skip_special_tokens.
     special_tokens = sorted((t for t in getattr(tokenizer, "all_special_tokens", ()) if t), key=len, reverse=True)
 
     with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="q") as bar:
 
-        def finish(index: int, tokens: Sequence[int], generated: int, keep: int) -> None:
+        def finish(index: int, tokens: Sequence[int], result: tuple[int, int, str]) -> None:
+            generated, keep, reasons[index] = result
             counts[index] = int(generated)
             text = truncate_at_stop(tokenizer.decode(list(tokens[:keep]), skip_special_tokens=False), stop_strings)
             for special in special_tokens:
@@ -581,16 +629,16 @@ def generate_completions(
             bar.update(1)
 
         if loop == "continuous":
-            check = _StopCheck(tokenizer, stop_strings, eos_ids, filtered=True)
+            check = _StopCheck(tokenizer, stop_strings, eos_ids, filtered=True, loops=stop_loops)
             try:
                 _continuous(model, encoded, order, batch_size, max_new_tokens, check, finish)
-                return completions, counts
+                return Generations(completions, counts, reasons)
             except _CacheUnsupported:
                 if bar.n:  # raised only by the first merge, before any row finished; never mix the two loops
                     raise
-        check = _StopCheck(tokenizer, stop_strings, eos_ids, filtered=False)
+        check = _StopCheck(tokenizer, stop_strings, eos_ids, filtered=False, loops=stop_loops)
         _fixed_batches(model, encoded, order, batch_size, pad_id, generation_config, check, finish)
-    return completions, counts
+    return Generations(completions, counts, reasons)
 
 
 def _fixed_batches(
@@ -624,7 +672,4 @@ def _fixed_batches(
         new_tokens = output[:, width:].cpu()
         for row, index in enumerate(batch):
             tokens = new_tokens[row].tolist()
-            generated, keep = criteria.generated[row], criteria.keep[row]
-            if keep is None:
-                generated = keep = len(tokens)
-            on_done(index, tokens, generated, keep)
+            on_done(index, tokens, criteria.results[row] or (len(tokens), len(tokens), "budget"))

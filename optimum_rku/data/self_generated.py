@@ -46,7 +46,7 @@ def generate_answers(
     model.eval()
     try:
         with masked_model(model, masks), torch.no_grad():
-            completions, _ = generate_completions(
+            completions = generate_completions(
                 model,
                 tokenizer,
                 prompts,
@@ -56,7 +56,7 @@ def generate_answers(
                 progress=progress,
                 desc="self-generating calibration",
                 sampling=sampling,
-            )
+            ).completions
     finally:
         torch.random.set_rng_state(generator_state)
         model.train(was_training)

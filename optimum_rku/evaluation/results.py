@@ -29,6 +29,9 @@ class EvaluationResult:
     apply_chat_template: bool = False
     max_new_tokens: int = 256
     fewshot_seed: int = 1234
+    stop_loops: bool = False
+    #: how many answers stopped at their eos, a stop string, the token budget, or a loop (`STOP_REASONS`)
+    stopped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         metrics = self.__dict__.get("metrics") or {}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from optimum_rku.data.generation import GENERATION_LOOPS, generate_completions, pad_and_eos
+from optimum_rku.data.generation import GENERATION_LOOPS, STOP_REASONS, generate_completions, pad_and_eos
 from optimum_rku.data.prompts import DEFAULT_BATCH_SIZE
 from optimum_rku.evaluation.registry import get_task
 from optimum_rku.evaluation.results import EvaluationResult
@@ -40,7 +40,7 @@ def _check_split(name: str, value: Any, task: EvaluationTask) -> None:
 
 def _check_arguments(
     model, tokenizer, task, num_fewshot, limit, batch_size, max_new_tokens, fewshot_seed, split, fewshot_split,
-    generation_loop, apply_chat_template, output_path, fewshot_examples,
+    generation_loop, apply_chat_template, output_path, fewshot_examples, stop_loops,
 ) -> list[dict[str, str]] | None:  # fmt: skip
     """Every argument of `evaluate` checked (TypeError / ValueError naming it); the validated few-shot pool, if any."""
     if not callable(getattr(model, "generate", None)):
@@ -57,8 +57,9 @@ def _check_arguments(
     if generation_loop not in GENERATION_LOOPS:
         raise ValueError(f"generation_loop must be one of {GENERATION_LOOPS}, got {generation_loop!r}")
     _check_split("fewshot_split", fewshot_split, task)
-    if not isinstance(apply_chat_template, bool):
-        raise TypeError(f"apply_chat_template must be a bool, got {apply_chat_template!r}")
+    for name, flag in (("apply_chat_template", apply_chat_template), ("stop_loops", stop_loops)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
     if apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "apply_chat_template=True but the tokenizer has no chat_template; use apply_chat_template=False"
@@ -93,20 +94,24 @@ def evaluate(
     progress: bool = True,
     fewshot_examples: Sequence[Mapping[str, str]] | None = None,
     generation_loop: str = "auto",
+    stop_loops: bool = False,
 ) -> EvaluationResult:
     """Run `task` on `dataset` (a Hub id, a json/jsonl file or directory, a datasets.Dataset(Dict) or a list of rows)
     with greedy decoding and return its metrics; `output_path` also writes per-sample jsonl and a summary.
 
     `generation_loop` is `optimum_rku.data.generation.generate_completions`'s `loop` ("auto": continuous batching,
     where finished rows leave the batch and waiting prompts take their slots; "generate": fixed batches through
-    `model.generate`); both give the same completions."""
+    `model.generate`); both give the same completions. `stop_loops` ends an answer that repeats one span of tokens
+    (greedy decoding would repeat it to the budget): much faster on a damaged model, but the text is cut where the
+    loop is seen, not at the budget, so a last-number extraction can differ from lm-evaluation-harness's on such
+    answers (off by default); each sample records why it stopped."""
     call_start = time.perf_counter()
     task = get_task(task)
     max_new_tokens = task.max_new_tokens if max_new_tokens is None else max_new_tokens
     # ---- cheap argument checks first, before any loading or generation ----
     fewshot_pool = _check_arguments(
         model, tokenizer, task, num_fewshot, limit, batch_size, max_new_tokens, fewshot_seed, split, fewshot_split,
-        generation_loop, apply_chat_template, output_path, fewshot_examples,
+        generation_loop, apply_chat_template, output_path, fewshot_examples, stop_loops,
     )  # fmt: skip
     pad_id, eos_ids = pad_and_eos(model, tokenizer)
     source = resolve_source(dataset, split, fewshot_split, task)
@@ -137,7 +142,7 @@ def evaluate(
     generation_start = time.perf_counter()
     try:
         with torch.inference_mode():
-            completions, counts = generate_completions(
+            completions, counts, reasons = generate_completions(
                 model,
                 tokenizer,
                 prompts,
@@ -150,6 +155,7 @@ def evaluate(
                 stop_strings=task.stop_strings,
                 desc=task.title,
                 loop=generation_loop,
+                stop_loops=stop_loops,
             )
     finally:
         if was_training and hasattr(model, "train"):
@@ -160,8 +166,10 @@ def evaluate(
     samples = [
         {"index": index, **task.describe(row), "prompt": prompt, "completion": completion}
         | task.score(row, completion)
-        | {"generated_tokens": count}
-        for index, (row, prompt, completion, count) in enumerate(zip(rows, prompts, completions, counts))
+        | {"generated_tokens": count, "stopped": reason}
+        for index, (row, prompt, completion, count, reason) in enumerate(
+            zip(rows, prompts, completions, counts, reasons)
+        )
     ]
     generated_tokens = sum(counts)
     result = task.result_class(
@@ -179,6 +187,8 @@ def evaluate(
         apply_chat_template=apply_chat_template,
         max_new_tokens=max_new_tokens,
         fewshot_seed=fewshot_seed,
+        stop_loops=stop_loops,
+        stopped={reason: reasons.count(reason) for reason in STOP_REASONS if reason in reasons},
     )
     if output_path is not None:
         result.save(output_path)
