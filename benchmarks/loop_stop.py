@@ -1,0 +1,104 @@
+"""Would the loop stop change a verdict? Replay it over answers generated to the full budget.
+
+`generate_completions(stop_loops=True)` ends a row once its newest tokens repeat one span (`repeating_period`,
+checked every `LOOP_CHECK_EVERY` tokens of the row). Greedy decoding that reached such a state is expected to repeat
+it to the budget, so only the end of the text changes. This script checks that claim on real answers: it reads the
+completions `real_model.py --save-completions` wrote *without* `--stop-loops`, re-tokenizes each answer, finds the
+first length at which the rule would have fired, and compares the answers extracted from the cut text with those of
+the full text (the boxed answer the task judges, and the flexible last number). An answer the rule cut although it
+ended on its own before the budget is a false stop.
+
+    python benchmarks/loop_stop.py --model qwen2.5-coder-0.5b --completions runs/select_qwen/base_completions.jsonl
+
+Prints a table per row of the record and writes `<completions stem>_loop_stop.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from optimum_rku.data.generation import LOOP_CHECK_EVERY, LOOP_MIN_TOKENS, repeating_period
+from optimum_rku.evaluation.gsm8k import extract_answer
+from optimum_rku.evaluation.gsm8k_cot import boxed_number
+
+
+def first_stop(tokens: list[int]) -> int | None:
+    """The length at which the loop stop would end this answer, or None."""
+    start = max(LOOP_CHECK_EVERY, LOOP_MIN_TOKENS // LOOP_CHECK_EVERY * LOOP_CHECK_EVERY)
+    for length in range(start, len(tokens) + 1, LOOP_CHECK_EVERY):
+        if repeating_period(tokens[:length]) is not None:
+            return length
+    return None
+
+
+def replay(samples: list[dict], tokenizer, budget: int) -> dict:
+    """The loop stop replayed over one row's answers: how many it cuts, tokens saved, extractions that change."""
+    cut = false_stops = boxed_changed = flexible_changed = saved = 0
+    changed = []
+    for sample in samples:
+        text = sample["completion"]
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        length = first_stop(tokens)
+        if length is None:
+            continue
+        cut += 1
+        ran_out = sample["generated_tokens"] >= budget
+        false_stops += not ran_out
+        saved += max(sample["generated_tokens"] - length, 0)
+        short = tokenizer.decode(tokens[:length])
+        same_boxed = boxed_number(short) == boxed_number(text)
+        same_flexible = extract_answer(short, "flexible") == extract_answer(text, "flexible")
+        boxed_changed += not same_boxed
+        flexible_changed += not same_flexible
+        if not (same_boxed and same_flexible):
+            changed.append({"problem": sample["problem"], "stopped_at": length, "ran_to_budget": ran_out})
+    total = sum(s["generated_tokens"] for s in samples)
+    return {
+        "answers": len(samples),
+        "hit_budget": sum(s["generated_tokens"] >= budget for s in samples),
+        "cut": cut,
+        "false_stops": false_stops,
+        "boxed_changed": boxed_changed,
+        "flexible_changed": flexible_changed,
+        "tokens": total,
+        "tokens_saved": saved,
+        "changed": changed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="the model whose tokenizer generated them")
+    parser.add_argument("--completions", nargs="+", required=True, help="<output>_completions.jsonl files")
+    parser.add_argument("--budget", type=int, default=768, help="the answer budget they were generated with")
+    args = parser.parse_args(argv)
+    from optimum_rku.io.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    by_row: dict[str, list[dict]] = defaultdict(list)
+    for path in args.completions:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            sample = json.loads(line)
+            if sample.get("stopped") == "loop":
+                raise SystemExit(f"{path} was generated with --stop-loops; replay needs answers run to the budget")
+            by_row[sample["row"]].append(sample)
+    results = {row: replay(samples, tokenizer, args.budget) for row, samples in by_row.items()}
+    print("| row | answers | hit budget | cut by loop stop | false stops | boxed changed | flexible changed | tokens saved |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row, r in results.items():
+        share = r["tokens_saved"] / r["tokens"] if r["tokens"] else 0.0
+        print(
+            f"| {row} | {r['answers']} | {r['hit_budget']} | {r['cut']} | {r['false_stops']} | {r['boxed_changed']} | "
+            f"{r['flexible_changed']} | {r['tokens_saved']:,} ({share:.0%}) |"
+        )
+    out = Path(args.completions[0]).with_name(Path(args.completions[0]).stem + "_loop_stop.json")
+    out.write_text(json.dumps({"budget": args.budget, "rows": results}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
