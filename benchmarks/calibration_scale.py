@@ -27,19 +27,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import ROOT, SIZES, PeakRSS, build_model, token_dataset  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peak_memory import PeakRSS  # noqa: E402
-from scoring_cost import SIZES, build_model, token_dataset  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "docs" / "perf_calibration_scale.json"
 #: the tiny test-suite shape (tests/conftest.py), for quick checks
 TINY = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4)
 
 
 def load_model(size: str):
-    """A random Llama of `size` ("tiny" or one of scoring_cost.SIZES), vocab 8192 (96 for tiny)."""
+    """A random Llama of `size` ("tiny" or one of common.SIZES), vocab 8192 (96 for tiny)."""
     if size != "tiny":
         return build_model(size)
     from transformers import AutoModelForCausalLM, LlamaConfig

@@ -25,7 +25,6 @@ import copy
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,11 +33,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from scoring_cost import build_model  # noqa: E402
+from common import ROOT, SIZES, build_model  # noqa: E402
 
 SPARSITIES = (0.2, 0.4, 0.5)
 ALLOCATIONS = ("uniform", "global")
@@ -124,7 +119,7 @@ def decode_tokens_per_s(model, batch: int, prompt_len: int, new_tokens: int) -> 
 
 
 def build(name: str, seed: int = 0):
-    """The dense model to prune: 'testbed' (bundled, trained) or a random Llama size from scoring_cost.SIZES."""
+    """The dense model to prune: 'testbed' (bundled, trained) or a random Llama size from common.SIZES."""
     if name == "testbed":
         from optimum_rku.testbed import TESTBED_PATH, load
 
@@ -259,8 +254,6 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')}={getattr(args, key)} must be a positive int.")
     names = [n for n in args.models.split(",") if n]
-    from scoring_cost import SIZES
-
     for n in names:
         if n != "testbed" and n not in SIZES:
             raise ValueError(f"model {n!r} is not 'testbed' or one of {sorted(SIZES)}.")

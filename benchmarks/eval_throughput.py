@@ -23,8 +23,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT  # noqa: E402
 
 
 def load_model(random_weights: bool):

@@ -33,14 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from common import ROOT, SHARED_GSM8K  # noqa: E402
 
 from optimum_rku.data import generation  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 #: loops a run can name: the library's two, and `concat` (the continuous loop on transformers' cache layers, which
 #: copy the whole KV cache every decode step) to measure the in-place cache against
 RUN_LOOPS = (*generation.GENERATION_LOOPS[1:], "concat")
-SHARED_GSM8K = ROOT.parent / "shared" / "gsm8k"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

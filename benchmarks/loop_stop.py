@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{path} was generated with --stop-loops; replay needs answers run to the budget")
             by_row[sample["row"]].append(sample)
     results = {row: replay(samples, tokenizer, args.budget) for row, samples in by_row.items()}
-    print("| row | answers | hit budget | cut by loop stop | false stops | boxed changed | flexible changed | tokens saved |")
+    print(
+        "| row | answers | hit budget | cut by loop stop | false stops | boxed changed | flexible changed | tokens saved |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row, r in results.items():
         share = r["tokens_saved"] / r["tokens"] if r["tokens"] else 0.0

@@ -1,6 +1,6 @@
 """Peak memory of RKU scoring on an accelerate-offloaded model, with and without streaming offloaded weights.
 
-A random Llama (default: the 110M config of scoring_cost.py) is saved once, then each variant runs in a fresh
+A random Llama (default: the 110M config of common.SIZES) is saved once, then each variant runs in a fresh
 subprocess: `resident` (loaded normally), `offload` (every decoder layer on "disk" via `device_map`, scores computed
 with autograd keeping each streamed-in weight, i.e. `optimum_rku.scoring.offload.stream_offloaded_weights` disabled) and
 `offload+stream` (the library default: saved weights are handles, reloaded from disk in backward). It reports the
@@ -26,12 +26,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import ROOT, SIZES, PeakRSS, build_model, token_dataset  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peak_memory import PeakRSS  # noqa: E402
-from scoring_cost import SIZES, build_model, token_dataset  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("resident", "offload", "offload+stream")
 
 

@@ -12,7 +12,10 @@ Default model: the bundled reasoning testbed. Any supported model with GSM8K-for
     python benchmarks/quality.py --quick         # a few minutes
     python benchmarks/quality.py --model ID --test-data test.jsonl --calib-data train.jsonl [--ood-data ood.jsonl]
 
-Writes JSON, a markdown table and a PNG of accuracy vs sparsity (default: into docs/).
+Writes JSON, a markdown table and a PNG of accuracy vs sparsity (default: into docs/). `ppl_gold` follows
+`optimum_rku.evaluation.likelihood` (exp of its gold-solution NLL: no eos after the answer, the chat template where the
+model has one) since the benchmarks share benchmarks/common.py, so older records in docs/quality, whose gold answers
+ended in eos, differ slightly in that column.
 
 One script on purpose (over ~450 lines): the command recorded in docs/benchmarks.md reproduces the whole grid.
 """
@@ -32,15 +35,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch  # noqa: E402
+from common import ROOT, build_calibration, gold_text  # noqa: E402
 
-METHODS = ("rku", "magnitude", "wanda", "flap", "taylor", "random")
-CALIBRATIONS = ("questions", "questions+gold", "self")
-DATA_FREE = ("magnitude", "random")
-PROMPT = "Question: {question}\nAnswer:"
+from optimum_rku.evaluation.likelihood import GoldTexts, likelihood_metrics  # noqa: E402
+from optimum_rku.importance import available_importances, get_importance  # noqa: E402
+
+#: every registered importance method: the project's own (rku) first, random (a floor, not a baseline) last
+METHODS = ("rku", *(m for m in available_importances() if m not in ("rku", "random")), "random")
+DATA_FREE = tuple(m for m in METHODS if not get_importance(m).needs_calibration)
+#: this script's calibration sets (the names its records keep) -> the kinds of common.build_calibration
+CALIBRATION_KINDS = {"questions": "questions", "questions+gold": "gold", "self": "self_generated"}
+CALIBRATIONS = tuple(CALIBRATION_KINDS)
 
 
 # ------------------------------------------------------------------------------------------------------------ args
@@ -78,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="small grid for a smoke run (a few minutes)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out-dir", default=str(REPO / "docs"), help="where quality.json / .md / .png go")
+    p.add_argument("--out-dir", default=str(ROOT / "docs"), help="where quality.json / .md / .png go")
     p.add_argument("--name", default="quality", help="output file stem")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -155,6 +163,8 @@ class Problems:
         if args.ood_data is not None:
             self.ood = read_jsonl(args.ood_data)[: args.num_ood]
         self.num_calib = args.num_calib
+        self.num_ppl = args.num_ppl
+        self._gold: GoldTexts | None = None
 
     def calibration_problems(self, seed: int) -> list[dict[str, str]]:
         """`num_calib` training problems drawn with `seed` (never from the test or OOD splits)."""
@@ -164,65 +174,25 @@ class Problems:
         random.Random(seed).shuffle(rows)
         return rows[: self.num_calib]
 
+    def gold_texts(self, tokenizer) -> GoldTexts:
+        """The first `num_ppl` test problems, tokenized once, for the gold-solution perplexity (`ppl_gold`)."""
+        if self._gold is None:
+            self._gold = GoldTexts(tokenizer, self.test[: self.num_ppl], plain=False)
+        return self._gold
+
 
 def calibration_set(kind: str, seed: int, problems: Problems, model, tokenizer, args, cache: dict):
     """Tokenized calibration set: questions only, question + gold answer, or question + the model's own answer."""
     key = (kind, seed)
-    if key in cache:
-        return cache[key]
-    from optimum_rku.config import RKUConfig
-    from optimum_rku.data.calibration import tokenize_texts
-
-    rows = problems.calibration_problems(seed)
-    if kind == "questions":
-        dataset = tokenize_texts(tokenizer, [r["question"] for r in rows], 256)
-    elif kind == "questions+gold":
-        dataset = tokenize_texts(tokenizer, [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows], 256)
-    else:
-        from optimum_rku.data.self_generated import self_generated_dataset
-
-        config = RKUConfig(calibration="self_generated", seed=seed, generation_max_new_tokens=args.max_new_tokens)
-        dataset = self_generated_dataset(model, tokenizer, [r["question"] for r in rows], config, progress=False)
-    cache[key] = dataset
-    return dataset
+    if key not in cache:
+        rows = problems.calibration_problems(seed)
+        cache[key] = build_calibration(
+            CALIBRATION_KINDS[kind], model, tokenizer, rows, seed, args.max_new_tokens, progress=False
+        )
+    return cache[key]
 
 
 # ------------------------------------------------------------------------------------------------------------ metrics
-@torch.no_grad()
-def gold_perplexity(model, tokenizer, problems: list[dict[str, str]], batch_size: int = 32) -> float:
-    """exp(mean NLL) of the gold solution tokens given the `Question: q\\nAnswer:` prompt."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows = []
-    for p in problems:
-        prompt = PROMPT.format(question=p["question"])
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        full = tokenizer(prompt + " " + p["answer"])["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            full = full + [tokenizer.eos_token_id]
-        shared = 0
-        while shared < min(len(prompt_ids), len(full)) and prompt_ids[shared] == full[shared]:
-            shared += 1
-        rows.append((full, shared))
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (seq, shared) in enumerate(chunk):
-            ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-            target[i, max(shared, 1) : len(seq)] = True
-        device = next(model.parameters()).device
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        sel = target[:, 1:]
-        total += float(-(logp * sel).sum())
-        count += int(sel.sum())
-    return math.exp(total / max(count, 1))
-
-
 def evaluate(model, tokenizer, problems: Problems, args, ood: bool = True) -> dict[str, Any]:
     """Strict exact match on test (and OOD), gold perplexity, parameter count."""
     from optimum_rku.evaluation import evaluate_gsm8k
@@ -234,7 +204,8 @@ def evaluate(model, tokenizer, problems: Problems, args, ood: bool = True) -> di
     out["acc_test"] = evaluate_gsm8k(model, tokenizer, dataset=problems.test, **common).exact_match_strict
     if ood and problems.ood:
         out["acc_ood"] = evaluate_gsm8k(model, tokenizer, dataset=problems.ood, **common).exact_match_strict
-    out["ppl_gold"] = gold_perplexity(model, tokenizer, problems.test[: args.num_ppl])
+    gold = likelihood_metrics(model, problems.gold_texts(tokenizer), batch_size=32, nll_only=True)
+    out["ppl_gold"] = math.exp(gold["nll"])
     out["params_total"] = sum(p.numel() for p in model.parameters())
     out["params_prunable"] = prunable_parameters(model)
     out["eval_time_s"] = round(time.perf_counter() - start, 2)
@@ -568,11 +539,10 @@ def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_
     import signal
     import traceback
 
+    from torch_pruning_reference import run_torch_pruning
+
     from optimum_rku.models.blocks import blocks
     from optimum_rku.models.geometry import prunable_parameters
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from torch_pruning_reference import run_torch_pruning
 
     stage = {"now": "setup"}
 
@@ -587,7 +557,7 @@ def _tp_child(runner: Runner, name: str, sparsity: float, timeout_s: float, out_
     try:
         model = copy.deepcopy(runner.dense)
         problems = runner.problems.calibration_problems(runner.args.seeds[0])
-        texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in problems]
+        texts = [gold_text(r) for r in problems]
         importance, _, targets = name.partition("-")
         stage["now"] = "Torch-Pruning"
         entry.update(
@@ -787,7 +757,6 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.workers > 1 and args.worker_claims is None and not args.tp_child and not args.torch_pruning_only:
         payload = run_workers(args, argv)
         if not args.no_torch_pruning:

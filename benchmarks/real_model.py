@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import itertools
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -48,29 +46,31 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from common import (  # noqa: E402
+    CALIBRATIONS,
+    ROOT,
+    SHARED_GSM8K,
+    Texts,
+    cached_scores,
+    calibration_dataset,
+    choose_problems,
+    exact_match,
+    load_gsm8k,
+    plan_config,
+    scoring_config,
+    scoring_fields,
+    text_metrics,
+)
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.cli.args import int_or_auto  # noqa: E402
 from optimum_rku.config import ALLOCATIONS  # noqa: E402
-from optimum_rku.data.calibration import tokenize_texts  # noqa: E402
-from optimum_rku.data.prompts import uses_chat_template  # noqa: E402
-from optimum_rku.data.self_generated import self_generated_dataset  # noqa: E402
-from optimum_rku.evaluation.likelihood import GoldTexts, likelihood_metrics  # noqa: E402
 from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E402
 from optimum_rku.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
 from optimum_rku.io.packaged import weights_note  # noqa: E402
-from optimum_rku.models.geometry import generation_flops, kv_cache_bytes_per_token, matmul_rate  # noqa: E402
+from optimum_rku.models.geometry import kv_cache_bytes_per_token, matmul_rate  # noqa: E402
 from optimum_rku.models.specs import output_bias_flag  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_GSM8K = ROOT.parent / "shared" / "gsm8k"
-CALIBRATIONS = {
-    "self_generated": "the model's own answers to train questions (decode_nll on the answer tokens)",
-    "questions": "train questions only (plain text)",
-    "gold": "train questions + gold answers (plain text)",
-    "gold_chat": "train questions asked as the model is asked (chat template) + gold answers (decode_nll on them)",
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -280,89 +280,7 @@ def row_setting(row: dict) -> dict:
     )
 
 
-# ------------------------------------------------------------------------------------------------------ data
-def load_gsm8k(data_dir: str | None) -> tuple[list[dict], list[dict]]:
-    """(train, test) rows with 'question' and 'answer'; local jsonl files, else the Hub's openai/gsm8k."""
-    if data_dir:
-        read = lambda name: [json.loads(line) for line in (Path(data_dir) / name).read_text().splitlines() if line]  # noqa: E731
-        return read("train.jsonl"), read("test.jsonl")
-    import datasets
-
-    data = datasets.load_dataset("openai/gsm8k", "main")
-    return list(data["train"]), list(data["test"])
-
-
-def choose_problems(train: list[dict], test: list[dict], args) -> tuple[list[str], list[dict]]:
-    """Calibration questions (a seeded train sample) and the measured problems (test, or unused train ones)."""
-    rng = random.Random(args.seed)
-    order = list(range(len(train)))
-    rng.shuffle(order)
-    calibration = [train[i]["question"] for i in order[: args.num_calibration]]
-    if args.split == "validation":
-        problems = [
-            train[i]
-            for i in order[len(order) // 2 :][: max(args.nll_problems, args.em_problems, args.harness_problems)]
-        ]
-    else:
-        problems = test[: max(args.nll_problems, args.em_problems, args.harness_problems)]
-    return calibration, problems
-
-
-def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train: list[dict], args):
-    """Tokenized calibration set of one kind; self-generated answers are cached on disk (they take minutes)."""
-    if kind == "questions":
-        return tokenize_texts(tokenizer, questions, 256)
-    answers = {row["question"]: row["answer"] for row in train}
-    if kind == "gold":
-        return tokenize_texts(tokenizer, [f"Question: {q}\nAnswer: {answers[q]}" for q in questions], 256)
-    import datasets
-
-    if kind == "gold_chat":  # the layout of the gold-solution metric, on train problems: loss mask on the answer
-        pairs = Texts(tokenizer, [{"question": q, "answer": answers[q]} for q in questions], plain=False).gold
-        return datasets.Dataset.from_dict(
-            {
-                "input_ids": [ids for ids, _ in pairs],
-                "attention_mask": [[1] * len(ids) for ids, _ in pairs],
-                "loss_mask": [mask for _, mask in pairs],
-            }
-        )
-
-    config = RKUConfig(generation_max_new_tokens=args.generation_tokens, seed=args.seed)
-    key = hashlib.sha256(json.dumps([args.model, args.gguf_file, questions, args.generation_tokens]).encode())
-    cache = Path(args.cache_dir) / f"self_generated_{key.hexdigest()[:16]}.json"
-    if cache.is_file():
-        return datasets.Dataset.from_dict(json.loads(cache.read_text()))
-    dataset = self_generated_dataset(model, tokenizer, questions, config)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(dataset.to_dict()))
-    return dataset
-
-
-def scoring_fields(args, objective: str, activity: str, floor: float) -> dict:
-    """The RKUConfig fields every scoring pass and plan of one (objective, activity, token floor) shares."""
-    return dict(
-        objective=objective,
-        activity=activity,
-        token_gradient_floor=floor,
-        calibration="dataset",
-        num_calibration_samples=args.num_calibration,
-        seed=args.seed,
-    )
-
-
-def scoring_config(method: str, score_fields: dict, can_compensate: bool, rankings: list[str]) -> RKUConfig:
-    """The config scores are computed with: calibration means where compensation can use them, and the mask gradient
-    RKU needs when one of `rankings` resolves to `measured_loss` (one scoring pass serves every plan setting)."""
-    importance = get_importance(method)
-    measured = any(RKUConfig(importance=method, ranking=r).resolved_ranking == "measured_loss" for r in rankings)
-    return RKUConfig(
-        **score_fields,
-        importance=method,
-        bias_compensation=can_compensate and importance.needs_calibration,
-        ranking="measured_loss" if method == "rku" and measured else "score",
-    )
-
-
+# ------------------------------------------------------------------------------------------------------ records
 def resumable_rows(args) -> dict[tuple, dict]:
     """With `--resume`, the rows an earlier run of the same command already wrote to `<output>.json`, by key."""
     path = Path(f"{args.output}.json")
@@ -408,86 +326,7 @@ def write_json(output: str, record: dict) -> None:
     tmp.replace(path)
 
 
-def cached_scores(pruner, config: RKUConfig, dataset, kind: str, args):
-    """Scores of one (method, calibration, objective, activity), cached on disk: scoring a real model takes minutes."""
-    from optimum_rku.scoring import PruningScores
-
-    texts = None if dataset is None else dataset.to_dict()
-    payload = [args.model, args.gguf_file, kind, texts, config.to_dict()]
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(args.cache_dir) / f"scores_{config.importance}_{key}.safetensors"
-    if cache.is_file():
-        return PruningScores.load(cache)
-    scores = pruner.compute_scores(config, calibration_dataset=dataset, progress=False)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    scores.save(cache)
-    return scores
-
-
-# ------------------------------------------------------------------------------------------------------ metrics
-#: the measured problems, tokenized once
-Texts = GoldTexts
-
-
-def text_metrics(
-    model, texts: Texts, dense_argmax: list[torch.Tensor] | None, batch_size: int = 8, nll_only: bool = False
-) -> dict:
-    """Gold-solution NLL, plain-text perplexity and top-1 agreement with the dense model's argmax (`_argmax`)."""
-    metrics = likelihood_metrics(model, texts, dense_argmax, batch_size=batch_size, nll_only=nll_only)
-    metrics["_argmax"] = metrics.pop("argmax")
-    return metrics
-
-
-def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None, label: str = "") -> dict:
-    """Exact match of `--em-task` on the first `--em-problems` problems; with `earlier` (a row's fields) only the
-    problems it has no verdict for are answered, and the verdicts, budget hits and tokens are added up. With
-    `--save-completions` every answer is appended to `<output>_completions.jsonl` under the row's `label`."""
-    from optimum_rku.evaluation import evaluate
-
-    task = get_task(args.em_task)
-    judged, flexible = (metric.sample_key for metric in task.metrics[:2])
-    earlier = earlier if earlier and "em_correct" in earlier else {}
-    start = len(earlier.get("em_correct", ""))
-    if start >= args.em_problems:  # complete already (e.g. only the harness column was missing)
-        return {k: v for k, v in earlier.items() if k.startswith(("em_", "exact_match"))}
-    chat = uses_chat_template(tokenizer, "auto")
-    result = evaluate(
-        model,
-        tokenizer,
-        task,
-        dataset=problems[start : args.em_problems],
-        num_fewshot=0,
-        max_new_tokens=args.em_tokens,
-        batch_size=args.em_batch_size,
-        apply_chat_template=chat,
-        progress=False,
-        stop_loops=args.stop_loops,
-    )
-    prompt_tokens = sum(len(tokenizer(s["prompt"], add_special_tokens=not chat)["input_ids"]) for s in result.samples)
-    if getattr(args, "save_completions", False):
-        with open(f"{args.output}_completions.jsonl", "a", encoding="utf-8") as handle:
-            for offset, sample in enumerate(result.samples):
-                kept = {k: sample[k] for k in ("completion", "generated_tokens", "stopped", judged, flexible)}
-                handle.write(json.dumps({"row": label, "problem": start + offset, **kept}) + "\n")
-    flops = generation_flops(model, prompt_tokens, result.generated_tokens, len(result.samples))
-    correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)
-    correct_flexible = earlier.get("em_correct_flexible", "") + "".join(str(int(s[flexible])) for s in result.samples)
-    return {
-        "exact_match": correct.count("1") / len(correct),
-        "exact_match_flexible": correct_flexible.count("1") / len(correct_flexible),
-        "em_problems": len(correct),
-        "em_correct": correct,
-        "em_correct_flexible": correct_flexible,
-        "em_hit_budget": earlier.get("em_hit_budget", 0) + result.stopped.get("budget", 0),
-        # answers stopped in a loop (--stop-loops): without the stop they would have run to the budget
-        "em_looped": earlier.get("em_looped", 0) + result.stopped.get("loop", 0),
-        "em_generated_tokens": earlier.get("em_generated_tokens", 0) + result.generated_tokens,
-        "em_generation_time_s": round(earlier.get("em_generation_time_s", 0.0) + result.generation_time_s, 1),
-        # weight-matrix FLOPs of the generation (prefill + decode): over the measured matmul rate, its compute floor
-        "em_flops": earlier.get("em_flops", 0.0) + flops,
-    }
-
-
+# ------------------------------------------------------------ metrics (exact_match and text_metrics: common.py)
 def harness_strict(model, tokenizer, problems: list[dict], train: list[dict], args) -> dict:
     """lm-evaluation-harness GSM8K: 5-shot plain prompts (shots from train, seed 1234), strict `#### N` match."""
     from optimum_rku.evaluation import evaluate_gsm8k
@@ -566,26 +405,6 @@ def variants(args, method: str, family_can_compensate: bool) -> list[dict]:
                     )
                 )
     return out
-
-
-def plan_config(method: str, sparsity: float, v: dict, score_fields: dict, can_compensate: bool) -> RKUConfig:
-    fields = dict(
-        score_fields,
-        importance=method,
-        sparsity=sparsity,
-        allocation=v["allocation"],
-        min_keep=v["min_keep"],
-        min_keep_attention=v["min_keep_attention"],
-        kv_cache_tokens=v["kv_cache_tokens"],
-    )
-    if v["ranking"]:
-        fields["ranking"] = v["ranking"]
-    if v["compensation"] != "default":
-        fields["bias_compensation"] = v["compensation"] == "on"
-    config = RKUConfig(**fields)
-    if config.bias_compensation and not (can_compensate and get_importance(method).needs_calibration):
-        config.bias_compensation = False
-    return config
 
 
 def run(args) -> dict:

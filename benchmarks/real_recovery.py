@@ -38,10 +38,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from real_model import (  # noqa: E402
+from common import (  # noqa: E402
     CALIBRATIONS,
     ROOT,
     SHARED_GSM8K,
@@ -158,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     except (TypeError, ValueError) as err:
         p.error(f"baseline setting: {err}")
-    # real_model.exact_match reads em_problems / em_task / em_tokens / em_batch_size / stop_loops
+    # common.exact_match reads em_problems / em_task / em_tokens / em_batch_size / stop_loops
     args.em_sparsities = None
     args.em_tokens = args.em_tokens or get_task(args.em_task).max_new_tokens
     args.harness_problems = 0

@@ -7,7 +7,7 @@ CPU time of a variant is its compute work and is far less sensitive to other job
 Peak memory: a fresh subprocess per variant loads the model, runs the variant once on one short sequence (one-time
 initialization), resets the kernel's peak-RSS counter (`/proc/self/clear_refs` = 5), runs the variant once and
 reports `VmHWM - VmRSS(before)`, with glibc's mmap threshold fixed at 128 KiB so that freed buffers leave RSS; a
-5 ms sampling thread of VmRSS is the fallback where clear_refs is not writable (`peak_memory.PeakRSS`).
+5 ms sampling thread of VmRSS is the fallback where clear_refs is not writable (`common.PeakRSS`).
 
 `--memory-model` instead counts the bytes autograd saves for backward (saved-tensor hooks, deduplicated by storage)
 on tiny bf16 Llamas, fits bytes/token as a linear function of the shapes and extrapolates to real models
@@ -36,45 +36,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import ROOT, SIZES, VOCAB, PeakRSS, build_model, token_dataset  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peak_memory import PeakRSS  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 8192
-SIZES: dict[str, dict[str, int]] = {
-    "25M": dict(
-        hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4
-    ),
-    "110M": dict(
-        hidden_size=768, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4
-    ),
-    "350M": dict(
-        hidden_size=1024, intermediate_size=3456, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8
-    ),
-}
 VARIANTS = ("floor", "rku", "taylor")
-
-
-def build_model(size: str, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """A randomly initialized Llama of one of the SIZES (vocab 8192, untied embeddings, sdpa attention)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    if size not in SIZES:
-        raise ValueError(f"size={size!r} is not one of {sorted(SIZES)}.")
-    config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=2048, tie_word_embeddings=False, **SIZES[size])
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-
-
-def token_dataset(num_seqs: int, seq_len: int, vocab: int = VOCAB, seed: int = 0):
-    """Fixed random calibration tokens (same for every variant): `num_seqs` rows of `seq_len` ids."""
-    import datasets
-
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (num_seqs, seq_len), generator=g).tolist()
-    return datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * seq_len for _ in ids]})
 
 
 def run_floor(model, dataset, batch_size: int) -> None:

@@ -5,17 +5,13 @@ Peak memory is measured as in benchmarks/calibration_scale.py (kernel peak RSS a
 """
 
 import copy
-import sys
-from pathlib import Path
 
+from calibration_scale import prune_once
+from common import token_dataset
 from conftest import tiny_model
 
 from optimum_rku import RKUConfig
 from optimum_rku.scoring import compute as compute_module
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from calibration_scale import prune_once  # noqa: E402
-from scoring_cost import token_dataset  # noqa: E402
 
 DEFAULT = RKUConfig().num_calibration_samples
 #: what may grow between 1x and 10x: the tokenized set (well under 1 MiB here) and allocator noise. Per-token

@@ -1,14 +1,11 @@
-"""benchmarks/peak_memory.py: the peak-RSS helper of the memory benchmarks sees a short-lived allocation either way."""
+"""benchmarks/common.py PeakRSS: the memory benchmarks' peak-RSS helper sees a short-lived allocation either way."""
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from peak_memory import PeakRSS  # noqa: E402
+from common import PeakRSS
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc/self/status (Linux)")
 

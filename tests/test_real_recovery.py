@@ -3,17 +3,13 @@
 import json
 import math
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import real_recovery  # noqa: E402
 import torch  # noqa: E402
 from conftest import chat_benchmark_workspace  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import real_recovery  # noqa: E402
 
 from optimum_rku.importance import get_importance  # noqa: E402
 

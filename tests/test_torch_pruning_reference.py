@@ -1,8 +1,6 @@
 """The Torch-Pruning reference of the quality benchmark (benchmark extra; skipped where torch-pruning is absent)."""
 
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -14,7 +12,6 @@ from optimum_rku.models.blocks import blocks  # noqa: E402
 from optimum_rku.models.geometry import prunable_parameters  # noqa: E402
 
 pytest.importorskip("torch_pruning")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from torch_pruning_reference import run_torch_pruning  # noqa: E402
 
 TEXTS = ["Question: 2 + 3?\nAnswer: 5 #### 5", "Question: 4 * 2?\nAnswer: 8 #### 8"]

@@ -1,0 +1,361 @@
+"""The one helper module the benchmark scripts share: `from common import ...` (a script run as
+`python benchmarks/x.py` has benchmarks/ on its path; the tests get it from pytest's `pythonpath`).
+
+- peak resident memory of a block of code: `PeakRSS` (scoring_cost.py, calibration_scale.py, offload_memory.py),
+- the random Llamas and token rows of the synthetic benchmarks: `SIZES`, `VOCAB`, `build_model`, `token_dataset`,
+- calibration sets built from worked problems: `build_calibration` (real_model.py, real_recovery.py, quality.py),
+- the GSM8K data, score cache, configs and metrics of the real-model benchmarks (real_model.py, real_recovery.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from optimum_rku import RKUConfig
+from optimum_rku.data.calibration import tokenize_texts
+from optimum_rku.data.prompts import PROMPT_TEMPLATE, uses_chat_template
+from optimum_rku.data.self_generated import self_generated_dataset
+from optimum_rku.evaluation.likelihood import GoldTexts, likelihood_metrics
+from optimum_rku.evaluation.registry import get_task
+from optimum_rku.importance import get_importance
+from optimum_rku.models.geometry import generation_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_GSM8K = ROOT.parent / "shared" / "gsm8k"
+
+
+# --------------------------------------------------------------------------------------------------------- peak memory
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def status_kib(fields: Sequence[str]) -> dict[str, int]:
+    """The named fields of /proc/self/status (kB), read in one go."""
+    text = STATUS.read_text()
+    return {field: int(re.search(rf"^{field}:\s+(\d+)", text, re.M).group(1)) for field in fields}
+
+
+class PeakRSS:
+    """Peak of each of `fields` above its level at entry, sampled every `interval_s` by a thread; with
+    `high_water_mark`, VmRSS's peak is also read from the kernel's VmHWM, reset on entry (Linux: /proc/self/status).
+
+    Two settings answer two questions:
+
+    * `PeakRSS()` (scoring_cost.py, calibration_scale.py): peak VmRSS. The kernel's high-water mark VmHWM is reset on
+      entry (`/proc/self/clear_refs` = 5) and read on exit, so a peak is seen however short it is; VmRSS is also
+      sampled every 5 ms, which is the whole measurement where clear_refs is not writable.
+    * `PeakRSS(fields=("VmRSS", "RssAnon"), interval_s=0.002, high_water_mark=False)` (offload_memory.py): VmRSS
+      counts the file-backed pages of memory-mapped offload files that are still mapped, RssAnon only allocated
+      (tensor) memory; the kernel keeps no high-water mark of RssAnon, so both are sampled, every 2 ms.
+
+    `peak_mib[field]` is each field's peak above its level at entry, in MiB; `method` says how the VmRSS peak was read.
+    """
+
+    def __init__(
+        self, fields: Sequence[str] = ("VmRSS",), interval_s: float = 0.005, high_water_mark: bool = True
+    ) -> None:
+        if not fields or len(set(fields)) != len(fields):
+            raise ValueError(f"fields={fields!r} must name distinct /proc/self/status fields, e.g. ('VmRSS',).")
+        if high_water_mark and "VmRSS" not in fields:
+            raise ValueError("high_water_mark reads VmRSS's peak (VmHWM): include 'VmRSS' in fields.")
+        if interval_s <= 0:
+            raise ValueError(f"interval_s={interval_s!r} must be positive.")
+        self.fields = tuple(fields)
+        self.interval_s = interval_s
+        self.high_water_mark = high_water_mark
+
+    def __enter__(self) -> PeakRSS:
+        self.method = f"VmRSS sampled every {self.interval_s * 1000:g} ms"
+        self._hwm = False
+        if self.high_water_mark:
+            try:
+                CLEAR_REFS.write_text("5")
+                self._hwm = True
+                self.method = "VmHWM after clear_refs=5"
+            except OSError:
+                pass
+        self.start = status_kib(self.fields)
+        self.peak = dict(self.start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._update()
+
+    def _update(self) -> None:
+        now = status_kib(self.fields)
+        self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._update()
+        if self._hwm:
+            self.peak["VmRSS"] = max(self.peak["VmRSS"], status_kib(("VmHWM",))["VmHWM"])
+        self.peak_mib = {k: (self.peak[k] - self.start[k]) / 1024 for k in self.fields}
+
+
+# ---------------------------------------------------------------------------------------------------- synthetic models
+VOCAB = 8192
+SIZES: dict[str, dict[str, int]] = {
+    "25M": dict(
+        hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4
+    ),
+    "110M": dict(
+        hidden_size=768, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4
+    ),
+    "350M": dict(
+        hidden_size=1024, intermediate_size=3456, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8
+    ),
+}
+
+
+def build_model(size: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A randomly initialized Llama of one of the SIZES (vocab 8192, untied embeddings, sdpa attention)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if size not in SIZES:
+        raise ValueError(f"size={size!r} is not one of {sorted(SIZES)}.")
+    config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=2048, tie_word_embeddings=False, **SIZES[size])
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def token_dataset(num_seqs: int, seq_len: int, vocab: int = VOCAB, seed: int = 0):
+    """Fixed random calibration tokens (same for every variant): `num_seqs` rows of `seq_len` ids."""
+    import datasets
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (num_seqs, seq_len), generator=g).tolist()
+    return datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * seq_len for _ in ids]})
+
+
+# ----------------------------------------------------------------------------------------------------- real-model data
+def load_gsm8k(data_dir: str | None) -> tuple[list[dict], list[dict]]:
+    """(train, test) rows with 'question' and 'answer'; local jsonl files, else the Hub's openai/gsm8k."""
+    if data_dir:
+        read = lambda name: [json.loads(line) for line in (Path(data_dir) / name).read_text().splitlines() if line]  # noqa: E731
+        return read("train.jsonl"), read("test.jsonl")
+    import datasets
+
+    data = datasets.load_dataset("openai/gsm8k", "main")
+    return list(data["train"]), list(data["test"])
+
+
+def choose_problems(train: list[dict], test: list[dict], args) -> tuple[list[str], list[dict]]:
+    """Calibration questions (a seeded train sample) and the measured problems (test, or unused train ones)."""
+    rng = random.Random(args.seed)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    calibration = [train[i]["question"] for i in order[: args.num_calibration]]
+    if args.split == "validation":
+        problems = [
+            train[i]
+            for i in order[len(order) // 2 :][: max(args.nll_problems, args.em_problems, args.harness_problems)]
+        ]
+    else:
+        problems = test[: max(args.nll_problems, args.em_problems, args.harness_problems)]
+    return calibration, problems
+
+
+#: the calibration sets `build_calibration` makes from worked problems
+CALIBRATIONS = {
+    "self_generated": "the model's own answers to train questions (decode_nll on the answer tokens)",
+    "questions": "train questions only (plain text)",
+    "gold": "train questions + gold answers (plain text)",
+    "gold_chat": "train questions asked as the model is asked (chat template) + gold answers (decode_nll on them)",
+}
+
+
+def gold_text(row: Mapping[str, str]) -> str:
+    """A worked problem as plain text: the library's prompt (`Question: q\\nAnswer:`), a space, the gold answer."""
+    return PROMPT_TEMPLATE.format(question=row["question"]) + " " + row["answer"]
+
+
+def build_calibration(
+    kind: str,
+    model,
+    tokenizer,
+    rows: Sequence[Mapping[str, str]],
+    seed: int,
+    generation_tokens: int,
+    cache: Path | None = None,
+    progress: bool = True,
+):
+    """Tokenized calibration set of one of `CALIBRATIONS` from worked problems (rows with "question"; "answer" is read
+    by "gold" and "gold_chat" only); `cache`: a JSON file that keeps the self-generated answers (they take minutes)."""
+    if kind not in CALIBRATIONS:
+        raise ValueError(f"calibration {kind!r} is not one of {list(CALIBRATIONS)}.")
+    if kind == "questions":
+        return tokenize_texts(tokenizer, [row["question"] for row in rows], 256)
+    if kind == "gold":
+        return tokenize_texts(tokenizer, [gold_text(row) for row in rows], 256)
+    import datasets
+
+    if kind == "gold_chat":  # the layout of the gold-solution metric, on train problems: loss mask on the answer
+        pairs = Texts(tokenizer, rows, plain=False).gold
+        return datasets.Dataset.from_dict(
+            {
+                "input_ids": [ids for ids, _ in pairs],
+                "attention_mask": [[1] * len(ids) for ids, _ in pairs],
+                "loss_mask": [mask for _, mask in pairs],
+            }
+        )
+    if cache is not None and cache.is_file():
+        return datasets.Dataset.from_dict(json.loads(cache.read_text()))
+    config = RKUConfig(generation_max_new_tokens=generation_tokens, seed=seed)
+    dataset = self_generated_dataset(model, tokenizer, [row["question"] for row in rows], config, progress=progress)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(dataset.to_dict()))
+    return dataset
+
+
+def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train: list[dict], args):
+    """The real-model benchmarks' calibration set of `questions` (train questions, with their gold answers from
+    `train`); self-generated answers are cached under `--cache-dir` by model, questions and answer length."""
+    answers = {row["question"]: row["answer"] for row in train}
+    key = hashlib.sha256(json.dumps([args.model, args.gguf_file, questions, args.generation_tokens]).encode())
+    cache = Path(args.cache_dir) / f"self_generated_{key.hexdigest()[:16]}.json"
+    rows = [{"question": q, "answer": answers[q]} for q in questions]
+    return build_calibration(
+        kind, model, tokenizer, rows, seed=args.seed, generation_tokens=args.generation_tokens, cache=cache
+    )
+
+
+# --------------------------------------------------------------------------------------------------- scoring and plans
+def scoring_fields(args, objective: str, activity: str, floor: float) -> dict:
+    """The RKUConfig fields every scoring pass and plan of one (objective, activity, token floor) shares."""
+    return dict(
+        objective=objective,
+        activity=activity,
+        token_gradient_floor=floor,
+        calibration="dataset",
+        num_calibration_samples=args.num_calibration,
+        seed=args.seed,
+    )
+
+
+def scoring_config(method: str, score_fields: dict, can_compensate: bool, rankings: list[str]) -> RKUConfig:
+    """The config scores are computed with: calibration means where compensation can use them, and the mask gradient
+    RKU needs when one of `rankings` resolves to `measured_loss` (one scoring pass serves every plan setting)."""
+    importance = get_importance(method)
+    measured = any(RKUConfig(importance=method, ranking=r).resolved_ranking == "measured_loss" for r in rankings)
+    return RKUConfig(
+        **score_fields,
+        importance=method,
+        bias_compensation=can_compensate and importance.needs_calibration,
+        ranking="measured_loss" if method == "rku" and measured else "score",
+    )
+
+
+def plan_config(method: str, sparsity: float, v: dict, score_fields: dict, can_compensate: bool) -> RKUConfig:
+    fields = dict(
+        score_fields,
+        importance=method,
+        sparsity=sparsity,
+        allocation=v["allocation"],
+        min_keep=v["min_keep"],
+        min_keep_attention=v["min_keep_attention"],
+        kv_cache_tokens=v["kv_cache_tokens"],
+    )
+    if v["ranking"]:
+        fields["ranking"] = v["ranking"]
+    if v["compensation"] != "default":
+        fields["bias_compensation"] = v["compensation"] == "on"
+    config = RKUConfig(**fields)
+    if config.bias_compensation and not (can_compensate and get_importance(method).needs_calibration):
+        config.bias_compensation = False
+    return config
+
+
+def cached_scores(pruner, config: RKUConfig, dataset, kind: str, args):
+    """Scores of one (method, calibration, objective, activity), cached on disk: scoring a real model takes minutes."""
+    from optimum_rku.scoring import PruningScores
+
+    texts = None if dataset is None else dataset.to_dict()
+    payload = [args.model, args.gguf_file, kind, texts, config.to_dict()]
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(args.cache_dir) / f"scores_{config.importance}_{key}.safetensors"
+    if cache.is_file():
+        return PruningScores.load(cache)
+    scores = pruner.compute_scores(config, calibration_dataset=dataset, progress=False)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    scores.save(cache)
+    return scores
+
+
+# ------------------------------------------------------------------------------------------------------------- metrics
+#: the measured problems, tokenized once
+Texts = GoldTexts
+
+
+def text_metrics(
+    model, texts: Texts, dense_argmax: list[torch.Tensor] | None, batch_size: int = 8, nll_only: bool = False
+) -> dict:
+    """Gold-solution NLL, plain-text perplexity and top-1 agreement with the dense model's argmax (`_argmax`)."""
+    metrics = likelihood_metrics(model, texts, dense_argmax, batch_size=batch_size, nll_only=nll_only)
+    metrics["_argmax"] = metrics.pop("argmax")
+    return metrics
+
+
+def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None, label: str = "") -> dict:
+    """Exact match of `--em-task` on the first `--em-problems` problems; with `earlier` (a row's fields) only the
+    problems it has no verdict for are answered, and the verdicts, budget hits and tokens are added up. With
+    `--save-completions` every answer is appended to `<output>_completions.jsonl` under the row's `label`."""
+    from optimum_rku.evaluation import evaluate
+
+    task = get_task(args.em_task)
+    judged, flexible = (metric.sample_key for metric in task.metrics[:2])
+    earlier = earlier if earlier and "em_correct" in earlier else {}
+    start = len(earlier.get("em_correct", ""))
+    if start >= args.em_problems:  # complete already (e.g. only the harness column was missing)
+        return {k: v for k, v in earlier.items() if k.startswith(("em_", "exact_match"))}
+    chat = uses_chat_template(tokenizer, "auto")
+    result = evaluate(
+        model,
+        tokenizer,
+        task,
+        dataset=problems[start : args.em_problems],
+        num_fewshot=0,
+        max_new_tokens=args.em_tokens,
+        batch_size=args.em_batch_size,
+        apply_chat_template=chat,
+        progress=False,
+        stop_loops=args.stop_loops,
+    )
+    prompt_tokens = sum(len(tokenizer(s["prompt"], add_special_tokens=not chat)["input_ids"]) for s in result.samples)
+    if getattr(args, "save_completions", False):
+        with open(f"{args.output}_completions.jsonl", "a", encoding="utf-8") as handle:
+            for offset, sample in enumerate(result.samples):
+                kept = {k: sample[k] for k in ("completion", "generated_tokens", "stopped", judged, flexible)}
+                handle.write(json.dumps({"row": label, "problem": start + offset, **kept}) + "\n")
+    flops = generation_flops(model, prompt_tokens, result.generated_tokens, len(result.samples))
+    correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)
+    correct_flexible = earlier.get("em_correct_flexible", "") + "".join(str(int(s[flexible])) for s in result.samples)
+    return {
+        "exact_match": correct.count("1") / len(correct),
+        "exact_match_flexible": correct_flexible.count("1") / len(correct_flexible),
+        "em_problems": len(correct),
+        "em_correct": correct,
+        "em_correct_flexible": correct_flexible,
+        "em_hit_budget": earlier.get("em_hit_budget", 0) + result.stopped.get("budget", 0),
+        # answers stopped in a loop (--stop-loops): without the stop they would have run to the budget
+        "em_looped": earlier.get("em_looped", 0) + result.stopped.get("loop", 0),
+        "em_generated_tokens": earlier.get("em_generated_tokens", 0) + result.generated_tokens,
+        "em_generation_time_s": round(earlier.get("em_generation_time_s", 0.0) + result.generation_time_s, 1),
+        # weight-matrix FLOPs of the generation (prefill + decode): over the measured matmul rate, its compute floor
+        "em_flops": earlier.get("em_flops", 0.0) + flops,
+    }
