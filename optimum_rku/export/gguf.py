@@ -356,9 +356,22 @@ def _plan_for(
     """(tensors, rope keys, generated tensors) of this checkpoint in `arch`, or a _Misfit saying why it cannot."""
     import gguf
 
-    config = ckpt.config
-    hidden = int(config["hidden_size"])
+    _check_fits(ckpt.config, spec, arch, widths, head_dim)
+    rope_keys, generated = _rope(ckpt, loaded, arch, head_dim)
     n_layers = len(widths)
+    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch.name), n_layers)
+    tensors = _checkpoint_tensors(ckpt, spec, loaded, arch, widths, head_dim, dtype, names)
+    _fold_query_scale(tensors, ckpt.config, spec, arch, widths, head_dim)
+    for name, array in generated.items():  # written after the checkpoint's tensors, in f32
+        tensors.append(TensorPlan(source="<generated>", name=name, shape=array.shape, qtype="f32"))
+    return tensors, rope_keys, generated
+
+
+def _check_fits(
+    config: dict, spec: ArchitectureSpec, arch: LlamaCppArchitecture, widths: list[LayerWidths], head_dim: int
+) -> None:
+    """Raise a _Misfit when `arch` cannot build these widths, fused projections or soft-capping settings."""
+    hidden = int(config["hidden_size"])
     if len({(w.heads, w.kv_heads, w.ffn) for w in widths}) > 1 and not arch.per_layer_widths:
         raise _Misfit("builds every layer with one FFN width and one head count", "prune with allocation='uniform'")
     if arch.query_width_is_hidden and any(w.heads * head_dim != hidden for w in widths):
@@ -375,15 +388,22 @@ def _plan_for(
     for key, always in arch.softcapping.items():
         if always and config.get(key) is None:
             raise _Misfit(f"always applies {key}; this checkpoint sets it to None", "")
-    rope_keys, generated = _rope(ckpt, loaded, arch, head_dim)
 
-    fused = {}
-    for i in range(n_layers):
-        for module, parts in spec.fused.items():
-            for suffix in ("weight", "bias"):
-                fused[_module_name(spec, i, parts[0], suffix)] = (i, module, parts, suffix)
+
+def _checkpoint_tensors(
+    ckpt: _Checkpoint,
+    spec: ArchitectureSpec,
+    loaded: Any,
+    arch: LlamaCppArchitecture,
+    widths: list[LayerWidths],
+    head_dim: int,
+    dtype: str,
+    names: Any,
+) -> list[TensorPlan]:
+    """A TensorPlan per tensor `arch` reads (fused modules split as it reads them), or a _Misfit for one it cannot."""
+    hidden = int(ckpt.config["hidden_size"])
+    fused = _fused_modules(spec, len(widths))
     rows_of = lambda layer, part: _projection_rows(part, widths[layer], head_dim, hidden)  # noqa: E731
-    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch.name), n_layers)
     tied = bool(getattr(loaded, "tie_word_embeddings", False))
     tensors: list[TensorPlan] = []
     for source, shape in ckpt.shapes.items():
@@ -416,21 +436,41 @@ def _plan_for(
             if spec.gguf.norm_shift and logical.endswith("norm.weight"):  # Gemma: x * (1 + w); llama.cpp: x * w
                 plan.add = spec.gguf.norm_shift
             tensors.append(plan)
+    return tensors
 
+
+def _fused_modules(spec: ArchitectureSpec, n_layers: int) -> dict[str, tuple]:
+    """(layer, module, parts, suffix) by checkpoint tensor name, for every weight and bias of a fused module."""
+    fused = {}
+    for i in range(n_layers):
+        for module, parts in spec.fused.items():
+            for suffix in ("weight", "bias"):
+                fused[_module_name(spec, i, parts[0], suffix)] = (i, module, parts, suffix)
+    return fused
+
+
+def _fold_query_scale(
+    tensors: list[TensorPlan],
+    config: dict,
+    spec: ArchitectureSpec,
+    arch: LlamaCppArchitecture,
+    widths: list[LayerWidths],
+    head_dim: int,
+) -> None:
+    """Fold the family's query scale into q (or q's norm): llama.cpp applies its own, so the weights carry the rest."""
     field_name = spec.gguf.query_scale_field
-    if field_name:  # llama.cpp scales q by 1/sqrt(head_dim) (or its own rule at one size): fold the difference in
-        wanted = float(config.get(field_name) or head_dim) ** -0.5
-        wide = n_layers == arch.wide_scale_layers
-        used = (hidden // widths[0].heads) ** -0.5 if wide else head_dim**-0.5
-        scale = wanted / used
-        if not math.isclose(scale, 1.0):
-            normed = any(_kind(t.name) == "attn_q_norm" for t in tensors)  # q is normalized after its projection
-            for tensor in tensors:
-                if _kind(tensor.name) == ("attn_q_norm" if normed else "attn_q"):
-                    tensor.scale = scale
-    for name, array in generated.items():  # written after the checkpoint's tensors, in f32
-        tensors.append(TensorPlan(source="<generated>", name=name, shape=array.shape, qtype="f32"))
-    return tensors, rope_keys, generated
+    if not field_name:
+        return
+    hidden = int(config["hidden_size"])
+    wanted = float(config.get(field_name) or head_dim) ** -0.5
+    wide = len(widths) == arch.wide_scale_layers
+    used = (hidden // widths[0].heads) ** -0.5 if wide else head_dim**-0.5
+    scale = wanted / used
+    if not math.isclose(scale, 1.0):
+        normed = any(_kind(t.name) == "attn_q_norm" for t in tensors)  # q is normalized after its projection
+        for tensor in tensors:
+            if _kind(tensor.name) == ("attn_q_norm" if normed else "attn_q"):
+                tensor.scale = scale
 
 
 def _route(
@@ -505,37 +545,15 @@ def plan_gguf_export(
         for t in tensors
         if dtype == "q8_0" and t.qtype == "f16"
     ]
-    window = config.get("sliding_window")
-    types = list(getattr(loaded, "layer_types", None) or [])
-    slides = bool(window) and int(window) < context and config.get("use_sliding_window", True) is not False
-    slides = slides and (not types or "sliding_attention" in types)
-    sliding = None
-    if arch.sliding_window:
-        sliding = {"window": int(window or context), "pattern": [t == "sliding_attention" for t in types] or None}
-    elif slides:
-        notes.append(f"sliding_window={window} is not represented: outputs match transformers up to {window} tokens")
+    sliding = _sliding(config, loaded, arch, context, notes)
     if "longrope" in rope_keys:
-        original = rope_keys["longrope"]["original_context"]
-        notes.append(
-            f"longrope: llama.cpp uses the long rotary factors whenever its context (-c, rounded up to a multiple of "
-            f"256) exceeds {original} tokens, transformers for sequences longer than that; with -c {original} or "
-            "less both use the short ones on shorter sequences"
-        )
-
+        notes.append(_longrope_note(rope_keys["longrope"]["original_context"]))
     if tokenizer_gguf is not None:
         vocab = read_gguf_tokenizer(Path(tokenizer_gguf).expanduser(), vocab_size, pre_tokenizer)
     else:
         vocab = read_byte_level_bpe(directory, vocab_size, pre_tokenizer)
     meta = ckpt.metadata
-    name = _model_name(directory, meta)
-    for words, tokens in LLAMA_CPP_NAME_TOKENS.items():
-        absent = [t for t in tokens if t not in set(vocab.tokens)]
-        if any(word in name.lower() for word in words) and absent:
-            notes.append(
-                f"general.name {name!r} left out: llama.cpp looks up the tokens {', '.join(absent)} for models so "
-                "named and this tokenizer lacks them"
-            )
-            name = None
+    name = _general_name(_model_name(directory, meta), vocab, notes)
     metadata = {
         "rope": rope_keys,
         "generated": generated,
@@ -561,6 +579,41 @@ def plan_gguf_export(
         metadata=metadata,
         notes=notes,
     )
+
+
+def _sliding(config: dict, loaded: Any, arch: LlamaCppArchitecture, context: int, notes: list[str]) -> dict | None:
+    """Sliding-window keys for `arch` (window, per-layer pattern), or None, with a note when they are lost."""
+    window = config.get("sliding_window")
+    types = list(getattr(loaded, "layer_types", None) or [])
+    slides = bool(window) and int(window) < context and config.get("use_sliding_window", True) is not False
+    slides = slides and (not types or "sliding_attention" in types)
+    if arch.sliding_window:
+        return {"window": int(window or context), "pattern": [t == "sliding_attention" for t in types] or None}
+    if slides:
+        notes.append(f"sliding_window={window} is not represented: outputs match transformers up to {window} tokens")
+    return None
+
+
+def _longrope_note(original: int) -> str:
+    """Where llama.cpp and transformers pick different longrope factors (their context thresholds differ)."""
+    return (
+        f"longrope: llama.cpp uses the long rotary factors whenever its context (-c, rounded up to a multiple of "
+        f"256) exceeds {original} tokens, transformers for sequences longer than that; with -c {original} or "
+        "less both use the short ones on shorter sequences"
+    )
+
+
+def _general_name(name: str, vocab: Vocab, notes: list[str]) -> str | None:
+    """`general.name`, or None (with a note) where llama.cpp would look up tokens this tokenizer lacks by name."""
+    for words, tokens in LLAMA_CPP_NAME_TOKENS.items():
+        absent = [t for t in tokens if t not in set(vocab.tokens)]
+        if any(word in name.lower() for word in words) and absent:
+            notes.append(
+                f"general.name {name!r} left out: llama.cpp looks up the tokens {', '.join(absent)} for models so "
+                "named and this tokenizer lacks them"
+            )
+            name = None
+    return name
 
 
 def _model_name(directory: Path, meta: dict) -> str:

@@ -186,81 +186,118 @@ def _push(
     adapter_checkpoint: str | None = None,
 ) -> str:
     """Stage one checkpoint (with its adapter, if it is an adapter checkpoint), write its card and upload it."""
+    meta = read_metadata(path)
+    portable = portable_metadata(meta)
+    with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as staging_dir:
+        staging = Path(staging_dir)
+        adapter_dir = _stage_checkpoint(path, staging, repo_id, results, meta, portable)
+        _write_card(path, staging, portable, results, repo_id, adapter_dir, adapter_checkpoint)
+        info = _upload(staging, repo_id, endpoint, token, private, commit_message, create_pr)
+    url = getattr(info, "pr_url", None) if create_pr else None
+    return str(url or getattr(info, "commit_url", None) or info)
+
+
+def _stage_checkpoint(
+    path: Path,
+    staging: Path,
+    repo_id: str,
+    results: dict[str, Any] | None,
+    meta: dict[str, Any],
+    portable: dict[str, Any],
+) -> Path | None:
+    """Stage all but the card (files, portable metadata, adapter, chart, results); return the adapter dir or None."""
+    uploaded = _stage(path, staging)
+    if portable != meta:  # an older checkpoint that recorded a machine path: upload the portable record
+        (staging / METADATA_FILE).unlink()
+        (staging / METADATA_FILE).write_text(json.dumps(portable, indent=2) + "\n", encoding="utf-8")
+    adapter_dir = adapter_in(path)
+    if adapter_dir is not None:
+        uploaded += stage_adapter(adapter_dir, staging, repo_id)
+    if CHART_FILE not in uploaded:
+        try:
+            plot_allocation(portable, staging / CHART_FILE)
+        except (ImportError, RuntimeError, OSError, ValueError) as err:
+            logger.warning("Could not draw %s (%s); uploading without it.", CHART_FILE, err)
+    if results is not None and EVAL_RESULTS_FILE not in uploaded:
+        (staging / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return adapter_dir
+
+
+def _write_card(
+    path: Path,
+    staging: Path,
+    meta: dict[str, Any],
+    results: dict[str, Any] | None,
+    repo_id: str,
+    adapter_dir: Path | None,
+    adapter_checkpoint: str | None,
+) -> None:
+    """Write the staged README.md: the regenerated card, or the local one unchanged when it was edited by hand."""
+    local_card = path / CARD_FILE
+    if local_card.is_file() and not is_generated_card(local_card):
+        logger.warning("%s was edited by hand (no optimum-rku marker): uploading it unchanged.", CARD_FILE)
+        shutil.copy2(local_card, staging / CARD_FILE)
+        return
+    card = build_model_card(
+        meta,
+        results,
+        repo_id=repo_id,
+        has_remote_code=(staging / REMOTE_CODE_FILE).is_file(),
+        chart=(staging / CHART_FILE).is_file(),
+        gguf_files=gguf_files(staging),
+        adapter=ADAPTER_DIR if adapter_dir is not None else None,
+        adapter_checkpoint=adapter_checkpoint,
+    )
+    card.save(staging / CARD_FILE)
+
+
+def _upload(
+    staging: Path,
+    repo_id: str,
+    endpoint: str,
+    token: str | None,
+    private: bool,
+    commit_message: str | None,
+    create_pr: bool,
+) -> Any:
+    """Upload `staging` in one commit; Hub, network and auth failures become one-line errors with the token masked."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     from optimum_rku.version import __version__
 
-    meta = read_metadata(path)
-    portable = portable_metadata(meta)
-    with tempfile.TemporaryDirectory(prefix="optimum-rku-push-") as staging_dir:
-        staging = Path(staging_dir)
-        uploaded = _stage(path, staging)
-        if portable != meta:  # an older checkpoint that recorded a machine path: upload the portable record
-            (staging / METADATA_FILE).unlink()
-            (staging / METADATA_FILE).write_text(json.dumps(portable, indent=2) + "\n", encoding="utf-8")
-        meta = portable
-        adapter_dir = adapter_in(path)
-        if adapter_dir is not None:
-            uploaded += stage_adapter(adapter_dir, staging, repo_id)
-        if CHART_FILE not in uploaded:
-            try:
-                plot_allocation(meta, staging / CHART_FILE)
-            except (ImportError, RuntimeError, OSError, ValueError) as err:
-                logger.warning("Could not draw %s (%s); uploading without it.", CHART_FILE, err)
-        if results is not None and EVAL_RESULTS_FILE not in uploaded:
-            (staging / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        local_card = path / CARD_FILE
-        if local_card.is_file() and not is_generated_card(local_card):
-            logger.warning("%s was edited by hand (no optimum-rku marker): uploading it unchanged.", CARD_FILE)
-            shutil.copy2(local_card, staging / CARD_FILE)
-        else:
-            card = build_model_card(
-                meta,
-                results,
-                repo_id=repo_id,
-                has_remote_code=(staging / REMOTE_CODE_FILE).is_file(),
-                chart=(staging / CHART_FILE).is_file(),
-                gguf_files=gguf_files(staging),
-                adapter=ADAPTER_DIR if adapter_dir is not None else None,
-                adapter_checkpoint=adapter_checkpoint,
-            )
-            card.save(staging / CARD_FILE)
-
-        api = HfApi(endpoint=endpoint, token=token, library_name="optimum-rku", library_version=__version__)
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            info = api.upload_folder(
-                folder_path=staging,
-                repo_id=repo_id,
-                repo_type="model",
-                commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
-                create_pr=create_pr,
-            )
-        except HfHubHTTPError as err:
-            status = getattr(getattr(err, "response", None), "status_code", None)
-            if status in _AUTH_STATUSES:
-                raise HubAuthenticationError(
-                    f"The Hub at {endpoint} refused to let you write to {repo_id!r} (HTTP {status}): pass a write "
-                    "token (token=..., --token, HF_TOKEN or `hf auth login`) with access to that namespace."
-                ) from None
-            raise HubPushError(
-                f"Pushing to {repo_id!r} on {endpoint} failed (HTTP {status}): {_one_line(err, token)}"
+    api = HfApi(endpoint=endpoint, token=token, library_name="optimum-rku", library_version=__version__)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        return api.upload_folder(
+            folder_path=staging,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+            create_pr=create_pr,
+        )
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in _AUTH_STATUSES:
+            raise HubAuthenticationError(
+                f"The Hub at {endpoint} refused to let you write to {repo_id!r} (HTTP {status}): pass a write "
+                "token (token=..., --token, HF_TOKEN or `hf auth login`) with access to that namespace."
             ) from None
-        except (ConnectionError, OSError) as err:
+        raise HubPushError(
+            f"Pushing to {repo_id!r} on {endpoint} failed (HTTP {status}): {_one_line(err, token)}"
+        ) from None
+    except (ConnectionError, OSError) as err:
+        raise HubPushError(
+            f"Could not reach the Hub at {endpoint} ({_one_line(err, token)}); check the network or HF_ENDPOINT."
+        ) from None
+    except Exception as err:
+        transport = _transport_errors()
+        if transport and isinstance(err, transport):
             raise HubPushError(
-                f"Could not reach the Hub at {endpoint} ({_one_line(err, token)}); check the network or HF_ENDPOINT."
+                f"Could not reach the Hub at {endpoint} ({type(err).__name__}: {_one_line(err, token)}); "
+                "check the network or HF_ENDPOINT."
             ) from None
-        except Exception as err:
-            transport = _transport_errors()
-            if transport and isinstance(err, transport):
-                raise HubPushError(
-                    f"Could not reach the Hub at {endpoint} ({type(err).__name__}: {_one_line(err, token)}); "
-                    "check the network or HF_ENDPOINT."
-                ) from None
-            raise
-    url = getattr(info, "pr_url", None) if create_pr else None
-    return str(url or getattr(info, "commit_url", None) or info)
+        raise
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

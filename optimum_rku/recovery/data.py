@@ -181,53 +181,11 @@ def prepare_recovery_dataset(
     """
     import datasets
 
-    if tokenizer is None or not callable(tokenizer):
-        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}.")
-    if num_samples is not None and (
-        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-    ):
-        raise ValueError(f"num_samples={num_samples!r} must be a positive int or None.")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length={max_length!r} must be an int >= 2.")
+    _check_arguments(tokenizer, num_samples, max_length)
     qa = QAFormat(tokenizer, recovery_chat_template(tokenizer, chat_template))
-    if train_dataset is None and data_files is not None:
-        pairs, summary = _local_pairs(data_files, num_samples, seed, qa)
-    elif train_dataset is None:
-        pairs, summary = get_provider(data).recovery_pairs(num_samples, seed, qa=qa)
-    elif data_files is not None:
-        raise ValueError("Pass either train_dataset or data_files, not both.")
-    elif isinstance(train_dataset, datasets.Dataset):
-        if len(train_dataset) == 0:
-            raise ValueError("The recovery dataset is empty.")
-        columns = train_dataset.column_names
-        if "input_ids" in columns:
-            if "labels" not in columns:
-                raise ValueError(
-                    "A tokenized recovery dataset needs a 'labels' column (-100 on prompt tokens); "
-                    f"columns: {columns}."
-                )
-            keep = [c for c in ("input_ids", "attention_mask", "labels") if c in columns]
-            ds = train_dataset.select_columns(keep)
-            if "attention_mask" not in keep:
-                ds = ds.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
-            if num_samples is not None:
-                ds = ds.select(range(min(num_samples, len(ds))))
-            return ds, {"dataset": "user-provided tokenized dataset", "num_examples": len(ds)}
-        rows = (
-            train_dataset if num_samples is None else train_dataset.select(range(min(num_samples, len(train_dataset))))
-        )
-        pairs = _rows_to_pairs(rows, columns, "(datasets.Dataset)", qa)
-        summary = {"dataset": "user-provided datasets.Dataset"}
-    elif isinstance(train_dataset, (list, tuple)):
-        if not train_dataset:
-            raise ValueError("The recovery dataset is empty: pass at least one example.")
-        pairs = _pairs_from_list(list(train_dataset), qa)[:num_samples]
-        summary = {"dataset": "in-memory list"}
-    else:
-        raise TypeError(
-            "train_dataset must be None, a datasets.Dataset, a list of strings or a list of "
-            f"{{'prompt', 'response'}} dicts, got {type(train_dataset).__name__}."
-        )
+    if isinstance(train_dataset, datasets.Dataset) and data_files is None and _is_tokenized(train_dataset):
+        return _tokenized_as_given(train_dataset, num_samples)
+    pairs, summary = _recovery_pairs(train_dataset, data, data_files, num_samples, seed, qa)
     if not pairs:
         raise ValueError("The recovery dataset is empty.")
     encoded = _encode_pairs(tokenizer, pairs, max_length, templated=qa.used and qa.chat)
@@ -240,6 +198,69 @@ def prepare_recovery_dataset(
     if qa.used:
         summary["question_format"] = "chat_template" if qa.chat else "plain"
     return ds, summary
+
+
+def _check_arguments(tokenizer, num_samples: Any, max_length: Any) -> None:
+    """Fail before any data is read on a missing tokenizer or a bad `num_samples` / `max_length`."""
+    if tokenizer is None or not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}.")
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples={num_samples!r} must be a positive int or None.")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length={max_length!r} must be an int >= 2.")
+
+
+def _is_tokenized(dataset) -> bool:
+    """Whether a non-empty `datasets.Dataset` is already tokenized (has `input_ids`): it is used as given."""
+    return len(dataset) > 0 and "input_ids" in dataset.column_names
+
+
+def _tokenized_as_given(dataset, num_samples: int | None):
+    """An already tokenized dataset, checked for labels, with an all-ones `attention_mask` where it has none."""
+    columns = dataset.column_names
+    if "labels" not in columns:
+        raise ValueError(
+            f"A tokenized recovery dataset needs a 'labels' column (-100 on prompt tokens); columns: {columns}."
+        )
+    keep = [c for c in ("input_ids", "attention_mask", "labels") if c in columns]
+    ds = dataset.select_columns(keep)
+    if "attention_mask" not in keep:
+        ds = ds.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
+    if num_samples is not None:
+        ds = ds.select(range(min(num_samples, len(ds))))
+    return ds, {"dataset": "user-provided tokenized dataset", "num_examples": len(ds)}
+
+
+def _recovery_pairs(
+    train_dataset: Any, data: Any, data_files: Any, num_samples: int | None, seed: int, qa: QAFormat
+) -> tuple[list[tuple[str | None, str]], dict]:
+    """(prompt, response) pairs and a summary from local files, a provider, an untokenized Dataset or a list."""
+    import datasets
+
+    if train_dataset is None and data_files is not None:
+        return _local_pairs(data_files, num_samples, seed, qa)
+    if train_dataset is None:
+        return get_provider(data).recovery_pairs(num_samples, seed, qa=qa)
+    if data_files is not None:
+        raise ValueError("Pass either train_dataset or data_files, not both.")
+    if isinstance(train_dataset, datasets.Dataset):
+        if len(train_dataset) == 0:
+            raise ValueError("The recovery dataset is empty.")
+        rows = (
+            train_dataset if num_samples is None else train_dataset.select(range(min(num_samples, len(train_dataset))))
+        )
+        pairs = _rows_to_pairs(rows, train_dataset.column_names, "(datasets.Dataset)", qa)
+        return pairs, {"dataset": "user-provided datasets.Dataset"}
+    if isinstance(train_dataset, (list, tuple)):
+        if not train_dataset:
+            raise ValueError("The recovery dataset is empty: pass at least one example.")
+        return _pairs_from_list(list(train_dataset), qa)[:num_samples], {"dataset": "in-memory list"}
+    raise TypeError(
+        "train_dataset must be None, a datasets.Dataset, a list of strings or a list of "
+        f"{{'prompt', 'response'}} dicts, got {type(train_dataset).__name__}."
+    )
 
 
 class RecoveryCollator:

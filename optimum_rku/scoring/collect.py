@@ -262,22 +262,12 @@ def collect_stats(
     check_no_weight_gradients(model, importance)
     pad_id = 0
     device = next(model.parameters()).device
-    weights = []
-    if importance.needs_weight_gradients:
-        for block in blocks(model):
-            weights += [linear.weight for linear in block.linears()]
+    weights = _gradient_weights(model, importance)
     need_backward = importance.needs_activation_gradients or importance.needs_weight_gradients
     was_training = model.training
     model.eval()
     tokens = 0
-    embed = decoder(model).embed_tokens
-
-    def leaf_hook(module, args, output):
-        if need_backward and not output.requires_grad:
-            return output.detach().requires_grad_(True)
-        return None
-
-    handle = embed.register_forward_hook(leaf_hook)
+    handle = decoder(model).embed_tokens.register_forward_hook(_gradient_leaf(need_backward))
     try:
         with (
             frozen_weights(model, weights),
@@ -298,38 +288,75 @@ def collect_stats(
                 first = rows[-1] + 1
                 collector.set_tokens(batch["attention_mask"])
                 tokens += int(batch["attention_mask"].sum())
-                if need_backward:
-                    with torch.enable_grad():
-                        value = objective_value(model, batch, objective, token_floor)
-                        check_finite(collector.stats, "forward", rows, dtype)
-                        _check_objective(model, batch, value, objective, rows)
-                        value.backward()
-                    check_finite(collector.stats, "backward", rows, dtype)
-                else:
-                    with torch.no_grad():
-                        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-                    check_finite(collector.stats, "forward", rows, dtype)
+                _run_batch(model, batch, collector, objective, token_floor, need_backward, rows, dtype)
             stats = collector.stats
-            if importance.needs_weight_gradients:
-                for block, block_stats in zip(blocks(model), stats):
-                    block_stats.weight_grads = {
-                        name: block.weight_grad(name).detach()  # no copy: read out per block by the method
-                        for name in PROJECTIONS
-                    }
-                entries = [
-                    (b.index, name, g) for b, s in zip(blocks(model), stats) for name, g in s.weight_grads.items()
-                ]
-                bad = _nonfinite(entries)
-                if bad:  # accumulated over every batch: the rows cannot be told apart any more
-                    index, name, grad = max(bad, key=lambda e: e[0])
-                    raise NonFiniteError(
-                        f"Scoring hit {_kind(grad)} in layer {index} {name} weight gradient (summed over all "
-                        f"calibration rows). {nonfinite_remedy(dtype)}",
-                        layer=index,
-                        statistic=f"weight_grad:{name}",
-                        rows=[],
-                    )
+            if importance.needs_weight_gradients:  # read while the weights still hold them (frozen_weights clears)
+                _attach_weight_grads(model, stats, dtype)
     finally:
         handle.remove()
         model.train(was_training)
     return stats, tokens
+
+
+def _gradient_weights(model: torch.nn.Module, importance: Importance) -> list[torch.nn.Parameter]:
+    """The projection weights whose gradients the importance reads (none unless it needs weight gradients)."""
+    weights = []
+    if importance.needs_weight_gradients:
+        for block in blocks(model):
+            weights += [linear.weight for linear in block.linears()]
+    return weights
+
+
+def _gradient_leaf(need_backward: bool):
+    """Embedding forward hook: its output is the grad leaf, so backward reaches every input with weights frozen."""
+
+    def leaf_hook(module, args, output):
+        if need_backward and not output.requires_grad:
+            return output.detach().requires_grad_(True)
+        return None
+
+    return leaf_hook
+
+
+def _run_batch(
+    model: torch.nn.Module,
+    batch: dict,
+    collector: StatsCollector,
+    objective: str,
+    token_floor: float,
+    need_backward: bool,
+    rows: list[int],
+    dtype: torch.dtype,
+) -> None:
+    """Forward (and backward) one batch, checking its statistics are finite while the rows are still known."""
+    if need_backward:
+        with torch.enable_grad():
+            value = objective_value(model, batch, objective, token_floor)
+            check_finite(collector.stats, "forward", rows, dtype)
+            _check_objective(model, batch, value, objective, rows)
+            value.backward()
+        check_finite(collector.stats, "backward", rows, dtype)
+    else:
+        with torch.no_grad():
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        check_finite(collector.stats, "forward", rows, dtype)
+
+
+def _attach_weight_grads(model: torch.nn.Module, stats: list[BlockStats], dtype: torch.dtype) -> None:
+    """Hand every block's projection weight gradients to its stats (no copy), stopping on NaN / inf."""
+    for block, block_stats in zip(blocks(model), stats):
+        block_stats.weight_grads = {
+            name: block.weight_grad(name).detach()  # no copy: read out per block by the method
+            for name in PROJECTIONS
+        }
+    entries = [(b.index, name, g) for b, s in zip(blocks(model), stats) for name, g in s.weight_grads.items()]
+    bad = _nonfinite(entries)
+    if bad:  # accumulated over every batch: the rows cannot be told apart any more
+        index, name, grad = max(bad, key=lambda e: e[0])
+        raise NonFiniteError(
+            f"Scoring hit {_kind(grad)} in layer {index} {name} weight gradient (summed over all "
+            f"calibration rows). {nonfinite_remedy(dtype)}",
+            layer=index,
+            statistic=f"weight_grad:{name}",
+            rows=[],
+        )

@@ -27,43 +27,10 @@ def compute_scores(
     # calibration means for bias compensation (True, or "auto": the pruner decides later whether to use them)
     wants_means = bool(getattr(config, "bias_compensation", False)) and importance.needs_calibration
     if importance.needs_calibration:
-        if dataset is None or len(dataset) == 0:
-            raise ValueError(f"The calibration set is empty: importance {config.importance!r} needs calibration data.")
-        objective = importance.objective or config.objective
-        extra = frozenset({"sum"}) if wants_means else frozenset()
-        extra = extra | importance.config_stats(config)
-        # a method with its own published objective (Taylor: plain NLL) keeps it as published: no token floor
-        floor = 0.0 if importance.objective else config.token_gradient_floor
-        stats, tokens = collect_stats(model, dataset, importance, objective, batch_size, masks, progress, extra, floor)
+        stats, tokens = _calibrate(model, config, importance, dataset, batch_size, masks, progress, wants_means)
     else:
         stats, tokens = [BlockStats() for _ in views], 0
-    mlp, attention, mlp_raw, attention_raw, mlp_cost, attention_cost = [], [], [], [], [], []
-    mlp_loss, attention_loss = [], []
-    dtype = next(model.parameters()).dtype
-    for block, block_stats in zip(views, stats):
-        result = importance.score_block(block, block_stats, config)
-        _check_scores_finite(result, block.index, importance, dtype)
-        if result.mlp_loss is not None and result.attention_loss is not None:
-            mlp_loss.append(result.mlp_loss.detach().float().cpu())
-            attention_loss.append(result.attention_loss.detach().float().cpu())
-        zeros_mlp = torch.zeros(block.intermediate_size)
-        n_attn = block.num_structures(config.attention_granularity)
-        zeros_attn = torch.zeros(n_attn)
-        mlp.append((result.mlp if result.mlp is not None else zeros_mlp).detach().float().cpu())
-        attention.append((result.attention if result.attention is not None else zeros_attn).detach().float().cpu())
-        mlp_raw.append((result.mlp_raw if result.mlp_raw is not None else mlp[-1]).detach().float().cpu())
-        attention_raw.append(
-            (result.attention_raw if result.attention_raw is not None else attention[-1]).detach().float().cpu()
-        )
-        ffn_cost, attn_cost = structure_costs(block, config.attention_granularity)
-        mlp_cost.append(ffn_cost)
-        attention_cost.append(attn_cost)
-        if masks:  # structures already removed in an earlier iteration stay removed (nested masks)
-            for part, scores in (("ffn", mlp[-1]), ("attn", attention[-1])):
-                mask = masks.get((block.index, part))
-                if mask is not None:
-                    kept = _structure_mask(mask, block, part, config.attention_granularity)
-                    scores[~kept] = float("-inf")
+    scored = _score_blocks(views, stats, importance, config, masks, next(model.parameters()).dtype)
     summary = dict(calibration_summary or {})
     summary["num_tokens"] = tokens
     mlp_mean = attention_mean = None
@@ -77,23 +44,85 @@ def compute_scores(
         else None,
         normalization=config.normalization,
         attention_granularity=config.attention_granularity,
-        mlp=mlp,
-        attention=attention,
-        mlp_raw=mlp_raw,
-        attention_raw=attention_raw,
-        mlp_cost=mlp_cost,
-        attention_cost=attention_cost,
+        **scored,
         widths=layer_widths(model),
         calibration=summary,
         mlp_input_mean=mlp_mean,
         attention_input_mean=attention_mean,
-        mlp_loss=mlp_loss if len(mlp_loss) == len(views) else None,
-        attention_loss=attention_loss if len(attention_loss) == len(views) else None,
         head_dim=views[0].head_dim if views else None,
         context_length=getattr(model.config, "max_position_embeddings", None),
         architecture=getattr(getattr(model, "config", None), "model_type", None),
         fingerprint=model_fingerprint(model),
     )
+
+
+def _calibrate(
+    model: torch.nn.Module,
+    config,
+    importance: Importance,
+    dataset,
+    batch_size: int,
+    masks: dict | None,
+    progress: bool,
+    wants_means: bool,
+) -> tuple[list[BlockStats], int]:
+    """The calibration pass: per-block statistics (with the sums bias compensation needs) and the tokens seen."""
+    if dataset is None or len(dataset) == 0:
+        raise ValueError(f"The calibration set is empty: importance {config.importance!r} needs calibration data.")
+    objective = importance.objective or config.objective
+    extra = frozenset({"sum"}) if wants_means else frozenset()
+    extra = extra | importance.config_stats(config)
+    # a method with its own published objective (Taylor: plain NLL) keeps it as published: no token floor
+    floor = 0.0 if importance.objective else config.token_gradient_floor
+    return collect_stats(model, dataset, importance, objective, batch_size, masks, progress, extra, floor)
+
+
+def _score_blocks(
+    views: list[BlockView],
+    stats: list[BlockStats],
+    importance: Importance,
+    config,
+    masks: dict | None,
+    dtype: torch.dtype,
+) -> dict[str, list | None]:
+    """Score every block: the `PruningScores` lists (scores, raw scores, costs, losses), masked structures -inf."""
+    mlp, attention, mlp_raw, attention_raw, mlp_cost, attention_cost = [], [], [], [], [], []
+    mlp_loss, attention_loss = [], []
+    for block, block_stats in zip(views, stats):
+        result = importance.score_block(block, block_stats, config)
+        _check_scores_finite(result, block.index, importance, dtype)
+        if result.mlp_loss is not None and result.attention_loss is not None:
+            mlp_loss.append(result.mlp_loss.detach().float().cpu())
+            attention_loss.append(result.attention_loss.detach().float().cpu())
+        zeros_mlp = torch.zeros(block.intermediate_size)
+        n_attn = block.num_structures(config.attention_granularity)
+        zeros_attn = torch.zeros(n_attn)
+        mlp.append((result.mlp if result.mlp is not None else zeros_mlp).detach().float().cpu())
+        attention.append((result.attention if result.attention is not None else zeros_attn).detach().float().cpu())
+        # a missing raw score shares its score's storage: the -inf of masked structures below reaches it too
+        mlp_raw.append((result.mlp_raw if result.mlp_raw is not None else mlp[-1]).detach().float().cpu())
+        attention_raw.append(
+            (result.attention_raw if result.attention_raw is not None else attention[-1]).detach().float().cpu()
+        )
+        ffn_cost, attn_cost = structure_costs(block, config.attention_granularity)
+        mlp_cost.append(ffn_cost)
+        attention_cost.append(attn_cost)
+        if masks:  # structures already removed in an earlier iteration stay removed (nested masks)
+            for part, scores in (("ffn", mlp[-1]), ("attn", attention[-1])):
+                mask = masks.get((block.index, part))
+                if mask is not None:
+                    kept = _structure_mask(mask, block, part, config.attention_granularity)
+                    scores[~kept] = float("-inf")
+    return {
+        "mlp": mlp,
+        "attention": attention,
+        "mlp_raw": mlp_raw,
+        "attention_raw": attention_raw,
+        "mlp_cost": mlp_cost,
+        "attention_cost": attention_cost,
+        "mlp_loss": mlp_loss if len(mlp_loss) == len(views) else None,
+        "attention_loss": attention_loss if len(attention_loss) == len(views) else None,
+    }
 
 
 def _check_scores_finite(result, layer: int, importance, dtype: torch.dtype) -> None:

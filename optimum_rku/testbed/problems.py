@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import NamedTuple
 
 SPLITS = ("train", "test", "ood")
 
@@ -99,12 +100,99 @@ def _cap(word: str) -> str:
     return word[:1].upper() + word[1:]
 
 
+class _Cast(NamedTuple):
+    """Who a problem is about and what they hold: the words every sentence of it is built from."""
+
+    name: str
+    subj: str
+    obj_pron: str
+    poss: str
+    others: list[str]
+    things: str
+    thing: str
+
+
+#: (question sentence, answer lines, new value) of one operation, or None when it does not fit the current value
+_Step = tuple[str, list[str], int] | None
+
+
+def _add(rng: random.Random, r: dict, c: _Cast, value: int) -> _Step:
+    """Someone gains k more (skipped when the total would pass the cap)."""
+    k = rng.randint(*r["add"])
+    if value + k > r["cap"]:
+        return None
+    question = rng.choice(
+        [
+            f"{_cap(c.subj)} buys {k} more {c.things}.",
+            f"{_cap(c.subj)} finds {k} more {c.things}.",
+            f"{rng.choice(c.others)} gives {c.obj_pron} {k} more {c.things}.",
+        ]
+    )
+    return question, [f"{c.name} has {value} + {k} = {value + k} {c.things}."], value + k
+
+
+def _sub(rng: random.Random, r: dict, c: _Cast, value: int) -> _Step:
+    """Someone loses k (skipped below 2, so at least one is left)."""
+    if value < 2:
+        return None
+    k = rng.randint(1, min(value - 1, r["add"][1]))
+    question = rng.choice(
+        [
+            f"{_cap(c.subj)} loses {k} {c.things}.",
+            f"{_cap(c.subj)} gives {k} {c.things} to {rng.choice(c.others)}.",
+            f"{_cap(c.subj)} sells {k} {c.things}.",
+        ]
+    )
+    return question, [f"{c.name} has {value} - {k} = {value - k} {c.things}."], value - k
+
+
+def _mul(rng: random.Random, r: dict, c: _Cast, value: int) -> _Step:
+    """The count is multiplied by m (skipped when the product would pass the cap)."""
+    m = rng.randint(*r["mul"])
+    if value * m > r["cap"]:
+        return None
+    question = f"Then {c.subj} ends up with {m} times as many {c.things}."
+    return question, [f"{c.name} has {value} * {m} = {value * m} {c.things}."], value * m
+
+
+def _div(rng: random.Random, r: dict, c: _Cast, value: int) -> _Step:
+    """The count is split into m equal groups, one kept (skipped when no small m divides it)."""
+    divisors = [m for m in range(2, r["mul"][1] + 1) if value % m == 0 and value // m >= 1]
+    if not divisors:
+        return None
+    m = rng.choice(divisors)
+    question = f"{_cap(c.subj)} splits {c.poss} {c.things} into {m} equal groups and keeps one group."
+    return question, [f"{c.name} keeps {value} / {m} = {value // m} {c.things}."], value // m
+
+
+def _pack(rng: random.Random, r: dict, c: _Cast, value: int) -> _Step:
+    """Packs of `per` are bought: two reasoning steps (skipped when the total would pass the cap)."""
+    packs = rng.randint(*r["packs"])
+    per = rng.randint(*r["per_pack"])
+    if value + packs * per > r["cap"]:
+        return None
+    question = f"{_cap(c.subj)} buys {packs} packs of {c.things} with {per} {c.things} in each pack."
+    answer = [
+        f"The packs hold {packs} * {per} = {packs * per} {c.things}.",
+        f"{c.name} has {value} + {packs * per} = {value + packs * per} {c.things}.",
+    ]
+    return question, answer, value + packs * per
+
+
+_OPERATIONS = {"add": _add, "sub": _sub, "mul": _mul, "div": _div, "pack": _pack}
+
+
 def _one_problem(rng: random.Random, regime: str) -> tuple[str, str, int]:
-    """Generate one problem as (question, answer, number of reasoning steps)."""
+    """Generate one problem as (question, answer, number of reasoning steps).
+
+    The random draws must keep their order (the problems of a seed never change): an operation that does not fit
+    the current value has still drawn its numbers, and the next operation is chosen after them.
+    """
     r = _RANGES[regime]
     name, subj, obj_pron, poss = rng.choice(_PEOPLE)
     others = [p[0] for p in _PEOPLE if p[0] != name]
     things, thing = rng.choice(_OBJECTS)
+    cast = _Cast(name, subj, obj_pron, poss, others, things, thing)
     n_steps = rng.randint(*r["steps"])
     value = rng.randint(*r["start"])
     q = [f"{name} has {value} {things}."]
@@ -114,73 +202,32 @@ def _one_problem(rng: random.Random, regime: str) -> tuple[str, str, int]:
     while len(a) < op_steps:
         remaining = op_steps - len(a)
         ops = ["add", "sub", "mul", "div"] + (["pack"] if remaining >= 2 else [])
-        op = rng.choice(ops)
-        if op == "add":
-            k = rng.randint(*r["add"])
-            if value + k > r["cap"]:
-                continue
-            q.append(
-                rng.choice(
-                    [
-                        f"{_cap(subj)} buys {k} more {things}.",
-                        f"{_cap(subj)} finds {k} more {things}.",
-                        f"{rng.choice(others)} gives {obj_pron} {k} more {things}.",
-                    ]
-                )
-            )
-            a.append(f"{name} has {value} + {k} = {value + k} {things}.")
-            value += k
-        elif op == "sub":
-            if value < 2:
-                continue
-            k = rng.randint(1, min(value - 1, r["add"][1]))
-            q.append(
-                rng.choice(
-                    [
-                        f"{_cap(subj)} loses {k} {things}.",
-                        f"{_cap(subj)} gives {k} {things} to {rng.choice(others)}.",
-                        f"{_cap(subj)} sells {k} {things}.",
-                    ]
-                )
-            )
-            a.append(f"{name} has {value} - {k} = {value - k} {things}.")
-            value -= k
-        elif op == "mul":
-            m = rng.randint(*r["mul"])
-            if value * m > r["cap"]:
-                continue
-            q.append(f"Then {subj} ends up with {m} times as many {things}.")
-            a.append(f"{name} has {value} * {m} = {value * m} {things}.")
-            value *= m
-        elif op == "div":
-            divisors = [m for m in range(2, r["mul"][1] + 1) if value % m == 0 and value // m >= 1]
-            if not divisors:
-                continue
-            m = rng.choice(divisors)
-            q.append(f"{_cap(subj)} splits {poss} {things} into {m} equal groups and keeps one group.")
-            a.append(f"{name} keeps {value} / {m} = {value // m} {things}.")
-            value //= m
-        else:
-            packs = rng.randint(*r["packs"])
-            per = rng.randint(*r["per_pack"])
-            if value + packs * per > r["cap"]:
-                continue
-            q.append(f"{_cap(subj)} buys {packs} packs of {things} with {per} {things} in each pack.")
-            a.append(f"The packs hold {packs} * {per} = {packs * per} {things}.")
-            a.append(f"{name} has {value} + {packs * per} = {value + packs * per} {things}.")
-            value += packs * per
+        step = _OPERATIONS[rng.choice(ops)](rng, r, cast, value)
+        if step is None:
+            continue
+        question, answer, value = step
+        q.append(question)
+        a.extend(answer)
     if use_price:
-        p = rng.randint(*r["price"])
-        while value * p > r["price_cap"] and p > 1:
-            p -= 1
-        q.append(f"Each {thing} sells for {p} dollars.")
-        q.append(f"How much money does {name} get for selling all of {poss} {things}?")
-        a.append(f"{name} gets {value} * {p} = {value * p} dollars.")
-        value *= p
+        q_price, a_price, value = _sell_all(rng, r, cast, value)
+        q.extend(q_price)
+        a.append(a_price)
     else:
         q.append(f"How many {things} does {name} have now?")
     a.append(f"#### {value}")
     return " ".join(q), "\n".join(a), n_steps
+
+
+def _sell_all(rng: random.Random, r: dict, c: _Cast, value: int) -> tuple[list[str], str, int]:
+    """The closing price step: (question sentences, answer line, money), the price lowered to stay under the cap."""
+    p = rng.randint(*r["price"])
+    while value * p > r["price_cap"] and p > 1:
+        p -= 1
+    question = [
+        f"Each {c.thing} sells for {p} dollars.",
+        f"How much money does {c.name} get for selling all of {c.poss} {c.things}?",
+    ]
+    return question, f"{c.name} gets {value} * {p} = {value * p} dollars.", value * p
 
 
 def make_problems(n: int, seed: int = 0, split: str = "train") -> list[dict]:

@@ -125,51 +125,11 @@ def train_testbed(
     pool = encode_examples(tokenizer, make_problems(steps * batch_size, seed=seed, split="train"))
     order = list(range(len(pool)))
     random.Random(seed).shuffle(order)
+    batches = ([pool[i] for i in order[step * batch_size : (step + 1) * batch_size]] for step in range(steps))
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=learning_rate,
-        betas=(0.9, 0.98),
-        eps=1e-8,
-    )
-    model.train()
-    t0 = time.time()
-    ema = None
-    losses: list[float] = []
-    bar = tqdm(range(steps), disable=not progress, desc="testbed", mininterval=5.0)
-    steps_done = 0
-    for step in bar:
-        elapsed = time.time() - t0
-        if time_budget_s is not None and elapsed >= time_budget_s:
-            break
-        lr = _lr_at(step, steps, learning_rate, warmup_steps)
-        if time_budget_s is not None:
-            # Anneal by wall-clock too, so a run cut short by the budget still ends at the low learning rate.
-            lr = min(lr, _lr_at(int(steps * elapsed / time_budget_s), steps, learning_rate, warmup_steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = order[step * batch_size : (step + 1) * batch_size]
-        batch = _collate([pool[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        val = loss.item()
-        losses.append(val)
-        steps_done = step + 1
-        ema = val if ema is None else 0.95 * ema + 0.05 * val
-        if progress:
-            bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
-        if log_every and (step + 1) % log_every == 0:
-            print(
-                f"step {step + 1}/{steps} loss {val:.4f} ema {ema:.4f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True
-            )
-    train_time = time.time() - t0
-    model.eval()
-
+    opt = _optimizer(model, learning_rate, weight_decay)
+    schedule = _Schedule(steps, learning_rate, warmup_steps, time_budget_s)
+    losses, train_time = _train_loop(model, opt, batches, tokenizer.pad_token_id, schedule, log_every, progress)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -179,7 +139,7 @@ def train_testbed(
     )
     summary: dict = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "steps": steps_done,
+        "steps": len(losses),
         "planned_steps": steps,
         "time_budget_s": time_budget_s,
         "batch_size": batch_size,
@@ -204,6 +164,79 @@ def train_testbed(
     tokenizer.save_pretrained(out)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm weights and other vectors are not decayed)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
+
+
+class _Schedule:
+    """The learning rate of a step: warmup then cosine by step, and by wall-clock too under a time budget."""
+
+    def __init__(self, steps: int, peak: float, warmup: int, time_budget_s: float | None):
+        self.steps, self.peak, self.warmup, self.time_budget_s = steps, peak, warmup, time_budget_s
+
+    def out_of_time(self, elapsed: float) -> bool:
+        """Whether the time budget (if any) is spent: training stops before the next step."""
+        return self.time_budget_s is not None and elapsed >= self.time_budget_s
+
+    def lr(self, step: int, elapsed: float) -> float:
+        """The learning rate of `step`, `elapsed` seconds into training."""
+        lr = _lr_at(step, self.steps, self.peak, self.warmup)
+        if self.time_budget_s is not None:
+            # Anneal by wall-clock too, so a run cut short by the budget still ends at the low learning rate.
+            lr = min(lr, _lr_at(int(self.steps * elapsed / self.time_budget_s), self.steps, self.peak, self.warmup))
+        return lr
+
+
+def _train_loop(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batches,
+    pad_id: int,
+    schedule: _Schedule,
+    log_every: int,
+    progress: bool,
+) -> tuple[list[float], float]:
+    """One optimizer step per batch until the batches or the time budget run out; return losses and wall time."""
+    model.train()
+    t0 = time.time()
+    ema = None
+    losses: list[float] = []
+    steps = schedule.steps
+    bar = tqdm(range(steps), disable=not progress, desc="testbed", mininterval=5.0)
+    for step, batch_examples in zip(bar, batches):
+        elapsed = time.time() - t0
+        if schedule.out_of_time(elapsed):
+            break
+        lr = schedule.lr(step, elapsed)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = model(**_collate(batch_examples, pad_id)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        val = loss.item()
+        losses.append(val)
+        ema = val if ema is None else 0.95 * ema + 0.05 * val
+        if progress:
+            bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
+        if log_every and (step + 1) % log_every == 0:
+            print(
+                f"step {step + 1}/{steps} loss {val:.4f} ema {ema:.4f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True
+            )
+    train_time = time.time() - t0
+    model.eval()
+    return losses, train_time
 
 
 def main(argv: list[str] | None = None) -> dict:
