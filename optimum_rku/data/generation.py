@@ -595,21 +595,7 @@ def generate_completions(
             raise ValueError(f"loop='continuous' cannot run here: {reason}; use loop='auto' or loop='generate'")
         loop = "generate" if reason is not None else "continuous"
 
-    encoded = [list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]) for prompt in prompts]
-    empty = [index for index, ids in enumerate(encoded) if not ids]
-    if empty:
-        raise ValueError(f"prompt(s) at index {empty[:5]} encode to no tokens; every prompt needs at least one token")
-    max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(max_positions, int) and max_positions > 0:
-        budget = max(max_positions - max_new_tokens, 1)
-        truncated = sum(len(ids) > budget for ids in encoded)
-        if truncated:
-            warnings.warn(
-                f"{truncated} prompt(s) exceed max_position_embeddings - max_new_tokens = {budget} tokens and were "
-                "left-truncated (as lm-evaluation-harness does); consider a smaller num_fewshot",
-                stacklevel=3,
-            )
-            encoded = [ids[-budget:] for ids in encoded]
+    encoded = _encode(model, tokenizer, prompts, add_special_tokens, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     completions: list[str] = [""] * len(prompts)
     counts: list[int] = [0] * len(prompts)
@@ -639,6 +625,29 @@ def generate_completions(
         check = _StopCheck(tokenizer, stop_strings, eos_ids, filtered=False, loops=stop_loops)
         _fixed_batches(model, encoded, order, batch_size, pad_id, generation_config, check, finish)
     return Generations(completions, counts, reasons)
+
+
+def _encode(
+    model: Any, tokenizer: Any, prompts: Sequence[str], add_special_tokens: bool, max_new_tokens: int
+) -> list[list[int]]:
+    """Token ids of each prompt, left-truncated (with a warning, as lm-evaluation-harness does) where prompt plus
+    answer budget would not fit the model's positions; an empty prompt is an error."""
+    encoded = [list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]) for prompt in prompts]
+    empty = [index for index, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"prompt(s) at index {empty[:5]} encode to no tokens; every prompt needs at least one token")
+    max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(max_positions, int) and max_positions > 0:
+        budget = max(max_positions - max_new_tokens, 1)
+        truncated = sum(len(ids) > budget for ids in encoded)
+        if truncated:
+            warnings.warn(
+                f"{truncated} prompt(s) exceed max_position_embeddings - max_new_tokens = {budget} tokens and were "
+                "left-truncated (as lm-evaluation-harness does); consider a smaller num_fewshot",
+                stacklevel=4,
+            )
+            encoded = [ids[-budget:] for ids in encoded]
+    return encoded
 
 
 def _fixed_batches(

@@ -6,9 +6,10 @@ with the shared loop of `optimum_rku.data.generation`, and scores each completio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -108,70 +109,33 @@ def evaluate(
     call_start = time.perf_counter()
     task = get_task(task)
     max_new_tokens = task.max_new_tokens if max_new_tokens is None else max_new_tokens
-    # ---- cheap argument checks first, before any loading or generation ----
     fewshot_pool = _check_arguments(
         model, tokenizer, task, num_fewshot, limit, batch_size, max_new_tokens, fewshot_seed, split, fewshot_split,
         generation_loop, apply_chat_template, output_path, fewshot_examples, stop_loops,
     )  # fmt: skip
     pad_id, eos_ids = pad_and_eos(model, tokenizer)
     source = resolve_source(dataset, split, fewshot_split, task)
-    if num_fewshot > 0 and fewshot_pool is None and source.fewshot_loader is None:
-        raise ValueError(
-            f"num_fewshot={num_fewshot} needs few-shot examples but none are available for {source.description}: "
-            f"pass fewshot_examples=[{{...}}, ...], a path/directory with {fewshot_split}.jsonl, or num_fewshot=0"
-        )
-    same_pool = num_fewshot > 0 and fewshot_pool is None and source.fewshot_is_eval
-
-    # ---- load problems and prompts ----
-    rows = source.rows_loader()
-    if not rows:
-        raise ValueError(f"dataset {source.description} has no rows")
-    rows = rows[:limit] if limit is not None else rows
-    if num_fewshot > 0 and fewshot_pool is None:
-        fewshot_pool = source.fewshot_loader()
-    pool = fewshot_pool or []
-    if num_fewshot > 0 and len(pool) < num_fewshot + same_pool:
-        raise ValueError(f"num_fewshot={num_fewshot} but only {len(pool)} few-shot examples are available")
-    shots = sample_fewshot(rows, pool, num_fewshot, fewshot_seed, same_pool)
-    prompts = [task.prompt(row, examples, tokenizer, apply_chat_template) for row, examples in zip(rows, shots)]
-
-    # ---- generate ----
-    was_training = bool(getattr(model, "training", False))
-    if hasattr(model, "eval"):
-        model.eval()
+    rows, prompts = _prompts(task, tokenizer, source, num_fewshot, fewshot_pool, limit, fewshot_seed,
+                             fewshot_split, apply_chat_template)  # fmt: skip
     generation_start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            completions, counts, reasons = generate_completions(
-                model,
-                tokenizer,
-                prompts,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                add_special_tokens=not apply_chat_template,
-                pad_id=pad_id,
-                eos_ids=eos_ids,
-                progress=progress,
-                stop_strings=task.stop_strings,
-                desc=task.title,
-                loop=generation_loop,
-                stop_loops=stop_loops,
-            )
-    finally:
-        if was_training and hasattr(model, "train"):
-            model.train()
-    generation_time = time.perf_counter() - generation_start
-
-    # ---- score ----
-    samples = [
-        {"index": index, **task.describe(row), "prompt": prompt, "completion": completion}
-        | task.score(row, completion)
-        | {"generated_tokens": count, "stopped": reason}
-        for index, (row, prompt, completion, count, reason) in enumerate(
-            zip(rows, prompts, completions, counts, reasons)
+    with _eval_mode(model), torch.inference_mode():
+        completions, counts, reasons = generate_completions(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            add_special_tokens=not apply_chat_template,
+            pad_id=pad_id,
+            eos_ids=eos_ids,
+            progress=progress,
+            stop_strings=task.stop_strings,
+            desc=task.title,
+            loop=generation_loop,
+            stop_loops=stop_loops,
         )
-    ]
-    generated_tokens = sum(counts)
+    generation_time = time.perf_counter() - generation_start
+    samples = _samples(task, rows, prompts, completions, counts, reasons)
     result = task.result_class(
         task=task.name,
         metrics={m.key: sum(float(s[m.sample_key]) for s in samples) / len(samples) for m in task.metrics},
@@ -180,8 +144,8 @@ def evaluate(
         split=split,
         dataset=source.description,
         total_time_s=time.perf_counter() - call_start,
-        generated_tokens=generated_tokens,
-        tokens_per_s=generated_tokens / generation_time if generation_time > 0 else 0.0,
+        generated_tokens=sum(counts),
+        tokens_per_s=sum(counts) / generation_time if generation_time > 0 else 0.0,
         samples=samples,
         generation_time_s=generation_time,
         apply_chat_template=apply_chat_template,
@@ -193,3 +157,52 @@ def evaluate(
     if output_path is not None:
         result.save(output_path)
     return result
+
+
+def _prompts(
+    task, tokenizer, source, num_fewshot, fewshot_pool, limit, fewshot_seed, fewshot_split, apply_chat_template
+) -> tuple[list[dict[str, str]], list[str]]:
+    """The problems to evaluate (first `limit`) and their prompts, with few-shot examples drawn from the pool given
+    or the source's own (a clear error when there is none or too few)."""
+    if num_fewshot > 0 and fewshot_pool is None and source.fewshot_loader is None:
+        raise ValueError(
+            f"num_fewshot={num_fewshot} needs few-shot examples but none are available for {source.description}: "
+            f"pass fewshot_examples=[{{...}}, ...], a path/directory with {fewshot_split}.jsonl, or num_fewshot=0"
+        )
+    same_pool = num_fewshot > 0 and fewshot_pool is None and source.fewshot_is_eval
+    rows = source.rows_loader()
+    if not rows:
+        raise ValueError(f"dataset {source.description} has no rows")
+    rows = rows[:limit] if limit is not None else rows
+    if num_fewshot > 0 and fewshot_pool is None:
+        fewshot_pool = source.fewshot_loader()
+    pool = fewshot_pool or []
+    if num_fewshot > 0 and len(pool) < num_fewshot + same_pool:
+        raise ValueError(f"num_fewshot={num_fewshot} but only {len(pool)} few-shot examples are available")
+    shots = sample_fewshot(rows, pool, num_fewshot, fewshot_seed, same_pool)
+    return rows, [task.prompt(row, examples, tokenizer, apply_chat_template) for row, examples in zip(rows, shots)]
+
+
+@contextlib.contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """The model in eval mode for the block, back in training mode after it if it was."""
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+
+
+def _samples(task, rows, prompts, completions, counts, reasons) -> list[dict[str, Any]]:
+    """One record per problem: what was asked, answered and judged, how many tokens, why the answer stopped."""
+    return [
+        {"index": index, **task.describe(row), "prompt": prompt, "completion": completion}
+        | task.score(row, completion)
+        | {"generated_tokens": count, "stopped": reason}
+        for index, (row, prompt, completion, count, reason) in enumerate(
+            zip(rows, prompts, completions, counts, reasons)
+        )
+    ]
