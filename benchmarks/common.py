@@ -340,7 +340,7 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
     if getattr(args, "save_completions", False):
         with open(f"{args.output}_completions.jsonl", "a", encoding="utf-8") as handle:
             for offset, sample in enumerate(result.samples):
-                kept = {k: sample[k] for k in ("completion", "generated_tokens", "stopped", judged, flexible)}
+                kept = {k: sample[k] for k in ("completion", "generated_tokens", "stopped", "target", judged, flexible)}
                 handle.write(json.dumps({"row": label, "problem": start + offset, **kept}) + "\n")
     flops = generation_flops(model, prompt_tokens, result.generated_tokens, len(result.samples))
     correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)

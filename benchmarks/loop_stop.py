@@ -4,8 +4,9 @@
 checked every `LOOP_CHECK_EVERY` tokens of the row). Greedy decoding that reached such a state is expected to repeat
 it to the budget, so only the end of the text changes. This script checks that claim on real answers: it reads the
 completions `real_model.py --save-completions` wrote *without* `--stop-loops`, re-tokenizes each answer, finds the
-first length at which the rule would have fired, and compares the answers extracted from the cut text with those of
-the full text (the boxed answer the task judges, and the flexible last number). An answer the rule cut although it
+first length at which the rule would have fired, continues the answer from there by repeating its period to the
+length it really had (`extend_loop`, what `stop_loops` returns), and compares that text, and the answers extracted
+from it, with the full text (the boxed answer the task judges, and the flexible last number). An answer the rule cut although it
 ended on its own before the budget is a false stop.
 
     python benchmarks/loop_stop.py --model qwen2.5-coder-0.5b --completions runs/select_qwen/base_completions.jsonl
@@ -20,7 +21,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from optimum_rku.data.generation import LOOP_CHECK_EVERY, LOOP_MIN_TOKENS, repeating_period
+from optimum_rku.data.generation import LOOP_CHECK_EVERY, LOOP_MIN_TOKENS, extend_loop, repeating_period
 from optimum_rku.evaluation.gsm8k import extract_answer
 from optimum_rku.evaluation.gsm8k_cot import boxed_number
 
@@ -35,8 +36,9 @@ def first_stop(tokens: list[int]) -> int | None:
 
 
 def replay(samples: list[dict], tokenizer, budget: int) -> dict:
-    """The loop stop replayed over one row's answers: how many it cuts, tokens saved, extractions that change."""
-    cut = false_stops = boxed_changed = flexible_changed = saved = 0
+    """The loop stop replayed over one row's answers: how many it stops, how many of those it continues into exactly
+    the text the full budget gave, extractions that change, tokens saved."""
+    stopped = false_stops = identical = boxed_changed = flexible_changed = saved = 0
     changed = []
     for sample in samples:
         text = sample["completion"]
@@ -44,13 +46,14 @@ def replay(samples: list[dict], tokenizer, budget: int) -> dict:
         length = first_stop(tokens)
         if length is None:
             continue
-        cut += 1
+        stopped += 1
         ran_out = sample["generated_tokens"] >= budget
         false_stops += not ran_out
         saved += max(sample["generated_tokens"] - length, 0)
-        short = tokenizer.decode(tokens[:length])
-        same_boxed = boxed_number(short) == boxed_number(text)
-        same_flexible = extract_answer(short, "flexible") == extract_answer(text, "flexible")
+        continued = tokenizer.decode(extend_loop(tokens[:length], len(tokens)))
+        identical += continued == tokenizer.decode(tokens)
+        same_boxed = boxed_number(continued) == boxed_number(text)
+        same_flexible = extract_answer(continued, "flexible") == extract_answer(text, "flexible")
         boxed_changed += not same_boxed
         flexible_changed += not same_flexible
         if not (same_boxed and same_flexible):
@@ -59,8 +62,9 @@ def replay(samples: list[dict], tokenizer, budget: int) -> dict:
     return {
         "answers": len(samples),
         "hit_budget": sum(s["generated_tokens"] >= budget for s in samples),
-        "cut": cut,
+        "stopped": stopped,
         "false_stops": false_stops,
+        "identical_text": identical,
         "boxed_changed": boxed_changed,
         "flexible_changed": flexible_changed,
         "tokens": total,
@@ -75,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--completions", nargs="+", required=True, help="<output>_completions.jsonl files")
     parser.add_argument("--budget", type=int, default=768, help="the answer budget they were generated with")
     args = parser.parse_args(argv)
-    from optimum_rku.io.loading import load_tokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = load_tokenizer(args.model)
+    from optimum_rku.io.sources import resolve_gguf
+
+    path, gguf_file = resolve_gguf(args.model, None)
+    tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
     by_row: dict[str, list[dict]] = defaultdict(list)
     for path in args.completions:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for row, r in results.items():
         share = r["tokens_saved"] / r["tokens"] if r["tokens"] else 0.0
         print(
-            f"| {row} | {r['answers']} | {r['hit_budget']} | {r['cut']} | {r['false_stops']} | {r['boxed_changed']} | "
+            f"| {row} | {r['answers']} | {r['hit_budget']} | {r['stopped']} | {r['false_stops']} | "
+            f"{r['identical_text']} | {r['boxed_changed']} | "
             f"{r['flexible_changed']} | {r['tokens_saved']:,} ({share:.0%}) |"
         )
     out = Path(args.completions[0]).with_name(Path(args.completions[0]).stem + "_loop_stop.json")

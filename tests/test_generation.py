@@ -374,7 +374,7 @@ def test_generation_flops_counts_blocks_per_token_and_the_head_per_answer_token(
 
 
 def test_repeating_period_finds_the_shortest_span_repeated_enough() -> None:
-    from optimum_rku.data.generation import LOOP_MIN_TOKENS, LOOP_REPEATS, repeating_period
+    from optimum_rku.data.generation import LOOP_MIN_TOKENS, LOOP_REPEATS, extend_loop, repeating_period
 
     rng = random.Random(0)
     prefix = [rng.randrange(1000, 2000) for _ in range(40)]
@@ -389,11 +389,17 @@ def test_repeating_period_finds_the_shortest_span_repeated_enough() -> None:
     assert repeating_period(broken) is None
     assert repeating_period([rng.randrange(50) for _ in range(600)]) is None
     assert repeating_period([]) is None
+    looping = prefix + span * LOOP_REPEATS + span[:7]
+    assert extend_loop(looping, 400) == (prefix + span * 8)[:400]  # continued in phase, to the budget
+    assert extend_loop(looping, 10) == looping  # already past the budget: unchanged
+    with pytest.raises(ValueError, match="do not end in a loop"):
+        extend_loop(broken, 400)
 
 
 def test_loop_stop_cuts_looping_rows_the_same_way_in_both_loops() -> None:
-    """Rows of a tiny random model fall into loops: with `stop_loops` they stop there (the text kept is the start of
-    the full-budget text), identically in both loops and at every batch size; rows that do not loop are unchanged."""
+    """Rows of a tiny random model fall into loops: with `stop_loops` they stop computing there and their text is
+    continued by the loop's period into the full-budget text, identically in both loops and at every batch size; rows
+    that do not loop are unchanged."""
     from optimum_rku.data.generation import LOOP_CHECK_EVERY
 
     model, tokenizer = tiny_model("llama", max_position_embeddings=512), make_tokenizer()
@@ -407,8 +413,8 @@ def test_loop_stop_cuts_looping_rows_the_same_way_in_both_loops() -> None:
     assert "loop" in reference.reasons and set(reference.reasons) - {"loop"}  # both kinds of row are exercised
     for i, (text, count, reason) in enumerate(zip(*reference)):
         if reason == "loop":
-            assert count < 300 and count % LOOP_CHECK_EVERY == 0
-            assert full.completions[i].startswith(text) and len(text) < len(full.completions[i])
+            assert count < 300 and count % LOOP_CHECK_EVERY == 0  # computed only until the loop was seen ...
+            assert text == full.completions[i]  # ... continued by its period: the text of the full budget
         else:
             assert (text, count, reason) == (full.completions[i], full.counts[i], full.reasons[i])
 

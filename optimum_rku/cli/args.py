@@ -236,8 +236,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser, limit_default: int | Non
     group.add_argument(
         "--stop-loops",
         action="store_true",
-        help="end an answer that repeats one span of tokens over and over (a damaged model's loop) instead of "
-        "running it to the budget; much faster, but the text is cut where the loop is seen",
+        help="stop computing an answer that repeats one span of tokens over and over (a damaged model's loop) and "
+        "continue its text by repeating that span to the budget; much faster, the same text where the loop holds",
     )
     group.add_argument(
         "--apply-chat-template", action="store_true", help="prompt through the tokenizer's chat template"

@@ -102,10 +102,10 @@ def evaluate(
 
     `generation_loop` is `optimum_rku.data.generation.generate_completions`'s `loop` ("auto": continuous batching,
     where finished rows leave the batch and waiting prompts take their slots; "generate": fixed batches through
-    `model.generate`); both give the same completions. `stop_loops` ends an answer that repeats one span of tokens
-    (greedy decoding would repeat it to the budget): much faster on a damaged model, but the text is cut where the
-    loop is seen, not at the budget, so a last-number extraction can differ from lm-evaluation-harness's on such
-    answers (off by default); each sample records why it stopped."""
+    `model.generate`); both give the same completions. `stop_loops` stops computing an answer that repeats one span of
+    tokens and continues its text by repeating that span to the budget (what greedy decoding does in such a loop):
+    much faster on a damaged model, the same text wherever the loop would have held (off by default, the harness
+    computes every token); each sample records why it stopped."""
     call_start = time.perf_counter()
     task = get_task(task)
     max_new_tokens = task.max_new_tokens if max_new_tokens is None else max_new_tokens
