@@ -523,7 +523,7 @@ def run(args) -> dict:
                 print(_row_line(row), flush=True)
                 write_json(args.output, result_record(args, texts, with_unreached(rows, done), start, complete=False))
                 del model, pruner
-    return result_record(args, texts, rows, start, complete=True)
+    return result_record(args, texts, with_unreached(rows, done), start, complete=True)
 
 
 def result_record(args, texts: Texts, rows: list[dict], start: float, complete: bool) -> dict:
