@@ -54,6 +54,9 @@ def test_resume_adds_exact_match_to_rows_that_lack_it(workspace, tmp_path):
     third = run_grid(workspace, tmp_path, "--resume")  # every row now: only the 0.2 rows are pruned again
     assert all("exact_match" in r for r in third["rows"]) and len(third["runs"]) == 3
 
+    narrower = run_grid(workspace, tmp_path, "--sparsities", "0.4", "--resume")  # a grid without the 0.2 rows ...
+    assert {tuple(r["key"]) for r in narrower["rows"]} == {tuple(r["key"]) for r in third["rows"]}  # ... keeps them
+
 
 def test_resume_measures_again_a_row_that_prunes_differently(workspace, tmp_path):
     """A resumed row whose plan no longer matches (scores recomputed elsewhere can move a borderline unit) is not
