@@ -270,6 +270,7 @@ def plan_config(method: str, sparsity: float, v: dict, score_fields: dict, can_c
         min_keep=v["min_keep"],
         min_keep_attention=v["min_keep_attention"],
         kv_cache_tokens=v["kv_cache_tokens"],
+        round_to=v.get("round_to", 1),
     )
     if v["ranking"]:
         fields["ranking"] = v["ranking"]
@@ -340,7 +341,9 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
     if getattr(args, "save_completions", False):
         with open(f"{args.output}_completions.jsonl", "a", encoding="utf-8") as handle:
             for offset, sample in enumerate(result.samples):
-                kept = {k: sample[k] for k in ("completion", "generated_tokens", "stopped", "target", judged, flexible)}
+                kept = {
+                    k: sample[k] for k in ("completion", "generated_tokens", "stopped", "target", judged, flexible)
+                }
                 handle.write(json.dumps({"row": label, "problem": start + offset, **kept}) + "\n")
     flops = generation_flops(model, prompt_tokens, result.generated_tokens, len(result.samples))
     correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)

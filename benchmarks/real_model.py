@@ -112,6 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="KV-cache credit of the per-parameter rankings (default: config default)",
     )
+    p.add_argument(
+        "--round-to",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="kept widths rounded to multiples of these (RKUConfig.round_to; default 1: no rounding)",
+    )
     p.add_argument("--calibrations", nargs="+", default=["self_generated"], choices=list(CALIBRATIONS))
     p.add_argument("--objectives", nargs="+", default=None, help="RKU objectives (default: the config default)")
     p.add_argument("--activities", nargs="+", default=None, help="RKU activity terms (default: config default)")
@@ -270,7 +277,7 @@ def row_setting(row: dict) -> dict:
     if row.get("bias_compensation"):
         compensation = "on"
     floor = row.get("min_keep_attention")
-    return dict(
+    setting = dict(
         allocation=row["allocation"],
         ranking=row.get("ranking") if row["allocation"] == "global" else None,
         compensation=compensation,
@@ -278,6 +285,9 @@ def row_setting(row: dict) -> dict:
         min_keep_attention=None if floor is None or floor == row["min_keep"] else floor,
         kv_cache_tokens=row.get("kv_cache_tokens") or 0,
     )
+    if row.get("round_to", 1) != 1:
+        setting["round_to"] = row["round_to"]
+    return setting
 
 
 # ------------------------------------------------------------------------------------------------------ records
@@ -391,19 +401,23 @@ def variants(args, method: str, family_can_compensate: bool) -> list[dict]:
             settings = {"default"} if data_free or not family_can_compensate else set(args.compensation)
             resolved = RKUConfig(importance=method, ranking=ranking or "auto").resolved_ranking
             priced = allocation == "global" and resolved in ("per_parameter", "expected_loss", "measured_loss")
-            for compensation, floor, tokens in itertools.product(
-                sorted(settings), args.min_keep_attention or [None], args.kv_cache_tokens if priced else [0]
+            for compensation, floor, tokens, round_to in itertools.product(
+                sorted(settings),
+                args.min_keep_attention or [None],
+                args.kv_cache_tokens if priced else [0],
+                args.round_to,
             ):
-                out.append(
-                    dict(
-                        allocation=allocation,
-                        ranking=ranking,
-                        compensation=compensation,
-                        min_keep=min_keep,
-                        min_keep_attention=floor,
-                        kv_cache_tokens=tokens,
-                    )
+                setting = dict(
+                    allocation=allocation,
+                    ranking=ranking,
+                    compensation=compensation,
+                    min_keep=min_keep,
+                    min_keep_attention=floor,
+                    kv_cache_tokens=tokens,
                 )
+                if round_to != 1:  # only then part of the row's key, so records from before the option still resume
+                    setting["round_to"] = round_to
+                out.append(setting)
     return out
 
 
@@ -509,6 +523,7 @@ def run(args) -> dict:
                     "min_keep": config.min_keep,
                     "min_keep_attention": config.attention_floor,
                     "kv_cache_tokens": pruner.pruning_config.kv_cache_tokens,  # "auto" resolved for this model
+                    "round_to": config.round_to,
                     "achieved_sparsity": pruner.plan.achieved_sparsity,
                     "score_time_s": round(score_time, 1),
                     **metrics,
@@ -579,6 +594,8 @@ def _label(row: dict) -> str:
         parts.append(f"kv{row['kv_cache_tokens']}")
     if row.get("bias_compensation"):
         parts.append("comp")
+    if row.get("round_to", 1) != 1:
+        parts.append(f"round{row['round_to']}")
     parts.append(
         f"keep{row['min_keep']:g}"
         + (f"/{row['min_keep_attention']:g}" if row["min_keep_attention"] != row["min_keep"] else "")

@@ -182,3 +182,15 @@ def test_settings_are_chosen_on_exact_match_where_every_row_has_it(tmp_path):
     del rows[3]["exact_match"]
     path.write_text(json.dumps({"split": "validation", "rows": [{"method": "dense"}, *rows]}))
     assert real_model.best_settings([str(path)])["wanda"]["global"]["min_keep"] == 0.1  # lower NLL
+
+
+def test_round_to_rows_keep_aligned_widths_and_old_keys(workspace, tmp_path):
+    """`--round-to 1 8`: the rounded row keeps FFN widths in multiples of 8 and says so in its label; the unrounded
+    row's key has no round_to (records from before the option still resume)."""
+    torch.set_num_threads(1)
+    out = run_grid(workspace, tmp_path, "--methods", "magnitude", "--sparsities", "0.4", "--round-to", "1", "8")
+    plain, rounded = out["rows"][1:]
+    assert "round_to" not in json.loads(plain["key"][-1]) and json.loads(rounded["key"][-1])["round_to"] == 8
+    assert rounded["round_to"] == 8 and all(width % 8 == 0 for width in rounded["ffn_per_layer"])
+    assert plain["ffn_per_layer"] != rounded["ffn_per_layer"]
+    assert "round8" in real_model._label(rounded) and "round" not in real_model._label(plain)
