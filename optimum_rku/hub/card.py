@@ -118,6 +118,28 @@ def _method_name(importance: Any) -> str:
     return f"the `{importance}` importance criterion"
 
 
+def _check_adapter_arguments(adapter: Any, adapter_checkpoint: Any) -> None:
+    """Each is a folder name or a Hub repo id, and at most one is given (a ValueError naming the bad one)."""
+    for name, value in (("adapter", adapter), ("adapter_checkpoint", adapter_checkpoint)):
+        if value is not None and (not isinstance(value, str) or not HUB_ID.match(value)):
+            raise ValueError(f"{name}={value!r} must be a folder name or a Hub repo id like 'user/name'.")
+    if adapter and adapter_checkpoint:
+        raise ValueError("adapter and adapter_checkpoint exclude each other: pass one (an adapter's base or not).")
+
+
+def _base_names(meta: Mapping[str, Any]) -> tuple[str | None, str, str]:
+    """The base model's Hub id (None when it has none), its label, and how the card's first line links to it; a
+    provider's own base model (the testbed) is named by the provider."""
+    own = provider_for(metadata=meta)
+    base_id = None if own.title else hub_model_id(meta.get("base_model"))
+    if own.title:
+        base_label = own.title
+    else:
+        base_label = base_id or (Path(str(meta.get("base_model"))).name if meta.get("base_model") else "unknown")
+    origin = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else own.origin or f"`{base_label}`"
+    return base_id, base_label, origin
+
+
 def build_model_card(
     meta: Mapping[str, Any],
     eval_results: Any = None,
@@ -145,22 +167,12 @@ def build_model_card(
 
     meta = check_meta(meta)
     pruned, dense, recovery = _card_inputs(meta, eval_results, dense_eval_results, recovery, repo_id)
-    for name, value in (("adapter", adapter), ("adapter_checkpoint", adapter_checkpoint)):
-        if value is not None and (not isinstance(value, str) or not HUB_ID.match(value)):
-            raise ValueError(f"{name}={value!r} must be a folder name or a Hub repo id like 'user/name'.")
-    if adapter and adapter_checkpoint:
-        raise ValueError("adapter and adapter_checkpoint exclude each other: pass one (an adapter's base or not).")
+    _check_adapter_arguments(adapter, adapter_checkpoint)
     remote_code = _uses_remote_code(meta) if has_remote_code is None else bool(has_remote_code)
     config = meta["pruning_config"]
-    own = provider_for(metadata=meta)  # a provider's own base model (the testbed) is named by the provider
-    base_id = None if own.title else hub_model_id(meta.get("base_model"))
-    if own.title:
-        base_label = own.title
-    else:
-        base_label = base_id or (Path(str(meta.get("base_model"))).name if meta.get("base_model") else "unknown")
+    base_id, base_label, origin = _base_names(meta)
     name = checkpoint_name(meta, repo_id)
     data = _card_data(meta, pruned, dense, recovery, base_id, base_label, name, remote_code, adapter)
-    origin = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else own.origin or f"`{base_label}`"
     chart_md = f"![Kept width per layer]({CHART_FILE})\n\n" if chart else ""
     repo = repo_id or "<path-or-repo-id>"
     sections = [
