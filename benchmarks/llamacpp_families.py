@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from llamacpp_models import ROOT, write_results  # noqa: E402
+from common import ROOT, write_results  # noqa: E402
 
 TESTBED = ROOT / "optimum_rku" / "testbed" / "model"
 VOCAB = 512  # the testbed tokenizer's

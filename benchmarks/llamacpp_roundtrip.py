@@ -1,6 +1,6 @@
 """Round trip through llama.cpp: exported GGUF files against transformers on the same prompts (needs llama-cpp-python).
 
-For each variant (see `llamacpp_models.py`) the checkpoint is exported to GGUF, then on N test questions:
+For each variant (see `common.py`, "llama.cpp variants") the checkpoint is exported to GGUF, then on N test questions:
 - `tokens`: does llama.cpp tokenize the prompt text to the ids transformers uses (testbed; chat prompts are compared
   after the template is applied);
 - `completions`: greedy completions (up to --max-new-tokens, from the same prompt ids) identical token for token;
@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from llamacpp_models import ROOT, SHARED_GSM8K, gguf_file, parse_variant, prompts, write_results  # noqa: E402
+from common import ROOT, SHARED_GSM8K, gguf_file, parse_variant, prompts, write_results  # noqa: E402
 
 DEFAULT_VARIANTS = ["testbed:dense", "testbed:global:0.4", "testbed:uniform:0.4"]
 

@@ -1,6 +1,6 @@
 """llama.cpp speed of exported GGUF files: prefill and decode tokens/s and the KV cache llama.cpp allocates.
 
-All variants (see `llamacpp_models.py`) are loaded once per flash-attention setting and measured round-robin in one
+All variants (see `common.py`, "llama.cpp variants") are loaded once per flash-attention setting and measured round-robin in one
 run (round r measures every variant before round r+1), so the ratios to the dense model of the same source compare
 like with like; medians over --rounds. Flash attention is measured on and off: without it llama.cpp pads the V
 cache of layers with unequal KV widths to the widest layer. The KV size is the one llama.cpp reports when it creates
@@ -26,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-from llamacpp_models import ROOT, SHARED_GSM8K, gguf_file, parse_variant, write_results  # noqa: E402
+from common import ROOT, SHARED_GSM8K, gguf_file, parse_variant, write_results  # noqa: E402
 
 DEFAULT_VARIANTS = ["testbed:dense", "testbed:global:0.4", "testbed:uniform:0.4"]
 KV_LINE = re.compile(
