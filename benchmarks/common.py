@@ -149,8 +149,7 @@ def token_dataset(num_seqs: int, seq_len: int, vocab: int = VOCAB, seed: int = 0
 def load_gsm8k(data_dir: str | None) -> tuple[list[dict], list[dict]]:
     """(train, test) rows with 'question' and 'answer'; local jsonl files, else the Hub's openai/gsm8k."""
     if data_dir:
-        read = lambda name: [json.loads(line) for line in (Path(data_dir) / name).read_text().splitlines() if line]  # noqa: E731
-        return read("train.jsonl"), read("test.jsonl")
+        return gsm8k("train", Path(data_dir)), gsm8k("test", Path(data_dir))
     import datasets
 
     data = datasets.load_dataset("openai/gsm8k", "main")
@@ -410,7 +409,7 @@ def gsm8k(split: str, data_dir: Path = SHARED_GSM8K) -> list[dict]:
     """One split of a local GSM8K-format directory (a clear error naming the missing file)."""
     file = Path(data_dir) / f"{split}.jsonl"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found; pass --gsm8k-dir with train.jsonl / test.jsonl (GSM8K format).")
+        raise FileNotFoundError(f"{file} not found; pass a directory with train.jsonl / test.jsonl (GSM8K format).")
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 

@@ -175,8 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--stop-loops",
         action="store_true",
-        help="end an answer once it repeats one span of tokens (greedy decoding would repeat it to the budget); counted "
-        "as em_looped beside em_hit_budget",
+        help="stop computing an answer once it repeats one span of tokens and continue its text by that span to the "
+        "budget (what greedy decoding would write); counted as em_looped beside em_hit_budget",
     )
     p.add_argument(
         "--save-completions",

@@ -396,6 +396,15 @@ def test_repeating_period_finds_the_shortest_span_repeated_enough() -> None:
         extend_loop(broken, 400)
 
 
+def test_loop_stops_only_at_checked_lengths() -> None:
+    from optimum_rku.data.generation import LOOP_CHECK_EVERY, LOOP_MIN_TOKENS, loop_stops
+
+    tokens = [7] * (LOOP_MIN_TOKENS + LOOP_CHECK_EVERY)
+    assert loop_stops(tokens) and not loop_stops(tokens[:-1])  # the row's own length must be a checked one
+    assert loop_stops(tokens[-LOOP_MIN_TOKENS:], length=len(tokens))  # only its newest tokens, its length given
+    assert not loop_stops(tokens[: LOOP_MIN_TOKENS - LOOP_CHECK_EVERY])  # a checked length, but too short a run
+
+
 def test_loop_stop_cuts_looping_rows_the_same_way_in_both_loops() -> None:
     """Rows of a tiny random model fall into loops: with `stop_loops` they stop computing there and their text is
     continued by the loop's period into the full-budget text, identically in both loops and at every batch size; rows

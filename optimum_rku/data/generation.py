@@ -79,6 +79,13 @@ def repeating_period(tokens: Sequence[int]) -> int | None:
     return None
 
 
+def loop_stops(tokens: Sequence[int], length: int | None = None) -> bool:
+    """Whether the loop stop ends a row after its newest token: its length (`length`, when `tokens` are only its
+    newest tokens) is a multiple of LOOP_CHECK_EVERY and it ends in a loop (`repeating_period`)."""
+    length = len(tokens) if length is None else length
+    return length % LOOP_CHECK_EVERY == 0 and repeating_period(tokens) is not None
+
+
 def extend_loop(tokens: list[int], budget: int) -> list[int]:
     """`tokens`, which end in a loop (`repeating_period`), continued by repeating its period up to `budget` tokens:
     what greedy decoding that stays in the loop would have generated."""
@@ -142,7 +149,7 @@ class _StopCheck:
             text = self.tokenizer.decode(tail, skip_special_tokens=False)
             if any(stop in text for stop in self.stop_strings):
                 return length, length, "stop"
-        if self.loops and length % LOOP_CHECK_EVERY == 0 and repeating_period(generated) is not None:
+        if self.loops and loop_stops(generated, length):
             return length, length, "loop"
         return None
 
@@ -488,7 +495,8 @@ def _continuous(
     on_done: Any,
 ) -> None:
     """Greedy-decode the prompts in `order` with at most `batch_size` rows per step; call `on_done(index, tokens,
-    (generated, keep, reason))` as each finishes. Raises _CacheUnsupported (before any row finishes) for unknown caches."""
+    (generated, keep, reason))` as each finishes. Raises _CacheUnsupported (before any row finishes) for unknown
+    caches."""
     device = model_device(model)
     cache_name, keeps_logits = _forward_arguments(model)
     extra = {"logits_to_keep": 1} if keeps_logits else {}
@@ -589,8 +597,7 @@ def generate_completions(
     that repeats one span of tokens (`repeating_period`) stops computing there and its text is continued by repeating
     that span up to the budget (`extend_loop`): greedy decoding in such a state repeats it, so the text is the one the
     full budget would give (checked on real answers: benchmarks/loop_stop.py), at a fraction of the cost; its count
-    is the tokens actually computed. `loop` picks the decoding
-    loop: "continuous" (greedy, finished rows leave the batch and waiting prompts take their place), "generate"
+    is the tokens actually computed. `loop` picks the decoding loop: "continuous" (greedy, finished rows leave the batch and waiting prompts take their place), "generate"
     (fixed, length-sorted, left-padded batches through `model.generate`) or "auto" (continuous when it reproduces
     `model.generate`: greedy, and no logits processor from the model's generation_config; else generate).
     """
