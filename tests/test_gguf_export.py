@@ -343,7 +343,8 @@ def test_cli_export_gguf_writes_the_file_and_the_cards_llama_cpp_section(tmp_pat
     assert code == 0 and "llama.cpp architecture: deci" in out and "-fa on" in out
     assert fields(ckpt / "tiny-q8_0.gguf")["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
     card = (ckpt / "README.md").read_text()
-    assert "## Use with llama.cpp" in card and "`tiny-q8_0.gguf` | q8_0 | `deci` (per-layer widths)" in card
+    assert "## Use with llama.cpp" in card and "`tiny-q8_0.gguf` | q8_0 | Q8_0 x" in card
+    assert "`deci` (per-layer widths)" in card and "ollama create my-model -f Modelfile" in card
     assert any(Path("tiny-q8_0.gguf").match(pattern) for pattern in UPLOAD_PATTERNS)  # pushed with the checkpoint
 
     assert main(["export", "gguf", "--checkpoint", str(ckpt), "--output", str(ckpt / "tiny-q8_0.gguf")]) == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from optimum_rku.cli.runtime import say
 from optimum_rku.export.gguf import GGUF_DTYPES  # a light module: torch and gguf load when the command runs
+from optimum_rku.export.quantize import QUANT_TYPES
 
 FORMATS = ("gguf",)
 
@@ -16,8 +17,19 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="saved checkpoint directory (pruned or dense)")
     parser.add_argument("--output", required=True, help="the .gguf file to write")
     parser.add_argument(
-        "--dtype", choices=GGUF_DTYPES, default="f16", help="weight type (default: f16; q8_0 keeps odd rows in f16)"
+        "--dtype",
+        choices=GGUF_DTYPES,
+        default="f16",
+        help="weight type (default: f16; q8_0 keeps odd rows in f16); with --quantize, the float file it starts from",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=tuple(QUANT_TYPES),
+        default=None,
+        help="then quantize with llama.cpp's own quantizer (e.g. q4_k_m, q8_0; needs the [llamacpp] extra) and print "
+        "every tensor's type and fallback",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="quantizer threads (default: every core)")
     parser.add_argument(
         "--pre-tokenizer",
         default=None,
@@ -51,8 +63,15 @@ def run(args: argparse.Namespace) -> int:
         tokenizer_gguf=args.tokenizer_gguf,
         overwrite=args.overwrite,
         modelfile=args.modelfile,
+        quantize=args.quantize,
+        threads=args.threads,
     )
     say(plan.summary())
+    if args.quantize:
+        from optimum_rku.export.quantize import read_types
+
+        for line in read_types(path).lines():
+            say(line)
     say(f"wrote {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
     flash = " -fa on" if plan.per_layer else ""
     say(f'run it: llama-cli -m {path} -p "Question: ...\\nAnswer:" -n 256{flash}')

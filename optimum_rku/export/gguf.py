@@ -31,8 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from optimum_rku.data.providers import provider_for
+from optimum_rku.export.quantize import (
+    QUANT_TYPES,
+    Fallback,
+    check_quantize,
+    expected_fallbacks,
+    file_type_name,
+    quantize_gguf,
+    read_types,
+    require_llama_cpp,
+)
 from optimum_rku.export.vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
-from optimum_rku.io.files import atomic_write
+from optimum_rku.io.files import atomic_write, staging_name
 from optimum_rku.io.metadata import check_model_dir
 from optimum_rku.models.specs import (
     ATTENTION_PROJECTIONS,
@@ -113,6 +123,10 @@ class GGUFPlan:
             f"tokenizer: {self.vocab.source}",
         ]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+    def fallbacks(self, quantize: str) -> list[Fallback]:
+        """The tensors llama.cpp's quantizer will not give `quantize`'s main type (row length off its block)."""
+        return expected_fallbacks({t.name: t.shape for t in self.tensors}, quantize)
 
 
 class _Checkpoint:
@@ -719,6 +733,41 @@ def _transform(plan: TensorPlan, array):
     return array
 
 
+def _write(plan: GGUFPlan, tmp: Path) -> None:
+    """Stream the plan's tensors, one at a time, into the GGUF file `tmp`."""
+    import gguf
+    import numpy as np
+
+    from optimum_rku.export.vocab import write_vocab
+
+    ckpt = _Checkpoint(plan.checkpoint)
+    writer = gguf.GGUFWriter(str(tmp), plan.arch)
+    _write_hparams(writer, plan)
+    write_vocab(writer, plan.vocab)
+    for tensor in plan.tensors:
+        if tensor.qtype == "f32":
+            dtype_np, nbytes = np.float32, 4 * math.prod(tensor.shape)
+        elif tensor.qtype == "f16":
+            dtype_np, nbytes = np.float16, 2 * math.prod(tensor.shape)
+        else:
+            ggml = getattr(gguf.GGMLQuantizationType, _GGML_TYPES[tensor.qtype])
+            byte_shape = gguf.quant_shape_to_byte_shape(tensor.shape, ggml)
+            writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), ggml)
+            continue
+        writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(dtype_np), nbytes)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in plan.tensors:
+        generated = tensor.source == "<generated>"
+        array = plan.metadata["generated"][tensor.name] if generated else ckpt.tensor(tensor.source)
+        if tensor.rows is not None:
+            array = array[tensor.rows[0] : tensor.rows[1]]
+        data, _ = _encode(_transform(tensor, array), tensor.qtype)
+        writer.write_tensor_data(data)
+    writer.close()
+
+
 def export_gguf(
     checkpoint_dir: str | os.PathLike,
     output: str | os.PathLike,
@@ -728,55 +777,42 @@ def export_gguf(
     tokenizer_gguf: str | os.PathLike | None = None,
     overwrite: bool = False,
     modelfile: bool = False,
+    quantize: str | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Write `checkpoint_dir` (a saved optimum-rku or transformers checkpoint) as one GGUF file for llama.cpp.
 
-    `dtype`: "f32", "f16" (default), "bf16" or "q8_0". `pre_tokenizer` names llama.cpp's pre-tokenizer when the one in
-    tokenizer.json is not recognised; `tokenizer_gguf` copies the tokenizer of another GGUF of the same base model.
-    `modelfile=True` also writes an Ollama `Modelfile` beside the file (`FROM`, the model's chat template as a Go
-    template, its stop tokens; `optimum_rku.export.ollama`), so `ollama create name -f Modelfile` works as it is.
-    The file is written to a temporary sibling and renamed into place; the checkpoint is never modified.
+    `dtype`: "f32", "f16" (default), "bf16" or "q8_0". `quantize` ("q4_k_m", "q8_0", ...: `QUANT_TYPES`) then runs
+    llama.cpp's own quantizer on that float file (needs the `[llamacpp]` extra; `dtype` must be a float type, `threads`
+    its threads, default all); `read_types(path)` reports every tensor's type and fallback. `pre_tokenizer` names
+    llama.cpp's pre-tokenizer when the one in tokenizer.json is not recognised; `tokenizer_gguf` copies the tokenizer
+    of another GGUF of the same base model. `modelfile=True` also writes an Ollama `Modelfile` beside the file
+    (`FROM`, the chat template as a Go template, stop tokens; `optimum_rku.export.ollama`). Every file is written to a
+    temporary sibling and renamed into place; the checkpoint is never modified.
     """
-    import gguf
-
     directory = _check_inputs(checkpoint_dir, dtype, tokenizer_gguf)
+    if quantize is not None:
+        quantize = check_quantize(quantize)
+        if dtype == "q8_0":
+            raise ValueError(f"quantize={quantize!r} starts from float weights: pass dtype 'f32', 'f16' or 'bf16'.")
+        require_llama_cpp()
     target = _check_output(output, directory, overwrite, tokenizer_gguf)
     plan = plan_gguf_export(directory, dtype, pre_tokenizer=pre_tokenizer, tokenizer_gguf=tokenizer_gguf)
-    ckpt = _Checkpoint(directory)
 
     def write(tmp: Path) -> None:
-        writer = gguf.GGUFWriter(str(tmp), plan.arch)
-        _write_hparams(writer, plan)
-        from optimum_rku.export.vocab import write_vocab
-
-        write_vocab(writer, plan.vocab)
-        import numpy as np
-
-        for tensor in plan.tensors:
-            if tensor.qtype == "f32":
-                dtype_np, nbytes = np.float32, 4 * math.prod(tensor.shape)
-            elif tensor.qtype == "f16":
-                dtype_np, nbytes = np.float16, 2 * math.prod(tensor.shape)
-            else:
-                ggml = getattr(gguf.GGMLQuantizationType, _GGML_TYPES[tensor.qtype])
-                byte_shape = gguf.quant_shape_to_byte_shape(tensor.shape, ggml)
-                writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), ggml)
-                continue
-            writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(dtype_np), nbytes)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for tensor in plan.tensors:
-            generated = tensor.source == "<generated>"
-            array = plan.metadata["generated"][tensor.name] if generated else ckpt.tensor(tensor.source)
-            if tensor.rows is not None:
-                array = array[tensor.rows[0] : tensor.rows[1]]
-            data, _ = _encode(_transform(tensor, array), tensor.qtype)
-            writer.write_tensor_data(data)
-        writer.close()
+        if quantize is None:
+            return _write(plan, tmp)
+        source = tmp.with_name(staging_name(target, suffix=f".{dtype}"))
+        try:
+            _write(plan, source)
+            quantize_gguf(source, tmp, quantize, threads)
+        finally:
+            source.unlink(missing_ok=True)
 
     atomic_write(target, write)
     logger.info("Wrote %s\n%s", target, plan.summary())
+    if quantize is not None:
+        logger.info("\n".join(read_types(target).lines()))
     if modelfile:
         from transformers import AutoTokenizer
 
@@ -787,19 +823,21 @@ def export_gguf(
 
 
 def describe_gguf(path: str | os.PathLike) -> dict[str, Any]:
-    """File name, llama.cpp architecture, weight type and whether widths are per layer, read from a GGUF header."""
+    """File name, llama.cpp architecture, weight type, per-layer widths and tensor types / fallbacks, from the header."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
     arch = reader.fields["general.architecture"].contents()
     ffn = reader.fields.get(f"{arch}.feed_forward_length")
     file_type = reader.fields.get("general.file_type")
-    names = {int(v): k for k, v in {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}.items()}
+    report = read_types(path)
     return {
         "file": Path(path).name,
         "architecture": arch,
-        "dtype": names.get(int(file_type.contents()), "other") if file_type is not None else "unknown",
+        "dtype": file_type_name(file_type.contents()).lower() if file_type is not None else "unknown",
         "per_layer": bool(ffn is not None and isinstance(ffn.contents(), list)),
+        "types": report.types,
+        "fallbacks": report.lines()[1:] if report.file_type.lower() in QUANT_TYPES else [],
     }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from optimum_rku.data.providers import DataProvider, provider_for, providers
 from optimum_rku.evaluation.registry import task_of
+from optimum_rku.export.quantize import type_counts
 from optimum_rku.hub.labels import human_bytes, human_count, percent, source_label
 from optimum_rku.io.adapter import EVALUATED_LABELS
 
@@ -232,20 +233,25 @@ model = RKUModelForCausalLM.from_pretrained("{repo}")
 
 
 def llamacpp_section(files: Sequence[Mapping[str, Any]], repo: str) -> str:
-    """ "Use with llama.cpp": the exported GGUF files and the command lines that run them."""
+    """ "Use with llama.cpp": the exported GGUF files (tensor types, quantizer fallbacks) and the lines that run them."""
     rows = "\n".join(
-        f"| `{f['file']}` | {f['dtype']} | `{f['architecture']}`"
+        f"| `{f['file']}` | {f['dtype']} | {type_counts(f.get('types') or {})} | `{f['architecture']}`"
         + (" (per-layer widths)" if f.get("per_layer") else "")
         + " |"
         for f in files
     )
-    first = files[0]["file"]
+    quantized = [f for f in files if f.get("fallbacks")]
+    first = (quantized or files)[0]["file"]
     per_layer = any(f.get("per_layer") for f in files)
     flash = " -fa on" if per_layer else ""
     hub = (
         ""
         if repo.startswith("<")
         else f'llama-cli -hf {repo} --hf-file {first} -p "Question: ...\\nAnswer:" -n 256{flash}\n# or, with the file downloaded:\n'
+    )
+    fallbacks = "".join(
+        f"\n\nllama.cpp's quantizer on `{f['file']}`:\n\n" + "\n".join(f"- {line}" for line in f["fallbacks"])
+        for f in quantized
     )
     note = (
         "\n\nFiles marked *per-layer widths* use llama.cpp's `deci` architecture, which builds every layer with its own "
@@ -256,18 +262,23 @@ def llamacpp_section(files: Sequence[Mapping[str, Any]], repo: str) -> str:
     )
     return f"""## Use with llama.cpp
 
-| file | weights | llama.cpp architecture |
-|---|---|---|
-{rows}
+| file | weights | tensor types | llama.cpp architecture |
+|---|---|---|---|
+{rows}{fallbacks}
 
 ```bash
 {hub}llama-cli -m {first} -p "Question: ...\\nAnswer:" -n 256{flash}
 ```
 
-Ollama: `--modelfile` writes a `Modelfile` beside the file (`FROM ./{first}`, the model's chat template, its stop
-tokens), then `ollama create my-model -f Modelfile`.{note}
+Ollama (`export gguf --modelfile` writes the `Modelfile` beside the file: `FROM ./{first}`, the model's chat
+template, its stop tokens):
 
-Written with `optimum-rku export gguf --checkpoint <dir> --output <file.gguf> --dtype <f32|f16|bf16|q8_0>`."""
+```bash
+ollama create my-model -f Modelfile
+ollama run my-model "Question: ..."
+```{note}
+
+Written with `optimum-rku export gguf --checkpoint <dir> --output <file.gguf> [--quantize q4_k_m] --modelfile`."""
 
 
 def adapter_section(repo: str, remote_code: bool, folder: str) -> str:
