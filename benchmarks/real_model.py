@@ -115,9 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--round-to",
         nargs="+",
-        type=int,
+        type=lambda text: text if text == "auto" else int(text),
         default=[1],
-        help="kept widths rounded to multiples of these (RKUConfig.round_to; default 1: no rounding)",
+        help="kept widths rounded to multiples of these, or 'auto' (RKUConfig.round_to; default 1: no rounding)",
     )
     p.add_argument("--calibrations", nargs="+", default=["self_generated"], choices=list(CALIBRATIONS))
     p.add_argument("--objectives", nargs="+", default=None, help="RKU objectives (default: the config default)")

@@ -22,6 +22,11 @@ GENERATION_CHAT_TEMPLATES = ("auto", "on", "off")
 RANKINGS = ("auto", "score", "per_parameter", "standardized", "expected_loss", "measured_loss")
 #: `kv_cache_tokens="auto"`: the cache of one sequence this long (or of the model's whole context, if shorter)
 DEFAULT_KV_CACHE_TOKENS = 6144
+#: `round_to="auto"`: kept FFN widths in multiples of the largest of these blocks that divides the layer's width into
+#: at least `AUTO_ROUND_MIN_BLOCKS` blocks (256: every llama.cpp K-quant; 32: every other type; both feed the GEMM
+#: kernels whole tiles), else no rounding (docs/benchmarks.md, "Quantized GGUF and aligned widths")
+AUTO_ROUND_BLOCKS = (256, 128, 64, 32)
+AUTO_ROUND_MIN_BLOCKS = 16
 #: RKU's activity term A_s: mean |y| (L2 over a head's slice), or the spread around the calibration mean
 ACTIVITIES = ("abs", "centered")
 
@@ -58,6 +63,11 @@ class RKUConfig:
     parameters alone); "auto" is one sequence of 6144 tokens — the smallest multiple of 2048 whose plan cuts SmolLM2's
     KV cache by at least a quarter at 40% sparsity (docs/benchmarks.md) — or of the model's whole context when that is
     shorter (a sequence cannot cache more).
+    `round_to` keeps every FFN width a multiple of this many channels; "auto" picks, per layer, the largest of 256 /
+    128 / 64 / 32 that splits its width into at least 16 blocks (Qwen2.5's 4864: 256; SmolLM2's 1536: 64), else 1,
+    stepping down while the plan misses the sparsity target by more than a point (uniform plans move in whole blocks):
+    llama.cpp's K-quants need rows in multiples of 256 (else its quantizer falls back to larger types, or F16 below
+    32) and its f16 / f32 prefill kernels run whole tiles only on aligned widths (docs/benchmarks.md).
     `token_gradient_floor` lifts each token's NLL gradient at the logits to at least this norm in the scoring
     objective (0: plain NLL), so the tokens a confident model is sure of still count: on the testbed, whose own
     answers are near certain, plain NLL let a few uncertain tokens decide the ranking (docs/benchmarks.md).
@@ -74,7 +84,7 @@ class RKUConfig:
     min_keep: float = 0.1
     min_keep_attention: float | None = None
     protected_layers: list[int] = field(default_factory=list)
-    round_to: int = 1
+    round_to: int | str = 1
     num_calibration_samples: int = 128
     calibration_seq_len: int = 256
     num_iterations: int = 1
@@ -121,7 +131,12 @@ class RKUConfig:
                 f"({', '.join(map(repr, fisher))})."
             )
         importance.check_config(self)
-        _number("round_to", self.round_to, 1, 1 << 20, integer=True)
+        if self.round_to != "auto":
+            if isinstance(self.round_to, str):
+                raise ValueError(
+                    f"RKUConfig.round_to={self.round_to!r} is not supported; allowed: 'auto' or an integer >= 1."
+                )
+            _number("round_to", self.round_to, 1, 1 << 20, integer=True)
         if self.kv_cache_tokens != "auto":
             if isinstance(self.kv_cache_tokens, str):
                 raise ValueError(
@@ -186,6 +201,14 @@ class RKUConfig:
         if self.kv_cache_tokens != "auto":
             return int(self.kv_cache_tokens)
         return min(DEFAULT_KV_CACHE_TOKENS, context_length or DEFAULT_KV_CACHE_TOKENS)
+
+    def round_to_for(self, width: int, cap: int | None = None) -> int:
+        """`round_to` for an FFN layer `width` channels wide, with "auto" resolved (`AUTO_ROUND_BLOCKS`, none above
+        `cap`)."""
+        if self.round_to != "auto":
+            return int(self.round_to)
+        blocks = (b for b in AUTO_ROUND_BLOCKS if cap is None or b <= cap)
+        return next((b for b in blocks if width % b == 0 and width // b >= AUTO_ROUND_MIN_BLOCKS), 1)
 
     @property
     def attention_floor(self) -> float:

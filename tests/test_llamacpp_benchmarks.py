@@ -18,6 +18,7 @@ gguf = pytest.importorskip("gguf", reason="the gguf package writes and reads GGU
         ("smollm2:global:0.4", Variant("smollm2", "global", 0.4), "smollm2-global-0.4"),
         ("testbed:uniform:0.4:bias", Variant("testbed", "uniform", 0.4, True), "testbed-uniform-0.4-bias"),
         ("qwen:global:0.4:round256", Variant("qwen", "global", 0.4, round_to=256), "qwen-global-0.4-round256"),
+        ("qwen:uniform:0.2:roundauto", Variant("qwen", "uniform", 0.2, round_to="auto"), "qwen-uniform-0.2-roundauto"),
         (
             "testbed:global:0.2:bias:round32",
             Variant("testbed", "global", 0.2, True, 32),

@@ -114,3 +114,39 @@ def test_iterative_pruning_nested(calib):
     pruner = RKUPruner(tiny_model("llama"))
     pruner.prune(RKUConfig(sparsity=0.4, num_iterations=2), calibration_dataset=calib, progress=False)
     assert abs(pruner.plan.achieved_sparsity - 0.4) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "width, step", [(4864, 256), (14336, 256), (1536, 64), (704, 32), (2048, 128), (511, 1), (256, 1), (96, 1)]
+)
+def test_round_to_auto_picks_the_largest_block_with_sixteen_per_layer(width, step):
+    assert RKUConfig(round_to="auto").round_to_for(width) == step
+    assert RKUConfig(round_to=8).round_to_for(width) == 8
+
+
+def test_round_to_auto_rounds_each_layer_and_meets_the_target(calib):
+    model = tiny_model("llama", intermediate_size=512)  # 16 blocks of 32: "auto" resolves to 32
+    prunable = prunable_parameters(model)
+    pruned = RKUPruner(model).prune(
+        RKUConfig(sparsity=0.4, round_to="auto"), calibration_dataset=calib, progress=False
+    )
+    widths = [b.intermediate_size for b in blocks(pruned)]
+    assert all(w % 32 == 0 for w in widths) and min(widths) < 512
+    assert abs((1 - prunable_parameters(pruned) / prunable) - 0.4) <= 0.01
+    with pytest.raises(ValueError, match="round_to='fast'.*'auto'"):
+        RKUConfig(round_to="fast")
+
+
+def test_round_to_auto_steps_down_until_a_uniform_plan_meets_the_target(calib):
+    """A uniform plan moves every layer by one block: where 32-channel blocks cannot land within a point of the
+    target, "auto" takes a smaller block instead of missing it (a fixed round_to=32 misses)."""
+    model = tiny_model("llama", intermediate_size=512)
+    prunable = prunable_parameters(model)
+    settings = dict(sparsity=0.3, allocation="uniform", targets="mlp")
+    fixed = RKUPruner(copy.deepcopy(model)).prune(
+        RKUConfig(**settings, round_to=32), calibration_dataset=calib, progress=False
+    )
+    auto = RKUPruner(model).prune(RKUConfig(**settings, round_to="auto"), calibration_dataset=calib, progress=False)
+    assert abs((1 - prunable_parameters(fixed) / prunable) - 0.3) > 0.01  # 32-channel steps cannot hit 30%
+    assert abs((1 - prunable_parameters(auto) / prunable) - 0.3) <= 0.01
+    assert len({b.intermediate_size for b in blocks(auto)}) == 1

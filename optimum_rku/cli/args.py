@@ -36,7 +36,7 @@ CONFIG_HELP = {
     "attention_granularity": "unit of attention pruning",
     "min_keep": "fraction of each layer's channels and heads/groups always kept",
     "protected_layers": "layer indices that are never pruned",
-    "round_to": "round kept FFN widths to a multiple of this",
+    "round_to": "round kept FFN widths to a multiple of this (auto: 256 / 128 / 64 / 32 by layer width)",
     "num_calibration_samples": "number of calibration texts",
     "calibration_seq_len": "tokens per calibration text",
     "num_iterations": "re-score on the masked model between this many steps",

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from optimum_rku.config import AUTO_ROUND_BLOCKS
 from optimum_rku.scoring.scores import PruningScores
 
 logger = logging.getLogger(__name__)
@@ -209,10 +210,11 @@ def _min_kept(count: int, min_keep: float) -> int:
     return min(count, max(1, math.ceil(min_keep * count - 1e-9)))
 
 
-def _mlp_units(layer: int, scores: torch.Tensor, cost: int, config, protected: bool, per_parameter: bool) -> _Units:
+def _mlp_units(
+    layer: int, scores: torch.Tensor, cost: int, step: int, config, protected: bool, per_parameter: bool
+) -> _Units:
     order = torch.argsort(scores, stable=True).tolist()
     total = len(order)
-    step = config.round_to
     first = total % step if step > 1 else 1
     sizes = ([first] if first else []) + [step] * ((total - first) // step) if step > 1 else [1] * total
     if step == 1:
@@ -264,7 +266,8 @@ def _attention_units(
     return _Units(layer, "attention", unit_scores, [cost] * count, members, max_units)
 
 
-def _build_units(scores: PruningScores, config) -> list[_Units]:
+def _build_units(scores: PruningScores, config, cap: int | None = None) -> list[_Units]:
+    """Every layer's removable units; `cap` bounds the FFN block `round_to="auto"` may pick."""
     units = []
     protected = set(config.protected_layers)
     mlp_keys, attention_keys = ranking_keys(scores, config)
@@ -272,7 +275,8 @@ def _build_units(scores: PruningScores, config) -> list[_Units]:
     for layer in range(scores.num_layers):
         is_protected = layer in protected
         rank_cost = scores.attention_cost[layer] + kv_credit(scores, config, layer)
-        mlp = _mlp_units(layer, mlp_keys[layer], scores.mlp_cost[layer], config, is_protected, per_parameter)
+        step = config.round_to_for(scores.widths[layer]["intermediate_size"], cap)
+        mlp = _mlp_units(layer, mlp_keys[layer], scores.mlp_cost[layer], step, config, is_protected, per_parameter)
         attn = _attention_units(
             layer,
             attention_keys[layer],
@@ -370,15 +374,18 @@ def allocate(scores: PruningScores, config, prunable_before: int) -> PruningPlan
         if len(shapes) > 1:
             raise ValueError("allocation='uniform' needs a model whose layers all have the same widths; use 'global'.")
     target = config.sparsity * prunable_before
-    units = _build_units(scores, config)
-    if config.sparsity > 0:
-        if config.allocation == "global":
+    # round_to="auto": the largest FFN block whose plan still meets the target within TOLERANCE (a uniform plan
+    # moves every layer by one block at a time, so it may need a smaller one than a global plan)
+    for cap in [*AUTO_ROUND_BLOCKS, 1] if config.round_to == "auto" else [None]:
+        units = _build_units(scores, config, cap)
+        if config.sparsity == 0:
+            removed = 0.0
+        elif config.allocation == "global":
             removed = _allocate_global(units, target)
-        else:
-            # aim well inside the +-1% band, then prefer balanced attention / FFN removal
+        else:  # aim well inside the +-1% band, then prefer balanced attention / FFN removal
             removed = _allocate_uniform(units, target, 0.5 * TOLERANCE * prunable_before, config)
-    else:
-        removed = 0.0
+        if abs(removed - target) <= TOLERANCE * prunable_before:
+            break
     layers = []
     for layer in range(scores.num_layers):
         width = scores.widths[layer]
