@@ -44,7 +44,8 @@ def variants(round_to: int) -> list[tuple[str, dict[str, Any] | None]]:
     out: list[tuple[str, dict[str, Any] | None]] = [("dense", None)]
     for allocation in ALLOCATIONS:
         for sparsity in SPARSITIES:
-            out.append((f"{allocation}-{int(sparsity * 100)}", dict(sparsity=sparsity, allocation=allocation)))
+            plain = dict(sparsity=sparsity, allocation=allocation, round_to=1)  # unrounded, against the roundN rows
+            out.append((f"{allocation}-{int(sparsity * 100)}", plain))
     for allocation in ALLOCATIONS:
         out.append((f"{allocation}-40-round{round_to}", dict(sparsity=0.4, allocation=allocation, round_to=round_to)))
     return out

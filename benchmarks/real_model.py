@@ -116,8 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--round-to",
         nargs="+",
         type=lambda text: text if text == "auto" else int(text),
-        default=[1],
-        help="kept widths rounded to multiples of these, or 'auto' (RKUConfig.round_to; default 1: no rounding)",
+        default=[RKUConfig().round_to],
+        help="kept widths rounded to multiples of these, or 'auto' (RKUConfig.round_to; default: the library's)",
     )
     p.add_argument("--calibrations", nargs="+", default=["self_generated"], choices=list(CALIBRATIONS))
     p.add_argument("--objectives", nargs="+", default=None, help="RKU objectives (default: the config default)")

@@ -84,7 +84,7 @@ class RKUConfig:
     min_keep: float = 0.1
     min_keep_attention: float | None = None
     protected_layers: list[int] = field(default_factory=list)
-    round_to: int | str = 1
+    round_to: int | str = "auto"
     num_calibration_samples: int = 128
     calibration_seq_len: int = 256
     num_iterations: int = 1
