@@ -546,8 +546,11 @@ def prompts(variant: Variant, tokenizer, count: int, gsm8k_dir: Path = SHARED_GS
 def write_results(
     output: str | Path, script: str, argv: list[str], args, results: list[dict], extra: dict | None = None
 ) -> None:
-    """The JSON a llama.cpp benchmark writes: its exact command, its settings (no paths), its results (and `extra`)."""
-    payload = {"command": f"python benchmarks/{script} " + " ".join(argv)}
+    """The JSON a llama.cpp benchmark writes: its command and settings without machine paths (--work-dir and
+    --gsm8k-dir are dropped), its results (and `extra`)."""
+    local = ("--work-dir", "--gsm8k-dir")
+    kept = [a for i, a in enumerate(argv) if a.split("=")[0] not in local and (i == 0 or argv[i - 1] not in local)]
+    payload = {"command": f"python benchmarks/{script} " + " ".join(kept)}
     payload |= {"settings": {k: v for k, v in vars(args).items() if k not in ("output", "work_dir", "gsm8k_dir")}}
     payload["results"] = results
     payload |= extra or {}

@@ -98,3 +98,17 @@ def test_speed_benchmark_runs_on_the_testbed(tmp_path):
         ("testbed-global-0.4-round32", "q8_0"),
     ]
     assert rows[2]["file_ratio"] == 1.0 and rows[3]["file_ratio"] < 1.0 and rows[3]["f16_fallbacks"] == 0
+
+
+def test_write_results_keeps_machine_paths_out_of_the_record(tmp_path):
+    import argparse
+    import json
+
+    from common import write_results
+
+    argv = ["--variants", "qwen:dense", "--work-dir", "/somewhere/runs", "--gsm8k-dir=x", "--output", "o.json"]
+    args = argparse.Namespace(variants=["qwen:dense"], work_dir="/somewhere/runs", gsm8k_dir="x", output="o.json")
+    write_results(tmp_path / "o.json", "llamacpp_speed.py", argv, args, [{"a": 1}], {"agreement": []})
+    record = json.loads((tmp_path / "o.json").read_text())
+    assert "/somewhere" not in json.dumps(record) and record["agreement"] == [] and record["results"] == [{"a": 1}]
+    assert record["command"] == "python benchmarks/llamacpp_speed.py --variants qwen:dense --output o.json"
