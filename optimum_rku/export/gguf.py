@@ -32,14 +32,12 @@ from typing import Any
 
 from optimum_rku.data.providers import provider_for
 from optimum_rku.export.quantize import (
-    QUANT_TYPES,
     Fallback,
     check_quantize,
     expected_fallbacks,
-    file_type_name,
     quantize_gguf,
-    read_types,
     require_llama_cpp,
+    types_of,
 )
 from optimum_rku.export.vocab import Vocab, check_pre_tokenizer, read_byte_level_bpe, read_gguf_tokenizer
 from optimum_rku.io.files import atomic_write, staging_name
@@ -799,20 +797,22 @@ def export_gguf(
     target = _check_output(output, directory, overwrite, tokenizer_gguf)
     plan = plan_gguf_export(directory, dtype, pre_tokenizer=pre_tokenizer, tokenizer_gguf=tokenizer_gguf)
 
+    reports = []  # the quantizer's type report, read back from the file it wrote
+
     def write(tmp: Path) -> None:
         if quantize is None:
             return _write(plan, tmp)
         source = tmp.with_name(staging_name(target, suffix=f".{dtype}"))
         try:
             _write(plan, source)
-            quantize_gguf(source, tmp, quantize, threads)
+            reports.append(quantize_gguf(source, tmp, quantize, threads))
         finally:
             source.unlink(missing_ok=True)
 
     atomic_write(target, write)
     logger.info("Wrote %s\n%s", target, plan.summary())
-    if quantize is not None:
-        logger.info("\n".join(read_types(target).lines()))
+    for report in reports:
+        logger.info("\n".join(report.lines()))
     if modelfile:
         from transformers import AutoTokenizer
 
@@ -829,15 +829,14 @@ def describe_gguf(path: str | os.PathLike) -> dict[str, Any]:
     reader = gguf.GGUFReader(str(path))
     arch = reader.fields["general.architecture"].contents()
     ffn = reader.fields.get(f"{arch}.feed_forward_length")
-    file_type = reader.fields.get("general.file_type")
-    report = read_types(path)
+    report = types_of(reader)
     return {
         "file": Path(path).name,
         "architecture": arch,
-        "dtype": file_type_name(file_type.contents()).lower() if file_type is not None else "unknown",
+        "dtype": report.file_type.lower(),
         "per_layer": bool(ffn is not None and isinstance(ffn.contents(), list)),
         "types": report.types,
-        "fallbacks": report.lines()[1:] if report.file_type.lower() in QUANT_TYPES else [],
+        "fallbacks": report.lines()[1:],  # fallback lines exist for quantized files only
     }
 
 

@@ -127,12 +127,6 @@ class TypeReport:
             out.append("fallback: none (every row fits its type's block)")
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        fallbacks = [
-            {"tensor": f.tensor, "columns": f.columns, "wanted": f.wanted, "got": f.got} for f in self.fallbacks
-        ]
-        return {"file_type": self.file_type, "types": self.types, "fallbacks": fallbacks}
-
 
 def type_counts(types: dict[str, int]) -> str:
     """ "Q4_K x97, F32 x49" (most common first), or "-" when there are none."""
@@ -155,7 +149,11 @@ def read_types(path: str | os.PathLike) -> TypeReport:
     """Every tensor's type in a GGUF file, and which of them are llama.cpp fallbacks (read from the header only)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    return types_of(gguf.GGUFReader(str(path)))
+
+
+def types_of(reader) -> TypeReport:
+    """`read_types` of an open `gguf.GGUFReader`."""
     field_ = reader.fields.get("general.file_type")
     file_type = file_type_name(field_.contents()) if field_ is not None else "unknown"
     types = Counter(t.tensor_type.name for t in reader.tensors)
