@@ -463,7 +463,7 @@ def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gs
     return directory
 
 
-#: the real-model benchmark's calibration settings (`real_model.py` defaults), so a variant is the model it measures
+#: the real-model benchmark's calibration settings (`real_model.py`'s defaults), shared so a variant is the model it measures
 REAL_MODEL_CALIBRATION = {"seed": 2016, "num_calibration": 32, "generation_tokens": 256, "gguf_file": None}
 
 

@@ -48,6 +48,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from common import (  # noqa: E402
     CALIBRATIONS,
+    REAL_MODEL_CALIBRATION,
     ROOT,
     SHARED_GSM8K,
     Texts,
@@ -129,8 +130,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="RKU objective's per-token gradient floors (default: config default)",
     )
-    p.add_argument("--num-calibration", type=int, default=32, help="calibration questions (default: 32)")
-    p.add_argument("--generation-tokens", type=int, default=256, help="self-generated answer length")
+    p.add_argument(
+        "--num-calibration",
+        type=int,
+        default=REAL_MODEL_CALIBRATION["num_calibration"],
+        help=f"calibration questions (default: {REAL_MODEL_CALIBRATION['num_calibration']})",
+    )
+    p.add_argument(
+        "--generation-tokens",
+        type=int,
+        default=REAL_MODEL_CALIBRATION["generation_tokens"],
+        help="self-generated answer length",
+    )
     p.add_argument(
         "--split",
         default="test",
@@ -183,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="append every exact-match answer (text, tokens, verdicts) to <output>_completions.jsonl",
     )
-    p.add_argument("--seed", type=int, default=2016)
+    p.add_argument("--seed", type=int, default=REAL_MODEL_CALIBRATION["seed"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
     p.add_argument("--output", default=None, help="output prefix (default: docs/real_model/<quick|full>)")
     p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="self-generated cache")
