@@ -401,7 +401,13 @@ def variants(args, method: str, family_can_compensate: bool) -> list[dict]:
     """Every plan setting of one method's scores (rankings only for global; compensation only where it exists)."""
     chosen = args.best_settings.get(method, {})
     if any(allocation in chosen for allocation in args.allocations):
-        return [chosen[allocation] for allocation in args.allocations if allocation in chosen]
+        picked = [chosen[allocation] for allocation in args.allocations if allocation in chosen]
+        # width rounding is not a selected setting: a chosen one without it runs at --round-to, as every method does
+        return [
+            setting if "round_to" in setting or round_to == 1 else {**setting, "round_to": round_to}
+            for setting in picked
+            for round_to in (args.round_to if "round_to" not in setting else [None])
+        ]
     data_free = not get_importance(method).needs_calibration
     out = []
     for allocation, min_keep in itertools.product(args.allocations, args.min_keep):
