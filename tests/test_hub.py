@@ -158,6 +158,19 @@ def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
     assert "--model someone/base-model" in loaded.text and "--dataset openai/gsm8k" in loaded.text
 
 
+def test_card_says_when_the_source_weights_are_quantized(checkpoints):
+    """A checkpoint pruned from a packaged (quantized GGUF) model says so in its card; another does not."""
+    from optimum_rku.hub.card import build_model_card
+    from optimum_rku.io.packaged import PACKAGED_MODELS
+
+    meta = json.loads((checkpoints["global"] / "rku_config.json").read_text())
+    packaged = PACKAGED_MODELS["qwen2.5-coder-0.5b"]
+    for recorded in (packaged.file_name, packaged.name):
+        text = build_model_card({**meta, "base_model": recorded}).text
+        assert "**quantized weights**" in text and packaged.weights_note in text
+    assert "quantized weights" not in build_model_card({**meta, "base_model": "someone/base-model"}).text
+
+
 def test_card_rejects_bad_inputs(checkpoints):
     from optimum_rku.hub.card import build_model_card, checkpoint_writers
 

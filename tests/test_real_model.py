@@ -112,6 +112,24 @@ def test_settings_from_chooses_per_allocation(tmp_path):
         real_model.best_settings([str(path)])
 
 
+def test_a_chosen_setting_runs_at_the_runs_width_rounding(tmp_path):
+    """A baseline setting chosen from a record without width rounding runs at --round-to (the library default), so
+    it is compared with RKU on equally aligned plans; a chosen setting that names its rounding keeps it."""
+    rows = [selection_row("global", 0.5, 0.2, 2.0), selection_row("global", 0.5, 0.4, 3.0)]
+    path = tmp_path / "select.json"
+    path.write_text(json.dumps({"split": "validation", "rows": rows}))
+    for flags, expected in (([], "auto"), (["--round-to", "1"], None), (["--round-to", "64", "1"], 64)):
+        args = real_model.parse_args(
+            ["--methods", "wanda", "--settings-from", str(path), "--allocations", "global", *flags]
+        )
+        settings = real_model.variants(args, "wanda", False)
+        assert settings[0].get("round_to") == expected and len(settings) == len(args.round_to)
+        assert all(setting["min_keep"] == 0.5 for setting in settings)
+    path.write_text(json.dumps({"split": "validation", "rows": [row | {"round_to": 128} for row in rows]}))
+    args = real_model.parse_args(["--methods", "wanda", "--settings-from", str(path), "--allocations", "global"])
+    assert [setting["round_to"] for setting in real_model.variants(args, "wanda", False)] == [128]
+
+
 def test_a_stopped_resume_keeps_the_rows_it_had_not_reached(workspace, tmp_path, monkeypatch):
     """Stopping a resumed run (here: the second exact match fails) leaves every earlier row in the JSON."""
     first = run_grid(workspace, tmp_path, "--em-sparsities")

@@ -140,6 +140,19 @@ def _base_names(meta: Mapping[str, Any]) -> tuple[str | None, str, str]:
     return base_id, base_label, origin
 
 
+def _weights_sentence(meta: Mapping[str, Any]) -> str:
+    """A sentence saying the source weights are quantized (a packaged GGUF model), so no result here passes for the
+    original release's; empty otherwise."""
+    from optimum_rku.io.packaged import weights_note
+
+    note = weights_note(meta.get("base_model"))
+    return (
+        f" Its source weights are **quantized weights** ({note}); every result below was measured on them."
+        if note
+        else ""
+    )
+
+
 def build_model_card(
     meta: Mapping[str, Any],
     eval_results: Any = None,
@@ -185,7 +198,7 @@ def build_model_card(
         + ", ranked "
         f"{'across all layers' if config.get('allocation') == 'global' else 'within each layer'} and physically "
         "removed: the weight matrices and the KV cache are smaller, and the result is an ordinary dense "
-        "transformers model (no sparse kernels needed).",
+        "transformers model (no sparse kernels needed)." + _weights_sentence(meta),
         pruning_section(meta),
         eval_section(meta, pruned, dense, base_label),
         "## Kept width per layer\n\n" + chart_md + layer_table(meta),

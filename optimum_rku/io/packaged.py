@@ -167,6 +167,9 @@ def packaged_gguf_path(name: str) -> Path:
 
 
 def weights_note(source: str | None) -> str | None:
-    """What results on `source` must say about its weights (packaged models are quantized), else None."""
-    model = PACKAGED_MODELS.get(str(source))
+    """What results on `source` must say about its weights (packaged models are quantized), else None. `source` is a
+    packaged name or its GGUF file name (what a checkpoint pruned from it records as `base_model`)."""
+    model = PACKAGED_MODELS.get(str(source)) or next(
+        (model for model in PACKAGED_MODELS.values() if model.file_name == source), None
+    )
     return model.weights_note if model else None
