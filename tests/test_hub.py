@@ -166,8 +166,11 @@ def test_card_says_when_the_source_weights_are_quantized(checkpoints):
     meta = json.loads((checkpoints["global"] / "rku_config.json").read_text())
     packaged = PACKAGED_MODELS["qwen2.5-coder-0.5b"]
     for recorded in (packaged.file_name, packaged.name):
-        text = build_model_card({**meta, "base_model": recorded}).text
-        assert "**quantized weights**" in text and packaged.weights_note in text
+        card = build_model_card({**meta, "base_model": recorded})
+        assert "**quantized weights**" in card.text and packaged.weights_note in card.text
+        assert f"(https://huggingface.co/{packaged.release})" in card.text  # the release the weights quantize
+        assert "--model qwen2.5-coder-0.5b" in card.text  # the reproduce line loads it by its packaged name
+        assert card.data.base_model is None and ".gguf](https://huggingface.co" not in card.text  # a file, no Hub id
     assert "quantized weights" not in build_model_card({**meta, "base_model": "someone/base-model"}).text
 
 

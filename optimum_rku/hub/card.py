@@ -141,15 +141,17 @@ def _base_names(meta: Mapping[str, Any]) -> tuple[str | None, str, str]:
 
 
 def _weights_sentence(meta: Mapping[str, Any]) -> str:
-    """A sentence saying the source weights are quantized (a packaged GGUF model), so no result here passes for the
-    original release's; empty otherwise."""
-    from optimum_rku.io.packaged import weights_note
+    """A sentence saying the source weights are quantized (a packaged GGUF model) and which release they quantize, so
+    no result here passes for the release's own; empty otherwise."""
+    from optimum_rku.io.packaged import packaged_model
 
-    note = weights_note(meta.get("base_model"))
+    model = packaged_model(meta.get("base_model"))
+    if model is None:
+        return ""
+    release = f" of [{model.release}](https://huggingface.co/{model.release})" if model.release else ""
     return (
-        f" Its source weights are **quantized weights** ({note}); every result below was measured on them."
-        if note
-        else ""
+        f" Its source weights are **quantized weights** ({model.weights_note}{release}); every result below was "
+        "measured on them."
     )
 
 

@@ -9,11 +9,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from optimum_rku.data.providers import base_model_of, is_model_alias
+from optimum_rku.io.packaged import packaged_model
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow")
+#: weight-file suffixes: a name ending in one is a file (e.g. a GGUF), never a Hub model id
+WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth")
 
 
 CACHE_DIR = re.compile(r"models--([^/\\]+?)--([^/\\]+)")
@@ -26,7 +29,12 @@ def hub_model_id(name: Any) -> str | None:
     match = CACHE_DIR.search(name.replace("\\", "/"))
     if match:  # a snapshot in the Hugging Face cache: models--org--name/snapshots/<sha>
         return f"{match.group(1)}/{match.group(2)}"
-    if is_model_alias(name) or Path(name).expanduser().exists() or name.lower().endswith(DATA_SUFFIXES):
+    if (
+        is_model_alias(name)
+        or packaged_model(name) is not None  # a packaged GGUF's short or file name
+        or Path(name).expanduser().exists()
+        or name.lower().endswith(DATA_SUFFIXES + WEIGHT_SUFFIXES)
+    ):
         return None
     return name if HUB_ID.match(name) else None
 

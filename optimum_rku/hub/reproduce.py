@@ -16,13 +16,19 @@ def reproduce_command(meta: Mapping[str, Any], output: str | None = None) -> str
     import dataclasses
 
     from optimum_rku.config import RKUConfig
+    from optimum_rku.io.packaged import packaged_model
 
     config = dict(meta["pruning_config"])
     defaults = {  # from the dataclass itself: instantiating RKUConfig would import torch (importance registry)
         f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         for f in dataclasses.fields(RKUConfig)
     }
-    model = provider_for(metadata=meta).model_alias or hub_model_id(meta.get("base_model")) or "<path-to-base-model>"
+    packaged = packaged_model(meta.get("base_model"))  # its short name loads it anywhere
+    model = (
+        provider_for(metadata=meta).model_alias
+        or hub_model_id(meta.get("base_model"))
+        or (packaged.name if packaged else "<path-to-base-model>")
+    )
     out = output or checkpoint_name(meta, None)
     parts = ["optimum-cli rku prune", f"--model {model}", f"--output {out}"]
     for key, value in config.items():

