@@ -353,6 +353,51 @@ def test_decode_steps_append_in_place() -> None:
     assert all(before == after and shared for before, after, shared in seen)
 
 
+def _direct(model, tokenizer, prompts, order_key, batch_size: int = 4) -> dict[int, tuple[list[int], tuple]]:
+    """Each prompt's tokens and stop result from the continuous loop run on prompts in a given order."""
+    encoded = generation._encode(model, tokenizer, prompts, True, 20)
+    order = sorted(range(len(prompts)), key=lambda i: order_key(encoded[i]))
+    check = _StopCheck(tokenizer, STOPS, pad_and_eos(model, tokenizer)[1], filtered=True)
+    out: dict[int, tuple[list[int], tuple]] = {}
+    with torch.inference_mode():
+        generation._continuous(
+            model, encoded, order, batch_size, 20, check, lambda i, t, r: out.update({i: (list(t), r)})
+        )
+    return out
+
+
+def test_freed_slots_take_the_next_prompts_without_copying_the_cache(monkeypatch) -> None:
+    """While prompts wait, a finished row's slot takes the next one (the whole cache is re-indexed only once the queue
+    runs dry), and a newcomer longer than the batch (prompts shortest first) widens it to the left; the tokens stay
+    those of the longest-first order and the texts those of `model.generate`."""
+    model, tokenizer, prompts = _model("llama"), make_tokenizer(), _prompts(14, seed=5)
+    selects: list[int] = []
+    placed: list[tuple[int, int]] = []  # (newcomers written into free slots, how far the batch widened for them)
+    select, fill = generation._Batch._select, generation._Batch._fill_slots
+
+    def counting_select(batch, kept):
+        selects.append(len(kept))
+        return select(batch, kept)
+
+    def counting_fill(batch, newcomers):
+        before = batch.length
+        left = fill(batch, newcomers)
+        if len(left) < len(newcomers):
+            placed.append((len(newcomers) - len(left), batch.length - before))
+        return left
+
+    monkeypatch.setattr(generation._Batch, "_select", counting_select)
+    monkeypatch.setattr(generation._Batch, "_fill_slots", counting_fill)
+    longest_first = _direct(model, tokenizer, prompts, lambda ids: -len(ids))
+    assert len(selects) <= 4 and sum(count for count, _ in placed) >= len(prompts) - 4 - len(selects)
+    assert not any(width for _, width in placed)  # longest first: no newcomer outgrows the batch
+    assert _run(model, tokenizer, prompts, "generate", 1) == _run(model, tokenizer, prompts, "continuous", 4)
+    placed.clear()
+    shortest_first = _direct(model, tokenizer, prompts, lambda ids: len(ids))
+    assert shortest_first == longest_first
+    assert any(width > 0 for _, width in placed)  # some newcomer outgrew the batch and widened it in place
+
+
 def test_generation_flops_counts_blocks_per_token_and_the_head_per_answer_token():
     from optimum_rku.models.geometry import generation_flops, matmul_rate
 

@@ -406,17 +406,32 @@ class _Batch:
     """The running batch: one KV cache whose rows are left-padded to a common `length`, one `_Row` each.
 
     Full-attention layers become `_GrowingLayer`s (appending writes in place); sliding-window layers stay
-    transformers' own (they hold at most window - 1 positions, so their per-step copy stays small)."""
+    transformers' own (they hold at most window - 1 positions, so their per-step copy stays small). When every layer
+    grows in place, a row that leaves while prompts still wait leaves its slot (`None` in `rows`) to the next newcomer,
+    which is written into it: neither departure nor arrival copies the cache. Otherwise rows are re-indexed."""
 
     def __init__(self) -> None:
         """Start empty."""
         self.cache: Any = None
         self.layers: list[Any] = []
-        self.rows: list[_Row] = []
+        self.rows: list[_Row | None] = []
         self.length = 0
 
+    @property
+    def live(self) -> int:
+        """How many rows are running (free slots not counted)."""
+        return sum(row is not None for row in self.rows)
+
+    def _in_place(self) -> bool:
+        return bool(self.layers) and all(isinstance(layer, _GrowingLayer) for layer in self.layers)
+
     def add(self, newcomers: list[tuple[_Row, Any]]) -> None:
-        """Append prefilled rows (each with its own batch-1 cache), left-padding every row to the longest."""
+        """Add prefilled rows (each with its own batch-1 cache): into free slots where there are, else appended, every
+        row left-padded to the longest."""
+        newcomers = self._fill_slots(newcomers)
+        self.compact()
+        if not newcomers:
+            return
         parts = [(_cache_layers(cache), row.cached) for row, cache in newcomers]
         if self.cache is None:
             self.cache, self.layers = newcomers[0][1], parts[0][0]
@@ -450,10 +465,60 @@ class _Batch:
         self.length = target
         self.rows.extend(row for row, _ in newcomers)
 
-    def keep(self, kept: list[int]) -> None:
-        """Keep only the rows at `kept` (in order), then drop the left padding every remaining row shares."""
+    def _fill_slots(self, newcomers: list[tuple[_Row, Any]]) -> list[tuple[_Row, Any]]:
+        """Write newcomers into free slots, right-aligned at the batch length (zeros before); return those left over.
+
+        A newcomer longer than the batch first widens it to the left into positions the views no longer show (padding
+        dropped earlier); where there are not enough, the free slots are compacted away instead (`add` appends)."""
+        free = [slot for slot, row in enumerate(self.rows) if row is None]
+        if not free or not newcomers or not self._in_place():
+            return newcomers
+        longest = max(row.cached for row, _ in newcomers[: len(free)])
+        widen = max(longest - self.length, 0)
+        if widen > min(layer.start for layer in self.layers):
+            self.compact()
+            return newcomers
+        placed = [(slot, row, _cache_layers(cache)) for slot, (row, cache) in zip(free, newcomers)]
+        for position, layer in enumerate(self.layers):
+            layer.start, layer.length = layer.start - widen, layer.length + widen
+            end = layer.start + layer.length
+            for buffer in (layer.key_buffer, layer.value_buffer):
+                buffer[:, :, layer.start : layer.start + widen].zero_()  # new left padding: masked, must be finite
+            for slot, row, layers in placed:
+                source = layers[position]  # a batch-1 prefill of a model whose layers all grow: full attention
+                for buffer, tensor in ((layer.key_buffer, source.keys), (layer.value_buffer, source.values)):
+                    buffer[slot, :, layer.start : end - row.cached].zero_()
+                    buffer[slot, :, end - row.cached : end].copy_(tensor[0])
+            layer._refresh()
+        self.length += widen
+        for slot, row, _ in placed:
+            self.rows[slot] = row
+        return newcomers[len(placed) :]
+
+    def keep(self, kept: list[int], reuse: bool = False) -> None:
+        """Keep only the rows at `kept` (in order), then drop the left padding every remaining row shares. With
+        `reuse` (prompts wait) and in-place layers, the others' slots stay for newcomers and the padding is dropped
+        by moving the views, so nothing is copied."""
         if len(kept) == len(self.rows):
             return
+        if not reuse or not self._in_place() or not kept:
+            self._select(kept)
+            return
+        kept_set = set(kept)
+        self.rows = [row if slot in kept_set else None for slot, row in enumerate(self.rows)]
+        shared_pad = self.length - max(row.cached for row in self.rows if row is not None)
+        for layer in self.layers:
+            layer.start, layer.length = layer.start + shared_pad, layer.length - shared_pad
+            layer._refresh()
+        self.length -= shared_pad
+
+    def compact(self) -> None:
+        """Remove the free slots (re-indexing the cache), so every row in the batch runs."""
+        if None in self.rows:
+            self._select([slot for slot, row in enumerate(self.rows) if row is not None])
+
+    def _select(self, kept: list[int]) -> None:
+        """Re-index the cache to the rows at `kept` and drop the left padding they all share."""
         self.rows = [self.rows[i] for i in kept]
         if not self.rows:
             self.cache, self.layers, self.length = None, [], 0
@@ -504,7 +569,7 @@ def _continuous(
     batch = _Batch()
     while queue or batch.rows:
         newcomers = []
-        while queue and len(batch.rows) + len(newcomers) < batch_size:
+        while queue and batch.live + len(newcomers) < batch_size:
             index = queue.pop()
             ids = encoded[index]
             output = model(
@@ -525,6 +590,7 @@ def _continuous(
                 on_done(row.index, row.generated, result or (1, 1, "budget"))
         if newcomers:
             batch.add(newcomers)
+        batch.compact()  # free slots no newcomer took
         if not batch.rows:
             continue
         rows = batch.rows
@@ -558,7 +624,7 @@ def _continuous(
                 kept.append(position)
             else:
                 on_done(row.index, row.generated, result or (len(row.generated), len(row.generated), "budget"))
-        batch.keep(kept)
+        batch.keep(kept, reuse=bool(queue))
 
 
 # -------------------------------------------------------------------------------------------------- the entry point
