@@ -7,7 +7,8 @@ decode row-steps (rows the model computed at one-token steps: finished rows that
 prefill tokens (padding included), the speed-up over the first run, and whether every completion is identical to the
 first run's (and to the first batch-size-1 run's, if any). It exits non-zero if any completion differs from the first
 run's. `concat:B` runs the continuous loop with transformers' own (concatenating) cache layers instead of the
-in-place buffers, to measure what those save.
+in-place buffers, to measure what those save; `reindex:B` runs it re-indexing the whole cache whenever a row leaves
+or joins instead of reusing the finished row's slot (`generation.REUSE_SLOTS`).
 
     python benchmarks/generation_loop.py                         # testbed, 100 test problems
     python benchmarks/generation_loop.py --model smollm2 --sparsities 0 0.4 --limit 48 --max-new-tokens 256 \\
@@ -37,9 +38,10 @@ from common import ROOT, SHARED_GSM8K  # noqa: E402
 
 from optimum_rku.data import generation  # noqa: E402
 
-#: loops a run can name: the library's two, and `concat` (the continuous loop on transformers' cache layers, which
-#: copy the whole KV cache every decode step) to measure the in-place cache against
-RUN_LOOPS = (*generation.GENERATION_LOOPS[1:], "concat")
+#: loops a run can name: the library's two, `concat` (the continuous loop on transformers' cache layers, which
+#: copy the whole KV cache every decode step) to measure the in-place cache against, and `reindex` (the continuous
+#: loop re-indexing the cache at every departure and arrival) to measure slot reuse against
+RUN_LOOPS = (*generation.GENERATION_LOOPS[1:], "concat", "reindex")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,8 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs",
         nargs="+",
         default=["generate:8", "continuous:8", "continuous:16"],
-        help="LOOP:BATCH pairs (LOOP: generate, continuous, or concat = continuous with transformers' concatenating "
-        "cache layers); the first is the reference for speed-ups and identical completions",
+        help="LOOP:BATCH pairs (LOOP: generate, continuous, reindex = continuous without slot reuse, or concat = "
+        "continuous with transformers' concatenating cache layers); the first is the reference for speed-ups and "
+        "identical completions",
     )
     p.add_argument("--repeats", type=int, default=1, help="timings per run (alternating order); medians reported")
     p.add_argument("--threads", type=int, default=1)
@@ -146,8 +149,9 @@ def measure(model: Any, tokenizer: Any, problems: list[dict], chat: bool, args: 
     for repeat in range(args.repeats):
         for loop, batch in args.runs if repeat % 2 == 0 else args.runs[::-1]:
             counter = WorkCounter(model)
-            headroom = generation.CACHE_HEADROOM
+            headroom, reuse = generation.CACHE_HEADROOM, generation.REUSE_SLOTS
             generation.CACHE_HEADROOM = 0 if loop == "concat" else headroom
+            generation.REUSE_SLOTS = reuse and loop != "reindex"
             start_cpu = time.process_time()
             try:
                 result = evaluate_gsm8k(
@@ -159,11 +163,11 @@ def measure(model: Any, tokenizer: Any, problems: list[dict], chat: bool, args: 
                     max_new_tokens=args.max_new_tokens,
                     apply_chat_template=chat,
                     progress=not args.quiet,
-                    generation_loop="continuous" if loop == "concat" else loop,
+                    generation_loop="continuous" if loop in ("concat", "reindex") else loop,
                 )
             finally:
                 counter.handle.remove()
-                generation.CACHE_HEADROOM = headroom
+                generation.CACHE_HEADROOM, generation.REUSE_SLOTS = headroom, reuse
             timings[(loop, batch)]["cpu"].append(time.process_time() - start_cpu)
             print(
                 f"  {loop}:{batch}: {timings[(loop, batch)]['cpu'][-1]:.1f} CPU s, {result.generation_time_s:.1f} wall s, "

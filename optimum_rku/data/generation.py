@@ -285,6 +285,11 @@ class _CacheUnsupported(RuntimeError):
 CACHE_HEADROOM = 128
 
 
+#: a row that finishes while prompts wait leaves its cache slot to the next one (False: re-index the whole cache at
+#: every departure and arrival, as before slots were reused; benchmarks/generation_loop.py measures the difference)
+REUSE_SLOTS = True
+
+
 def _cache_layers(cache: Any) -> list[Any]:
     """The layers of a transformers DynamicCache with full or sliding-window attention, else _CacheUnsupported."""
     from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
@@ -501,7 +506,7 @@ class _Batch:
         by moving the views, so nothing is copied."""
         if len(kept) == len(self.rows):
             return
-        if not reuse or not self._in_place() or not kept:
+        if not (reuse and REUSE_SLOTS) or not self._in_place() or not kept:
             self._select(kept)
             return
         kept_set = set(kept)
