@@ -485,3 +485,31 @@ def test_evaluate_records_why_each_answer_stopped() -> None:
     assert sum(result.stopped.values()) == len(rows)
     with pytest.raises(TypeError, match="stop_loops must be a bool"):
         evaluate(model, tokenizer, "gsm8k", rows, stop_loops="yes", progress=False)
+
+
+def test_generation_loop_benchmark_compares_slot_reuse_and_reindexing(tmp_path) -> None:
+    """benchmarks/generation_loop.py runs the loop with and without slot reuse on the testbed and finds the same
+    completions (it exits non-zero otherwise) with the same decode work."""
+    import json
+
+    import generation_loop
+
+    out = tmp_path / "loop.json"
+    generation_loop.main(
+        [
+            "--limit",
+            "10",
+            "--max-new-tokens",
+            "24",
+            "--runs",
+            "continuous:4",
+            "reindex:4",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
+    rows = json.loads(out.read_text())["variants"][0]["rows"]
+    assert [row["loop"] for row in rows] == ["continuous", "reindex"]
+    assert rows[1]["identical_to_reference"] and rows[0]["decode_row_steps"] == rows[1]["decode_row_steps"]
+    assert generation.REUSE_SLOTS  # restored after the reindex run
