@@ -45,6 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from common import (  # noqa: E402
     CALIBRATIONS,
+    REAL_MODEL_CALIBRATION,
     ROOT,
     SHARED_GSM8K,
     Texts,
@@ -109,8 +110,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-kv-cache-tokens", type=int, default=None, help="KV-cache credit (default: config's)")
     # calibration and measurement (as in real_model.py, so its caches are reused)
     p.add_argument("--calibration", default="self_generated", choices=list(CALIBRATIONS))
-    p.add_argument("--num-calibration", type=int, default=32, help="calibration questions (default: 32)")
-    p.add_argument("--generation-tokens", type=int, default=256, help="self-generated answer length")
+    calibration = REAL_MODEL_CALIBRATION  # the defaults real_model.py uses, so its caches are reused
+    p.add_argument(
+        "--num-calibration",
+        type=int,
+        default=calibration["num_calibration"],
+        help=f"calibration questions (default: {calibration['num_calibration']})",
+    )
+    p.add_argument(
+        "--generation-tokens",
+        type=int,
+        default=calibration["generation_tokens"],
+        help="self-generated answer length",
+    )
     p.add_argument("--split", default="test", choices=["test", "validation"], help="problems to measure on")
     p.add_argument("--nll-problems", type=int, default=60, help="problems for NLL, perplexity and agreement")
     p.add_argument("--em-problems", type=int, default=0, help="problems for exact match (0: none)")
@@ -134,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--self-tokens", type=int, default=768, help="answer budget of the dense model's own answers (`self` runs)"
     )
-    p.add_argument("--seed", type=int, default=2016)
+    p.add_argument("--seed", type=int, default=calibration["seed"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
     p.add_argument("--output", default=str(ROOT / "docs" / "real_model" / "recovery"), help="output prefix")
     p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="calibration/score cache")
