@@ -62,6 +62,7 @@ from common import (  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E402
+from optimum_rku.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
 from optimum_rku.io.packaged import weights_note  # noqa: E402
 from optimum_rku.models.specs import output_bias_flag  # noqa: E402
@@ -538,19 +539,26 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         "| model | recovery | params | gold NLL before -> after | ppl before -> after | top-1 agree before -> after "
-        "| exact match | train time | steps | examples | tokens seen |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| exact match before -> after [95%] | change [95%], p | % of dense | train time | steps | examples "
+        "| tokens seen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| dense | none | {dense['params'] / 1e6:.1f}M | {dense['nll']:.3f} | {dense['ppl']:.2f} | 1.000 | "
-        f"{_em(dense)} | - | - | - | - |",
+        f"{_em(dense)} | - | - | - | - | - | - |",
     ]
     for row in result["rows"]:
         b, a, t = row["before"], row["after"], row["training"]
-        em = f"{_em(b)} -> {_em(a)}" if "exact_match" in a else "-"
+        em, change, kept = f"{_em(b)} -> {_em(a)}" if "exact_match" in a else "-", "-", "-"
+        if "em_correct" in a and "em_correct" in b:
+            d = paired_difference([int(c) for c in a["em_correct"]], [int(c) for c in b["em_correct"]])
+            change = f"{100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}], p={d.p_value:.2g}"
+        if "exact_match" in a and dense.get("exact_match"):
+            kept = f"{a['exact_match'] / dense['exact_match']:.0%}"
         tokens = f"{t['input_tokens_seen']:,}" if t.get("input_tokens_seen") is not None else "-"
         lines.append(
             f"| {row['label']} | {RECOVERIES[row['recovery']]} | {row['params'] / 1e6:.1f}M | "
             f"{b['nll']:.3f} -> **{a['nll']:.3f}** | {b['ppl']:.2f} -> {a['ppl']:.2f} | "
-            f"{b['agreement']:.3f} -> {a['agreement']:.3f} | {em} | {t['train_runtime_s'] / 60:.1f} min "
+            f"{b['agreement']:.3f} -> {a['agreement']:.3f} | {em} | {change} | {kept} | "
+            f"{t['train_runtime_s'] / 60:.1f} min "
             f"({t['s_per_step']:.1f} s/step; run {t['cpu_s'] / 60:.1f} CPU-min) | {t['steps']} | "
             f"{t['examples_seen']} | {tokens} |"
         )
@@ -558,7 +566,13 @@ def markdown(result: dict) -> str:
 
 
 def _em(m: dict) -> str:
-    return f"{100 * m['exact_match']:.1f}%" if "exact_match" in m else "-"
+    """Exact match with its 95% Wilson interval (from the per-problem verdicts), or "-" where none was measured."""
+    if "exact_match" not in m:
+        return "-"
+    if "em_correct" not in m:
+        return f"{100 * m['exact_match']:.1f}%"
+    low, high = wilson_interval(m["em_correct"].count("1"), len(m["em_correct"]))
+    return f"{100 * m['exact_match']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def chart(result: dict, path: Path) -> None:

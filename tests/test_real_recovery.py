@@ -33,7 +33,9 @@ def args_for(workspace, tmp_path, *extra):
 def test_rows_before_and_after_with_training_records(workspace, tmp_path):
     torch.set_num_threads(1)
     argv = args_for(workspace, tmp_path, "--baseline", "wanda", "--baseline-min-keep", "0.3")
-    assert real_recovery.main([*argv, "--recoveries", "lora", "distill"]) == 0
+    assert (
+        real_recovery.main([*argv, "--recoveries", "lora", "distill", "--em-problems", "3", "--em-tokens", "8"]) == 0
+    )
     result = json.loads((tmp_path / "out" / "rec.json").read_text())
     assert result["complete"] and result["chat_template"] is True and result["sparsity"] == 0.3
     assert (
@@ -70,8 +72,11 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
         assert 0 < t["train_runtime_s"] <= t["wall_s"] + 0.5 and t["cpu_s"] > 0
         assert math.isfinite(row["after"]["nll"]) and row["after"]["nll"] != row["before"]["nll"]
         assert 0 <= row["after"]["agreement"] <= 1
+        assert len(row["after"]["em_correct"]) == 3 and len(row["before"]["em_correct"]) == 3
     table = (tmp_path / "out" / "rec.md").read_text()
     assert table.count("| LoRA on gold solutions |") == 3 and table.count("| LoRA + distillation") == 2
+    # exact match before -> after with Wilson intervals, the paired change and the share of dense kept
+    assert "| change [95%], p | % of dense |" in table and table.count("], p=") == 5
     assert (tmp_path / "out" / "rec.png").stat().st_size > 0
     assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind
 
@@ -81,9 +86,9 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
     argv = args_for(workspace, tmp_path, "--rows", "rku", "--recoveries", "lora", "--output", str(again / "rec"))
     assert real_recovery.main(argv) == 0
     row = json.loads((again / "rec.json").read_text())["rows"][0]
-    assert (
-        row["before"] == rows["rku", "lora"]["before"] and row["after"]["nll"] == rows["rku", "lora"]["after"]["nll"]
-    )
+    first = rows["rku", "lora"]
+    assert all(row["before"][k] == first["before"][k] for k in ("nll", "ppl", "agreement"))
+    assert row["after"]["nll"] == first["after"]["nll"]
     assert sorted((tmp_path / "cache").iterdir()) == cached
 
 
