@@ -12,8 +12,9 @@ score caches):
   global per-parameter ranking, bias compensation and min_keep 0.5, its best setting on validation problems), each
   pruned to `--sparsity` and recovered with `RKUPruner.recover` twice from the same pruned model: (1) LoRA on GSM8K
   train gold solutions, (2) the same with distillation from the dense model (`teacher=` the dense model), (3) LoRA on
-  the dense model's own greedy answers to the same number of train questions (`self`: label-free, it needs no gold
-  solutions and distils the teacher's reasoning as text; answers that ran to the budget are left out).
+  the dense model's own greedy answers to the same number of train questions, asked the way `--em-task` asks them
+  (`self`: label-free, it needs no gold solutions and distils the teacher's reasoning as text; answers that ran to
+  the budget are left out).
 Recovery rows are asked the way the model is asked (the library's `chat_template="auto"`: a chat model's user turn,
 then the gold answer + eos). Per row, before and after recovery: gold-solution NLL on GSM8K test problems (chat
 template, answer tokens only), plain-text perplexity and next-token top-1 agreement with the dense model, optional
@@ -258,26 +259,28 @@ def recovery_rows(train: list[dict], calibration: list[str], args) -> list[dict]
 
 def self_answer_rows(dense, tokenizer, rows: list[dict], args) -> list[dict]:
     """The dense model's own greedy answers to the first `steps x batch` questions of `rows` (what one run's budget
-    sees), asked the way recovery rows are, as question/answer rows; answers that hit the budget or a loop are
-    dropped (a cut answer would teach stopping mid-way). Cached under --cache-dir: they take minutes."""
+    sees), asked exactly as `--em-task` asks (for the default task: the chat template and Qwen's boxed-answer
+    instruction), as prompt/response rows: the pruned model learns to answer the measured prompt the way the dense
+    one does. Answers that hit the budget or a loop are dropped (a cut answer would teach stopping mid-way). Cached
+    under --cache-dir: they take minutes."""
     from optimum_rku.data.generation import generate_completions
-    from optimum_rku.recovery.data import QAFormat, recovery_chat_template
+    from optimum_rku.data.prompts import uses_chat_template
 
-    questions = [row["question"] for row in rows[: args.steps * args.batch_size]]
-    key = hashlib.sha256(json.dumps([args.model, args.gguf_file, questions, args.self_tokens]).encode()).hexdigest()
+    task, chat = get_task(args.em_task), uses_chat_template(tokenizer, "auto")
+    prompts = [task.prompt(row, [], tokenizer, chat) for row in rows[: args.steps * args.batch_size]]
+    key = hashlib.sha256(json.dumps([args.model, args.gguf_file, prompts, args.self_tokens]).encode()).hexdigest()
     cache = Path(args.cache_dir) / f"recovery_self_{key[:16]}.json"
     if cache.is_file():
         answers = json.loads(cache.read_text())
     else:
-        ask = QAFormat(tokenizer, recovery_chat_template(tokenizer))
         with torch.inference_mode():
             out = generate_completions(
                 dense.eval(),
                 tokenizer,
-                [ask(question, "")[0] for question in questions],
+                prompts,
                 batch_size=args.em_batch_size,
                 max_new_tokens=args.self_tokens,
-                add_special_tokens=not ask.chat,  # a rendered chat template carries its own special tokens
+                add_special_tokens=not chat,  # a rendered chat template carries its own special tokens
                 progress=args.progress,
                 desc="dense answers for recovery",
                 stop_loops=True,
@@ -287,10 +290,10 @@ def self_answer_rows(dense, tokenizer, rows: list[dict], args) -> list[dict]:
         ]
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(answers))
-    kept = [{"question": q, "answer": a} for q, a in zip(questions, answers) if a]
+    kept = [{"prompt": prompt, "response": answer} for prompt, answer in zip(prompts, answers) if answer]
     if not kept:
         raise SystemExit(
-            f"none of the dense model's {len(questions)} answers ended within --self-tokens {args.self_tokens}"
+            f"none of the dense model's {len(prompts)} answers ended within --self-tokens {args.self_tokens}"
         )
     return kept
 

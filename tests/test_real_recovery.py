@@ -11,6 +11,7 @@ import real_recovery  # noqa: E402
 import torch  # noqa: E402
 from conftest import chat_benchmark_workspace  # noqa: E402
 
+from optimum_rku.evaluation.gsm8k_cot import BOXED_INSTRUCTION  # noqa: E402
 from optimum_rku.importance import get_importance  # noqa: E402
 
 
@@ -107,11 +108,14 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
         return generation.Generations(texts, [8] * len(prompts), reasons)
 
     monkeypatch.setattr(generation, "generate_completions", answers)
-    argv = args_for(workspace, tmp_path, "--rows", "rku", "--recoveries", "self", "--self-tokens", "32")
+    argv = args_for(
+        workspace, tmp_path, "--rows", "rku", "--recoveries", "self", "--max-length", "256", "--self-tokens", "32"
+    )
     assert real_recovery.main(argv) == 0
     ((prompts, budget, stop_loops),) = asked
     assert len(prompts) == 2 * 4 and budget == 32 and stop_loops  # steps x batch questions, the --self-tokens budget
     assert all(prompt != prompts[0] for prompt in prompts[1:])  # one prompt per question
+    assert all(BOXED_INSTRUCTION in prompt for prompt in prompts)  # asked as the measured task (gsm8k_cot_boxed) asks
     (row,) = json.loads((tmp_path / "out" / "rec.json").read_text())["rows"]
     assert row["recovery"] == "self" and row["training"]["train_examples"] == 4  # eos and stop answers only
     assert row["after"]["nll"] != row["before"]["nll"]
