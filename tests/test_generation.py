@@ -415,6 +415,20 @@ def test_generation_flops_counts_blocks_per_token_and_the_head_per_answer_token(
     assert matmul_rate(8, 16, 32, seconds=0.01) > 0
 
 
+def test_matmul_rate_is_the_best_timing_window(monkeypatch):
+    """A window slowed by load elsewhere does not lower the rate: the fastest of the windows is returned."""
+    import time
+
+    from optimum_rku.models.geometry import matmul_rate
+
+    # each window: a start and four checks (three products); the first window takes 4 s, the second 0.5 s
+    clock = iter([0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 10.125, 10.25, 10.375, 10.5])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    assert matmul_rate(8, 16, 32, seconds=0.0, windows=2) == 2.0 * 8 * 16 * 32 * 3 / 0.5
+    with pytest.raises(ValueError, match="windows must be >= 1, got 0"):
+        matmul_rate(8, 16, 32, windows=0)
+
+
 # ------------------------------------------------------------------------------------------------------- loop stop
 
 
