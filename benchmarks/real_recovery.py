@@ -261,10 +261,10 @@ def self_answer_rows(dense, tokenizer, rows: list[dict], args) -> list[dict]:
     """The dense model's own greedy answers to the first `steps x batch` questions of `rows` (what one run's budget
     sees), asked exactly as `--em-task` asks (for the default task: the chat template and Qwen's boxed-answer
     instruction), as prompt/response rows: the pruned model learns to answer the measured prompt the way the dense
-    one does. Answers that hit the budget or a loop are dropped (a cut answer would teach stopping mid-way). Cached
+    one does. Answers that hit the budget or a loop are dropped (`generate_answers(finished_only=True)`). Cached
     under --cache-dir: they take minutes."""
-    from optimum_rku.data.generation import generate_completions
     from optimum_rku.data.prompts import uses_chat_template
+    from optimum_rku.data.self_generated import generate_answers
 
     task, chat = get_task(args.em_task), uses_chat_template(tokenizer, "auto")
     prompts = [task.prompt(row, [], tokenizer, chat) for row in rows[: args.steps * args.batch_size]]
@@ -273,21 +273,18 @@ def self_answer_rows(dense, tokenizer, rows: list[dict], args) -> list[dict]:
     if cache.is_file():
         answers = json.loads(cache.read_text())
     else:
-        with torch.inference_mode():
-            out = generate_completions(
-                dense.eval(),
-                tokenizer,
-                prompts,
-                batch_size=args.em_batch_size,
-                max_new_tokens=args.self_tokens,
-                add_special_tokens=not chat,  # a rendered chat template carries its own special tokens
-                progress=args.progress,
-                desc="dense answers for recovery",
-                stop_loops=True,
-            )
-        answers = [
-            text.strip() if reason in ("eos", "stop") else None for text, reason in zip(out.completions, out.reasons)
-        ]
+        config = RKUConfig(generation_max_new_tokens=args.self_tokens, seed=args.seed)  # greedy
+        answers = generate_answers(
+            dense,
+            tokenizer,
+            prompts,
+            config,
+            batch_size=args.em_batch_size,
+            progress=args.progress,
+            add_special_tokens=not chat,  # a rendered chat template carries its own special tokens
+            finished_only=True,
+            desc="dense answers for recovery",
+        )
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(answers))
     kept = [{"prompt": prompt, "response": answer} for prompt, answer in zip(prompts, answers) if answer]

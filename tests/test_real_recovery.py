@@ -97,17 +97,28 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
     """`self` runs LoRA on the dense model's own answers: only those that ended (eos or a stop string) are kept, the
     prompts are the chat-rendered questions of the run's budget, and the answers are cached for the next run."""
     import optimum_rku.data.generation as generation
+    import optimum_rku.data.self_generated as self_generated
 
     torch.set_num_threads(1)
-    asked = []
+    asked, real = [], generation.generate_completions
 
-    def answers(model, tokenizer, prompts, *, max_new_tokens, stop_loops, **kwargs):
+    def scripted(answer):
+        """The dense answers for recovery come from `answer`; the calibration set is generated for real."""
+
+        def generate(model, tokenizer, prompts, **kwargs):
+            if kwargs.get("desc") != "dense answers for recovery":
+                return real(model, tokenizer, prompts, **kwargs)
+            return answer(prompts, **kwargs)
+
+        return generate
+
+    def answers(prompts, *, max_new_tokens, stop_loops, **kwargs):
         asked.append((list(prompts), max_new_tokens, stop_loops))
         reasons = [("eos", "budget", "stop", "loop")[i % 4] for i in range(len(prompts))]
         texts = [f"Step one. The answer is \\boxed{{{i}}}." for i in range(len(prompts))]
         return generation.Generations(texts, [8] * len(prompts), reasons)
 
-    monkeypatch.setattr(generation, "generate_completions", answers)
+    monkeypatch.setattr(self_generated, "generate_completions", scripted(answers))
     argv = args_for(
         workspace, tmp_path, "--rows", "rku", "--recoveries", "self", "--max-length", "256", "--self-tokens", "32"
     )
@@ -122,18 +133,18 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
     assert "LoRA on the dense model's own answers" in (tmp_path / "out" / "rec.md").read_text()
     assert len(list((tmp_path / "cache").glob("recovery_self_*.json"))) == 1
 
-    def no_generation(*args, **kwargs):
+    def no_generation(prompts, **kwargs):
         raise AssertionError("the cached answers were generated again")
 
-    monkeypatch.setattr(generation, "generate_completions", no_generation)
+    monkeypatch.setattr(self_generated, "generate_completions", scripted(no_generation))
     assert real_recovery.main([*argv, "--output", str(tmp_path / "again" / "rec")]) == 0
     (again,) = json.loads((tmp_path / "again" / "rec.json").read_text())["rows"]
     assert again["after"]["nll"] == row["after"]["nll"]  # same answers, same recovery
 
-    def unfinished(model, tokenizer, prompts, **kwargs):
+    def unfinished(prompts, **kwargs):
         return generation.Generations(["1 2 3"] * len(prompts), [4] * len(prompts), ["budget"] * len(prompts))
 
-    monkeypatch.setattr(generation, "generate_completions", unfinished)
+    monkeypatch.setattr(self_generated, "generate_completions", scripted(unfinished))
     with pytest.raises(SystemExit, match="none of the dense model's 8 answers ended within --self-tokens 16"):
         real_recovery.main([*argv, "--self-tokens", "16"])
 

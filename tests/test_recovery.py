@@ -517,6 +517,34 @@ def test_self_distillation_dataset_uses_dense_answers():
     assert tokenized[0]["labels"][0] == IGNORE_INDEX
 
 
+def test_self_distillation_dataset_can_keep_only_finished_answers(monkeypatch):
+    """`finished_only` drops answers that ran to the budget or into a loop (and stops computing loops); with none
+    left it is a clear error naming the budget."""
+    import optimum_rku.data.generation as generation
+    from optimum_rku.data import self_generated
+
+    calls = []
+
+    def scripted(reasons):
+        def generate(model, tokenizer, prompts, **kwargs):
+            calls.append(kwargs["stop_loops"])
+            texts = [f" answer {i} " for i in range(len(prompts))]
+            return generation.Generations(texts, [3] * len(prompts), reasons[: len(prompts)])
+
+        return generate
+
+    tok, questions = make_tokenizer(), ["1+1?", "2+2?", "3+3?", "4+4?"]
+    monkeypatch.setattr(self_generated, "generate_completions", scripted(["eos", "budget", "stop", "loop"]))
+    kept = self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False, finished_only=True)
+    assert kept["prompt"] == ["Question: 1+1?\nAnswer:", "Question: 3+3?\nAnswer:"] and calls[-1] is True
+    assert kept["response"] == [" answer 0", " answer 2"]
+    every = self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False)
+    assert len(every) == 4 and calls[-1] is False  # the default keeps every answer, computed to the budget
+    monkeypatch.setattr(self_generated, "generate_completions", scripted(["budget"] * 4))
+    with pytest.raises(ValueError, match="none of the dense model's 4 answers ended within max_new_tokens=256"):
+        self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False, finished_only=True)
+
+
 CHAT = "{{ bos_token }}{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
 
 

@@ -30,11 +30,15 @@ def generate_answers(
     progress: bool = True,
     masks: dict | None = None,
     add_special_tokens: bool = True,
-) -> list[str]:
+    finished_only: bool = False,
+    desc: str = "self-generating calibration",
+) -> list[str | None]:
     """Greedy (or sampled, per config) continuations of `prompts`, cut at the first stop string, through the shared
     generation loop; `masks` zero removed structures while it runs (the partially pruned model answers).
 
     `add_special_tokens=False` for prompts that already carry them (chat-templated text starts with its own BOS).
+    With `finished_only`, an answer that ran to the budget or into a loop (stopped early: `stop_loops`) comes back as
+    None: training on a cut answer teaches stopping mid-way. Otherwise every entry is a string.
     """
     max_new_tokens = _answer_room(model, tokenizer, prompts, config, add_special_tokens)
     sampling = None
@@ -46,7 +50,7 @@ def generate_answers(
     model.eval()
     try:
         with masked_model(model, masks), torch.no_grad():
-            completions = generate_completions(
+            out = generate_completions(
                 model,
                 tokenizer,
                 prompts,
@@ -54,13 +58,17 @@ def generate_answers(
                 max_new_tokens=max_new_tokens,
                 add_special_tokens=add_special_tokens,
                 progress=progress,
-                desc="self-generating calibration",
+                desc=desc,
                 sampling=sampling,
-            ).completions
+                stop_loops=finished_only,  # a looping answer is dropped anyway: stop computing it
+            )
     finally:
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
-    return [text.strip() for text in completions]
+    return [
+        None if finished_only and reason in ("budget", "loop") else text.strip()
+        for text, reason in zip(out.completions, out.reasons)
+    ]
 
 
 def _answer_room(model, tokenizer, prompts: Sequence[str], config, add_special_tokens: bool) -> int:

@@ -293,11 +293,13 @@ def self_distillation_dataset(
     seed: int = 2016,
     progress: bool = True,
     chat_template: str = "auto",
+    finished_only: bool = False,
 ):
     """`datasets.Dataset` of `{prompt, response}` where the response is the *dense* model's own answer (distillation).
 
     The dense model is asked the way `prepare_recovery_dataset` asks: through the tokenizer's chat template when it
-    has one (`chat_template="auto"`), else with `Question: q\\nAnswer:`.
+    has one (`chat_template="auto"`), else with `Question: q\\nAnswer:`. With `finished_only`, answers that ran to
+    `max_new_tokens` or into a loop are left out (a cut answer teaches stopping mid-way); a ValueError if none is left.
     """
     import datasets
 
@@ -325,5 +327,13 @@ def self_distillation_dataset(
         batch_size=batch_size,
         progress=progress,
         add_special_tokens=not qa.chat,
+        finished_only=finished_only,
+        desc="dense answers for recovery",
     )
-    return datasets.Dataset.from_dict({"prompt": prompts, "response": [qa("", a)[1] for a in answers]})
+    kept = [(prompt, qa("", answer)[1]) for prompt, answer in zip(prompts, answers) if answer is not None]
+    if not kept:
+        raise ValueError(
+            f"none of the dense model's {len(prompts)} answers ended within max_new_tokens={max_new_tokens}; "
+            "raise max_new_tokens or pass finished_only=False."
+        )
+    return datasets.Dataset.from_dict({"prompt": [p for p, _ in kept], "response": [r for _, r in kept]})
