@@ -139,6 +139,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # the LoRA budget
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"LoRA steps per run (default: {DEFAULT_STEPS})")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default: 8)")
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="examples per forward (default: --batch-size); a divisor of --batch-size, the rest is gradient "
+        "accumulation: the same step in less memory (a 151k vocabulary at batch 8 x 512 tokens needs more than 24 GB)",
+    )
     p.add_argument("--learning-rate", type=float, default=5e-4, help="LoRA learning rate (default: 5e-4)")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank, alpha = 2 x rank (default: 16)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per training example (default: 512)")
@@ -161,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    if args.micro_batch is not None and (args.micro_batch < 1 or args.batch_size % args.micro_batch):
+        p.error(f"--micro-batch {args.micro_batch} must be >= 1 and divide --batch-size {args.batch_size}")
     if args.max_length < 2:
         p.error(f"--max-length {args.max_length} must be >= 2")
     if args.em_problems < 0:
@@ -302,7 +311,8 @@ def recover(target, tokenizer, rows: list[dict], teacher, args) -> tuple:
 
     training_args = {
         "max_steps": args.steps,
-        "per_device_train_batch_size": args.batch_size,
+        "per_device_train_batch_size": args.micro_batch or args.batch_size,
+        "gradient_accumulation_steps": args.batch_size // (args.micro_batch or args.batch_size),
         "learning_rate": args.learning_rate,
         "logging_steps": max(1, args.steps // 10),
         "seed": args.seed,

@@ -120,8 +120,9 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
 
     monkeypatch.setattr(self_generated, "generate_completions", scripted(answers))
     argv = args_for(
-        workspace, tmp_path, "--rows", "rku", "--recoveries", "self", "--max-length", "256", "--self-tokens", "32"
-    )
+        workspace, tmp_path, "--rows", "rku", "--recoveries", "self", "--max-length", "256", "--self-tokens", "32",
+        "--micro-batch", "2",
+    )  # fmt: skip
     assert real_recovery.main(argv) == 0
     ((prompts, budget, stop_loops),) = asked
     assert len(prompts) == 2 * 4 and budget == 32 and stop_loops  # steps x batch questions, the --self-tokens budget
@@ -129,6 +130,7 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
     assert all(BOXED_INSTRUCTION in prompt for prompt in prompts)  # asked as the measured task (gsm8k_cot_boxed) asks
     (row,) = json.loads((tmp_path / "out" / "rec.json").read_text())["rows"]
     assert row["recovery"] == "self" and row["training"]["train_examples"] == 4  # eos and stop answers only
+    assert row["training"]["examples_seen"] == 2 * 4  # micro-batches of 2, accumulated to the step's 4 examples
     assert row["after"]["nll"] != row["before"]["nll"]
     assert "LoRA on the dense model's own answers" in (tmp_path / "out" / "rec.md").read_text()
     assert len(list((tmp_path / "cache").glob("recovery_self_*.json"))) == 1
@@ -159,6 +161,7 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
         (("--sparsity", "1.2"), "--sparsity 1.2"),
         (("--distill-alpha", "2"), "--distill-alpha 2.0"),
         (("--self-tokens", "0"), "--self-tokens 0 must be >= 1"),
+        (("--micro-batch", "3"), "--micro-batch 3 must be >= 1 and divide --batch-size 8"),
     ],
 )
 def test_bad_arguments_fail_before_loading(extra, message, capsys, monkeypatch):
