@@ -467,6 +467,23 @@ def checkpoint(variant: Variant, work: Path, calibration_questions: int = 32, gs
 REAL_MODEL_CALIBRATION = {"seed": 2016, "num_calibration": 32, "generation_tokens": 256, "gguf_file": None}
 
 
+def add_calibration_arguments(parser) -> None:
+    """`--num-calibration` and `--generation-tokens` with the real-model defaults, shared by the real-model scripts so
+    their calibration caches are reused."""
+    parser.add_argument(
+        "--num-calibration",
+        type=int,
+        default=REAL_MODEL_CALIBRATION["num_calibration"],
+        help=f"calibration questions (default: {REAL_MODEL_CALIBRATION['num_calibration']})",
+    )
+    parser.add_argument(
+        "--generation-tokens",
+        type=int,
+        default=REAL_MODEL_CALIBRATION["generation_tokens"],
+        help="self-generated answer length",
+    )
+
+
 def _source_scores(pruner, config: RKUConfig, work: Path, source: str, gsm8k_dir: Path):
     """A real source's scores for `config`, on the calibration set `real_model.py` uses by default (self-generated
     answers to its seeded train questions, shared through its cache), cached per source and scoring settings: every

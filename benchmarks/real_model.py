@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     ROOT,
     SHARED_GSM8K,
     Texts,
+    add_calibration_arguments,
     cached_scores,
     calibration_dataset,
     choose_problems,
@@ -130,18 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="RKU objective's per-token gradient floors (default: config default)",
     )
-    p.add_argument(
-        "--num-calibration",
-        type=int,
-        default=REAL_MODEL_CALIBRATION["num_calibration"],
-        help=f"calibration questions (default: {REAL_MODEL_CALIBRATION['num_calibration']})",
-    )
-    p.add_argument(
-        "--generation-tokens",
-        type=int,
-        default=REAL_MODEL_CALIBRATION["generation_tokens"],
-        help="self-generated answer length",
-    )
+    add_calibration_arguments(p)
     p.add_argument(
         "--split",
         default="test",

@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     ROOT,
     SHARED_GSM8K,
     Texts,
+    add_calibration_arguments,
     cached_scores,
     calibration_dataset,
     choose_problems,
@@ -112,19 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-kv-cache-tokens", type=int, default=None, help="KV-cache credit (default: config's)")
     # calibration and measurement (as in real_model.py, so its caches are reused)
     p.add_argument("--calibration", default="self_generated", choices=list(CALIBRATIONS))
-    calibration = REAL_MODEL_CALIBRATION  # the defaults real_model.py uses, so its caches are reused
-    p.add_argument(
-        "--num-calibration",
-        type=int,
-        default=calibration["num_calibration"],
-        help=f"calibration questions (default: {calibration['num_calibration']})",
-    )
-    p.add_argument(
-        "--generation-tokens",
-        type=int,
-        default=calibration["generation_tokens"],
-        help="self-generated answer length",
-    )
+    add_calibration_arguments(p)  # the defaults real_model.py uses, so its caches are reused
     p.add_argument("--split", default="test", choices=["test", "validation"], help="problems to measure on")
     p.add_argument("--nll-problems", type=int, default=60, help="problems for NLL, perplexity and agreement")
     p.add_argument("--em-problems", type=int, default=0, help="problems for exact match (0: none)")
@@ -155,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--self-tokens", type=int, default=768, help="answer budget of the dense model's own answers (`self` runs)"
     )
-    p.add_argument("--seed", type=int, default=calibration["seed"])
+    p.add_argument("--seed", type=int, default=REAL_MODEL_CALIBRATION["seed"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (the free cores)")
     p.add_argument("--output", default=str(ROOT / "docs" / "real_model" / "recovery"), help="output prefix")
     p.add_argument("--cache-dir", default=str(ROOT / "runs" / "real_model_cache"), help="calibration/score cache")
@@ -309,10 +298,11 @@ def recover(target, tokenizer, rows: list[dict], teacher, args) -> tuple:
     (dense) model. Returns the recovered model and the run's summary plus wall and CPU seconds."""
     from optimum_rku.recovery import recover_with_lora
 
+    micro_batch = args.micro_batch or args.batch_size
     training_args = {
         "max_steps": args.steps,
-        "per_device_train_batch_size": args.micro_batch or args.batch_size,
-        "gradient_accumulation_steps": args.batch_size // (args.micro_batch or args.batch_size),
+        "per_device_train_batch_size": micro_batch,
+        "gradient_accumulation_steps": args.batch_size // micro_batch,
         "learning_rate": args.learning_rate,
         "logging_steps": max(1, args.steps // 10),
         "seed": args.seed,
