@@ -315,10 +315,19 @@ def text_metrics(
     return metrics
 
 
-def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | None = None, label: str = "") -> dict:
+def exact_match(
+    model,
+    tokenizer,
+    problems: list[dict],
+    args,
+    earlier: dict | None = None,
+    label: str = "",
+    records: list | None = None,
+) -> dict:
     """Exact match of `--em-task` on the first `--em-problems` problems; with `earlier` (a row's fields) only the
     problems it has no verdict for are answered, and the verdicts, budget hits and tokens are added up. With
-    `--save-completions` every answer is appended to `<output>_completions.jsonl` under the row's `label`."""
+    `--save-completions` every answer is appended to `<output>_completions.jsonl` under the row's `label`; `records`
+    (a list) receives the evaluation's own summary (`EvaluationResult.to_dict()`, what `eval_results.json` holds)."""
     from optimum_rku.evaluation import evaluate
 
     task = get_task(args.em_task)
@@ -340,6 +349,8 @@ def exact_match(model, tokenizer, problems: list[dict], args, earlier: dict | No
         progress=False,
         stop_loops=args.stop_loops,
     )
+    if records is not None:
+        records.append(result.to_dict())
     prompt_tokens = sum(len(tokenizer(s["prompt"], add_special_tokens=not chat)["input_ids"]) for s in result.samples)
     if getattr(args, "save_completions", False):
         with open(f"{args.output}_completions.jsonl", "a", encoding="utf-8") as handle:

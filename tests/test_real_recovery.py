@@ -175,3 +175,57 @@ def test_bad_arguments_fail_before_loading(extra, message, capsys, monkeypatch):
     import re
 
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_dense_from_reuses_verdicts_and_save_dir_writes_checkpoints(workspace, tmp_path, monkeypatch, capsys):
+    """--dense-from takes the dense row's verdicts from a real_model.py result measured the same way (none answered
+    again); --save-dir keeps each recovered model as a checkpoint whose eval_results.json and card carry its exact
+    match; a second run into the same directory and a result measured differently are refused before any work."""
+    torch.set_num_threads(1)
+    earlier = {
+        "model": str(workspace / "model"),
+        "split": "test",
+        "em_task": "gsm8k_cot_boxed",
+        "em_tokens": 8,
+        "stop_loops": False,
+        "rows": [{"method": "dense", "em_correct": "101", "em_correct_flexible": "100"}],
+    }
+    source = tmp_path / "earlier.json"
+    source.write_text(json.dumps(earlier))
+    calls, real = [], real_recovery.exact_match
+
+    def counted(model, *args, **kwargs):
+        calls.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(real_recovery, "exact_match", counted)
+    save = tmp_path / "saved"
+    argv = args_for(
+        workspace, tmp_path, "--rows", "rku", "--recoveries", "lora", "--em-problems", "2", "--em-tokens", "8",
+        "--dense-from", str(source), "--save-dir", str(save),
+    )  # fmt: skip
+    assert real_recovery.main(argv) == 0
+    result = json.loads((tmp_path / "out" / "rec.json").read_text())
+    dense = result["dense"]
+    assert dense["em_correct"] == "10" and dense["exact_match"] == 0.5 and dense["em_from"] == "earlier.json"
+    assert len(calls) == 2  # the pruned model before and after recovery; the dense model answered nothing
+    (row,) = result["rows"]
+    checkpoint = save / "rku-30-lora"
+    assert (checkpoint / "config.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    record = json.loads((checkpoint / "eval_results.json").read_text())
+    assert record["num_samples"] == 2 and record["split"] == "test" and record["benchmark"] == "gsm8k"
+    assert record[next(k for k in record if k.startswith("exact_match"))] == row["after"]["exact_match"]
+    card = (checkpoint / "README.md").read_text()
+    assert "GSM8K, 2 problems" in card and "## Recovery" in card
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # the checkpoint exists: refused, never overwritten
+        real_recovery.main([*argv, "--output", str(tmp_path / "again" / "rec")])
+    assert exit_info.value.code == 2 and "rku-30-lora exists" in capsys.readouterr().err
+    for key, value, message in (
+        ("em_tokens", 16, "has em_tokens=16, this run 8"),
+        ("rows", [{"method": "dense", "em_correct": "1", "em_correct_flexible": "1"}], "has 1 exact-match verdicts"),
+    ):
+        source.write_text(json.dumps({**earlier, key: value}))
+        with pytest.raises(SystemExit) as exit_info:
+            real_recovery.main([*argv, "--save-dir", str(tmp_path / "other")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
