@@ -154,6 +154,7 @@ def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
         {"num_few_shot": 5, "num_problems": 4},
     )
     assert "## Recovery" in loaded.text and "someone/recovery-set" in loaded.text
+    assert "| this model (pruned + LoRA recovery, merged) |" in loaded.text  # its weights are the recovered ones
     assert 'from_pretrained("me/tiny-rku", trust_remote_code=True)' in loaded.text
     assert "--model someone/base-model" in loaded.text and "--dataset openai/gsm8k" in loaded.text
 

@@ -216,7 +216,7 @@ def test_dense_from_reuses_verdicts_and_save_dir_writes_checkpoints(workspace, t
     assert record["num_samples"] == 2 and record["split"] == "test" and record["benchmark"] == "gsm8k"
     assert record[next(k for k in record if k.startswith("exact_match"))] == row["after"]["exact_match"]
     card = (checkpoint / "README.md").read_text()
-    assert "GSM8K, 2 problems" in card and "## Recovery" in card
+    assert "| this model (pruned + LoRA recovery, merged) | GSM8K, 2 problems |" in card and "## Recovery" in card
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # the checkpoint exists: refused, never overwritten
         real_recovery.main([*argv, "--output", str(tmp_path / "again" / "rec")])

@@ -202,7 +202,7 @@ def build_model_card(
         "removed: the weight matrices and the KV cache are smaller, and the result is an ordinary dense "
         "transformers model (no sparse kernels needed)." + _weights_sentence(meta),
         pruning_section(meta),
-        eval_section(meta, pruned, dense, base_label),
+        eval_section(meta, pruned, dense, base_label, recovered=bool(recovery) and not adapter),
         "## Kept width per layer\n\n" + chart_md + layer_table(meta),
         calibration_section(meta),
     ]

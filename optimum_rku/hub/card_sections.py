@@ -52,8 +52,13 @@ def layer_table(meta: Mapping[str, Any]) -> str:
 
 
 def eval_section(
-    meta: Mapping[str, Any], pruned: Mapping[str, Any] | None, dense: Mapping[str, Any] | None, base_label: str
+    meta: Mapping[str, Any],
+    pruned: Mapping[str, Any] | None,
+    dense: Mapping[str, Any] | None,
+    base_label: str,
+    recovered: bool = False,
 ) -> str:
+    """The GSM8K table: this model (pruned, or `recovered`: LoRA merged into its weights) beside the dense base."""
     if pruned is None and dense is None:
         return (
             "## Evaluation\n\nNot evaluated yet. `optimum-cli rku eval --model <this checkpoint>` runs GSM8K "
@@ -65,7 +70,8 @@ def eval_section(
         "| model | problems | split | n-shot | " + " | ".join(m.label for m in task.metrics) + " |",
         "|---|---|---|---:|" + "---:|" * len(task.metrics),
     ]
-    evaluated = EVALUATED_LABELS.get(str((pruned or {}).get("evaluated")), "pruned")  # an adapter checkpoint's: which
+    plain = "pruned + LoRA recovery, merged" if recovered else "pruned"
+    evaluated = EVALUATED_LABELS.get(str((pruned or {}).get("evaluated")), plain)  # an adapter checkpoint's: which
     for label, result in ((f"this model ({evaluated})", pruned), (f"dense base ({base_label})", dense)):
         if result is None:
             continue
