@@ -40,6 +40,24 @@ def test_only_leftovers_of_dead_processes_on_this_host_are_removed(tmp_path, cap
     assert any("another host" in r.getMessage() for r in caplog.records)
 
 
+def test_scratch_dirs_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    """`scratch_dir` (recovery's trainer output) removes what killed runs of this host left, nothing else."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host, prefix = files._host_token(), "optimum-rku-recovery-"
+    dead = tmp_path / f"{prefix}{host}-{_dead_pid()}-abc"
+    live = tmp_path / f"{prefix}{host}-{os.getpid()}-abc"  # this process may still be training in it
+    other = tmp_path / f"{prefix}{'ffffff' if host != 'ffffff' else 'eeeeee'}-{_dead_pid()}-abc"
+    legacy = tmp_path / f"{prefix}xyz"  # not the naming scheme (older releases): left alone
+    for path in (dead, live, other, legacy):
+        path.mkdir()
+        (path / "checkpoint").write_text("x")
+    new = files.scratch_dir(prefix)
+    assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f"{prefix}{host}-{os.getpid()}-")
+    assert not dead.exists() and live.exists() and other.exists() and legacy.exists()
+
+
 def test_parked_previous_directory_is_restored_only_when_the_name_is_missing(tmp_path):
     target = tmp_path / "ckpt"
     parked = _sibling(target, "old", files._host_token(), _dead_pid())

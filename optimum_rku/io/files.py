@@ -136,6 +136,22 @@ def _new_sibling(target: Path, kind: str, directory: bool, suffix: str = "") -> 
     raise FileExistsError(f"Could not create a staging name beside {str(target)!r}.")
 
 
+# ------------------------------------------------------------------------------------------------ scratch dirs
+def scratch_dir(prefix: str) -> Path:
+    """A new private directory in the system temp dir named `{prefix}{host}-{pid}-...`; the ones earlier processes of
+    this host left there under the same prefix (killed before they could remove them) are removed first."""
+    import tempfile
+
+    own = re.compile(rf"^{re.escape(prefix)}{_host_token()}-(?P<pid>\d+)-")
+    root = Path(tempfile.gettempdir())
+    for entry in root.iterdir():
+        match = own.match(entry.name)
+        if match is not None and entry.is_dir() and not _alive(int(match["pid"])):
+            _remove(entry)
+            logger.info("Removed %s, left by process %s (gone).", entry, match["pid"])
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_host_token()}-{os.getpid()}-", dir=root))
+
+
 # ------------------------------------------------------------------------------------------------------ files
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
     """Call `write(tmp)` on a staged sibling of `path` (parents created), then rename it onto `path`."""

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ from optimum_rku.hub.card import checkpoint_writers
 from optimum_rku.hub.labels import portable_model_name
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, write_adapter
 from optimum_rku.io.checkpoint import check_save_dir, save_checkpoint
-from optimum_rku.io.files import install_directory, new_staging_directory
+from optimum_rku.io.files import install_directory, new_staging_directory, scratch_dir
 from optimum_rku.io.metadata import read_metadata
 from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
@@ -122,7 +121,7 @@ def resolve_training_args(training_args: Any = None, *, progress: bool = True, s
     kwargs.update(user)
     temp_dir = None
     if "output_dir" not in user:
-        temp_dir = tempfile.mkdtemp(prefix="optimum-rku-recovery-")
+        temp_dir = str(scratch_dir("optimum-rku-recovery-"))  # removes those of killed runs
         kwargs["output_dir"] = temp_dir
     try:
         return TrainingArguments(**kwargs), temp_dir
