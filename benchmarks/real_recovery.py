@@ -310,50 +310,52 @@ def prune(dense_pruner: RKUPruner, method: str, variant: dict, dataset, can_comp
 
 
 # ------------------------------------------------------------------------------------------------------ recovery
-def recovery_rows(train: list[dict], calibration: list[str], args) -> list[dict]:
-    """GSM8K train problems (question + gold solution) for LoRA, without the calibration questions."""
+def recovery_rows(train: list[dict], calibration: list[str], args):
+    """GSM8K train problems (question + gold solution) for LoRA, without the calibration questions, as a dataset that
+    says what it holds (recovery records the description as its training data)."""
+    import datasets
+
     used = set(calibration)
     rows = [{"question": r["question"], "answer": r["answer"]} for r in train if r["question"] not in used]
     random.Random(args.seed + 1).shuffle(rows)
-    return rows[: args.train_problems]
+    rows = rows[: args.train_problems]
+    described = datasets.DatasetInfo(description=f"GSM8K train gold solutions ({len(rows)} problems)")
+    return datasets.Dataset.from_list(rows, info=described)
 
 
-def self_answer_rows(dense, tokenizer, rows: list[dict], args) -> list[dict]:
+def self_answer_rows(dense, tokenizer, rows, args):
     """The dense model's own greedy answers to the first `steps x batch` questions of `rows` (what one run's budget
     sees), asked exactly as `--em-task` asks (for the default task: the chat template and Qwen's boxed-answer
-    instruction), as prompt/response rows: the pruned model learns to answer the measured prompt the way the dense
-    one does. Answers that hit the budget or a loop are dropped (`generate_answers(finished_only=True)`). Cached
-    under --cache-dir: they take minutes."""
+    instruction): `self_distillation_dataset(prompts=...)`, finished answers only. The pruned model learns to answer
+    the measured prompt the way the dense one does. Cached under --cache-dir: they take minutes."""
+    import datasets
+
     from optimum_rku.data.prompts import uses_chat_template
-    from optimum_rku.data.self_generated import generate_answers
+    from optimum_rku.recovery import self_distillation_dataset
 
     task, chat = get_task(args.em_task), uses_chat_template(tokenizer, "auto")
-    prompts = [task.prompt(row, [], tokenizer, chat) for row in rows[: args.steps * args.batch_size]]
+    asked = rows.select(range(min(len(rows), args.steps * args.batch_size)))
+    prompts = [task.prompt(row, [], tokenizer, chat) for row in asked]
     key = hashlib.sha256(json.dumps([args.model, args.gguf_file, prompts, args.self_tokens]).encode()).hexdigest()
-    cache = Path(args.cache_dir) / f"recovery_self_{key[:16]}.json"
+    cache = Path(args.cache_dir) / f"recovery_self_dataset_{key[:16]}.json"
     if cache.is_file():
-        answers = json.loads(cache.read_text())
-    else:
-        config = RKUConfig(generation_max_new_tokens=args.self_tokens, seed=args.seed)  # greedy
-        answers = generate_answers(
+        saved = json.loads(cache.read_text())
+        return datasets.Dataset.from_dict(saved["rows"], info=datasets.DatasetInfo(description=saved["description"]))
+    try:
+        dataset = self_distillation_dataset(
             dense,
             tokenizer,
-            prompts,
-            config,
+            prompts=prompts,
+            max_new_tokens=args.self_tokens,
             batch_size=args.em_batch_size,
+            seed=args.seed,
             progress=args.progress,
-            add_special_tokens=not chat,  # a rendered chat template carries its own special tokens
-            finished_only=True,
-            desc="dense answers for recovery",
         )
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(answers))
-    kept = [{"prompt": prompt, "response": answer} for prompt, answer in zip(prompts, answers) if answer]
-    if not kept:
-        raise SystemExit(
-            f"none of the dense model's {len(prompts)} answers ended within --self-tokens {args.self_tokens}"
-        )
-    return kept
+    except ValueError as err:  # none of the answers ended within the budget
+        raise SystemExit(f"--self-tokens {args.self_tokens}: {err}") from None
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"description": dataset.info.description, "rows": dataset.to_dict()}))
+    return dataset
 
 
 def recover(target, tokenizer, rows: list[dict], teacher, args, save_dir: Path | None = None) -> tuple:
@@ -407,6 +409,7 @@ def training_record(summary: dict, args) -> dict:
         "input_tokens_seen": summary.get("input_tokens_seen"),
         "train_examples": summary["data"]["num_examples"],
         "question_format": summary["data"].get("question_format"),
+        "data": summary["data"].get("dataset"),
         "wall_s": summary["wall_s"],
         "train_runtime_s": summary["train_runtime_s"],
         "s_per_step": round(summary["train_runtime_s"] / max(steps, 1), 2),

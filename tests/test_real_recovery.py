@@ -134,6 +134,8 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
     assert row["after"]["nll"] != row["before"]["nll"]
     assert "LoRA on the dense model's own answers" in (tmp_path / "out" / "rec.md").read_text()
     assert len(list((tmp_path / "cache").glob("recovery_self_*.json"))) == 1
+    assert row["training"]["data"] == "the dense model's own answers (greedy, up to 32 new tokens; 4 of 8 prompts, " \
+        "finished answers only)"  # fmt: skip
 
     def no_generation(prompts, **kwargs):
         raise AssertionError("the cached answers were generated again")
@@ -147,7 +149,7 @@ def test_self_recovery_trains_on_the_dense_models_finished_answers(workspace, tm
         return generation.Generations(["1 2 3"] * len(prompts), [4] * len(prompts), ["budget"] * len(prompts))
 
     monkeypatch.setattr(self_generated, "generate_completions", scripted(unfinished))
-    with pytest.raises(SystemExit, match="none of the dense model's 8 answers ended within --self-tokens 16"):
+    with pytest.raises(SystemExit, match="--self-tokens 16: none of the dense model's 8 answers ended within"):
         real_recovery.main([*argv, "--self-tokens", "16"])
 
 

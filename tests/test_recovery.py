@@ -538,11 +538,51 @@ def test_self_distillation_dataset_can_keep_only_finished_answers(monkeypatch):
     kept = self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False, finished_only=True)
     assert kept["prompt"] == ["Question: 1+1?\nAnswer:", "Question: 3+3?\nAnswer:"] and calls[-1] is True
     assert kept["response"] == [" answer 0", " answer 2"]
-    every = self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False)
-    assert len(every) == 4 and calls[-1] is False  # the default keeps every answer, computed to the budget
+    assert (
+        self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False)["response"] == kept["response"]
+    )
+    every = self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False, finished_only=False)
+    assert len(every) == 4 and calls[-1] is False  # every answer, computed to the budget
     monkeypatch.setattr(self_generated, "generate_completions", scripted(["budget"] * 4))
     with pytest.raises(ValueError, match="none of the dense model's 4 answers ended within max_new_tokens=256"):
         self_distillation_dataset(tiny_model("llama"), tok, questions, progress=False, finished_only=True)
+
+
+def test_self_distillation_dataset_from_prompts_as_given(monkeypatch):
+    """`prompts=` asks rendered prompts unchanged and keeps each answer exactly as generated; the dataset describes
+    itself and recovery records that description as its training data; bad arguments are clear errors."""
+    import optimum_rku.data.generation as generation
+    from optimum_rku.data import self_generated
+
+    seen = []
+
+    def generate(model, tokenizer, prompts, **kwargs):
+        seen.append((list(prompts), kwargs["add_special_tokens"]))
+        return generation.Generations(
+            [f" {i} \\boxed{{{i}}}\n" for i in range(len(prompts))], [3] * 2, ["eos", "budget"]
+        )
+
+    monkeypatch.setattr(self_generated, "generate_completions", generate)
+    tok = make_tokenizer()
+    prompts = ["Solve 1+1, box it.\nAnswer:", "Solve 2+2, box it.\nAnswer:"]
+    ds = self_distillation_dataset(tiny_model("llama"), tok, prompts=prompts, max_new_tokens=8, progress=False)
+    assert seen == [(prompts, True)]  # asked as given; no BOS in the prompts, so the tokenizer adds its own
+    # the unfinished answer is dropped; the kept one is the answer as generate_answers gives it, no layout added
+    assert list(ds["prompt"]) == prompts[:1] and list(ds["response"]) == ["0 \\boxed{0}"]
+    assert ds.info.description == (
+        "the dense model's own answers (greedy, up to 8 new tokens; 1 of 2 prompts, finished answers only)"
+    )
+    _, summary = prepare_recovery_dataset(tok, ds)
+    assert summary["dataset"] == ds.info.description
+    for kwargs, error, message in (
+        ({}, ValueError, "either questions .* or prompts"),
+        ({"questions": ["q"], "prompts": ["p"]}, ValueError, "not both"),
+        ({"prompts": "one string"}, TypeError, "prompts must be a list of strings, got str"),
+        ({"prompts": [{"question": "q"}]}, TypeError, "prompts must be strings, got \\['dict'\\]"),
+        ({"prompts": []}, ValueError, "prompts is empty"),
+    ):
+        with pytest.raises(error, match=message):
+            self_distillation_dataset(tiny_model("llama"), tok, progress=False, **kwargs)
 
 
 CHAT = "{{ bos_token }}{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"

@@ -252,7 +252,8 @@ def _recovery_pairs(
             train_dataset if num_samples is None else train_dataset.select(range(min(num_samples, len(train_dataset))))
         )
         pairs = _rows_to_pairs(rows, train_dataset.column_names, "(datasets.Dataset)", qa)
-        return pairs, {"dataset": "user-provided datasets.Dataset"}
+        # a dataset that says what it holds (self_distillation_dataset's do) is recorded by that description
+        return pairs, {"dataset": train_dataset.info.description or "user-provided datasets.Dataset"}
     if isinstance(train_dataset, (list, tuple)):
         if not train_dataset:
             raise ValueError("The recovery dataset is empty: pass at least one example.")
@@ -285,55 +286,74 @@ class RecoveryCollator:
 def self_distillation_dataset(
     dense_model,
     tokenizer,
-    questions: Sequence[str] | Sequence[Mapping[str, Any]],
+    questions: Sequence[str] | Sequence[Mapping[str, Any]] | None = None,
     *,
+    prompts: Sequence[str] | None = None,
     max_new_tokens: int = 256,
     batch_size: int = 16,
     do_sample: bool = False,
     seed: int = 2016,
     progress: bool = True,
     chat_template: str = "auto",
-    finished_only: bool = False,
+    finished_only: bool = True,
 ):
     """`datasets.Dataset` of `{prompt, response}` where the response is the *dense* model's own answer (distillation).
 
-    The dense model is asked the way `prepare_recovery_dataset` asks: through the tokenizer's chat template when it
-    has one (`chat_template="auto"`), else with `Question: q\\nAnswer:`. With `finished_only`, answers that ran to
-    `max_new_tokens` or into a loop are left out (a cut answer teaches stopping mid-way); a ValueError if none is left.
+    `questions` are asked the way `prepare_recovery_dataset` asks: through the tokenizer's chat template when it has
+    one (`chat_template="auto"`), else with `Question: q\nAnswer:`. `prompts` instead are asked exactly as given
+    (e.g. an evaluation task's rendered prompts, instructions included, so the pruned model learns the format it is
+    measured in), and each response is the answer exactly as generated. Answers that ran to `max_new_tokens` or into
+    a loop are left out (a cut answer teaches stopping mid-way; `finished_only=False` keeps them); a ValueError if
+    none is left. The dataset's `info.description` says what it holds; recovery records it as the training data.
     """
     import datasets
 
     from optimum_rku.config import RKUConfig
     from optimum_rku.data.self_generated import generate_answers
 
-    if isinstance(questions, (str, bytes)) or not isinstance(questions, Sequence):
-        raise TypeError(f"questions must be a list of strings, got {type(questions).__name__}.")
-    texts = [q["question"] if isinstance(q, Mapping) else q for q in questions]
+    if (questions is None) == (prompts is None):
+        raise ValueError("pass either questions (asked as recovery asks) or prompts (asked as given), not both.")
+    name = "questions" if prompts is None else "prompts"
+    given = questions if prompts is None else prompts
+    if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+        raise TypeError(f"{name} must be a list of strings, got {type(given).__name__}.")
+    texts = [q["question"] if isinstance(q, Mapping) and prompts is None else q for q in given]
     if not texts:
-        raise ValueError("questions is empty: nothing for the dense model to answer.")
+        raise ValueError(f"{name} is empty: nothing for the dense model to answer.")
     bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
     if bad:
-        raise TypeError(f"questions must be strings (or {{'question': ...}} dicts), got {sorted(set(bad))}.")
+        allowed = "strings (or {'question': ...} dicts)" if prompts is None else "strings"
+        raise TypeError(f"{name} must be {allowed}, got {sorted(set(bad))}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
-    qa = QAFormat(tokenizer, recovery_chat_template(tokenizer, chat_template))
     config = RKUConfig(generation_max_new_tokens=max_new_tokens, generation_do_sample=do_sample, seed=seed)
-    prompts = [qa(q, "")[0] for q in texts]
+    if prompts is None:
+        qa = QAFormat(tokenizer, recovery_chat_template(tokenizer, chat_template))
+        asked, special, respond = [qa(q, "")[0] for q in texts], not qa.chat, lambda a: qa("", a)[1]
+    else:  # as given: special tokens only where the prompt does not carry its own BOS (as training tokenizes it)
+        asked, special, respond = texts, not all(_has_own_bos(tokenizer, t) for t in texts), lambda a: a
     answers = generate_answers(
         dense_model,
         tokenizer,
-        prompts,
+        asked,
         config,
         batch_size=batch_size,
         progress=progress,
-        add_special_tokens=not qa.chat,
+        add_special_tokens=special,
         finished_only=finished_only,
         desc="dense answers for recovery",
     )
-    kept = [(prompt, qa("", answer)[1]) for prompt, answer in zip(prompts, answers) if answer is not None]
+    kept = [(prompt, respond(answer)) for prompt, answer in zip(asked, answers) if answer is not None]
     if not kept:
         raise ValueError(
-            f"none of the dense model's {len(prompts)} answers ended within max_new_tokens={max_new_tokens}; "
+            f"none of the dense model's {len(asked)} answers ended within max_new_tokens={max_new_tokens}; "
             "raise max_new_tokens or pass finished_only=False."
         )
-    return datasets.Dataset.from_dict({"prompt": [p for p, _ in kept], "response": [r for _, r in kept]})
+    description = (
+        f"the dense model's own answers ({'sampled' if do_sample else 'greedy'}, up to {max_new_tokens} new tokens; "
+        f"{len(kept)} of {len(asked)} {name}{', finished answers only' if finished_only else ''})"
+    )
+    return datasets.Dataset.from_dict(
+        {"prompt": [p for p, _ in kept], "response": [r for _, r in kept]},
+        info=datasets.DatasetInfo(description=description),
+    )
