@@ -619,7 +619,13 @@ def markdown(result: dict) -> str:
         f"Model `{result['model']}`{' (' + result['weights_note'] + ')' if result.get('weights_note') else ''}, "
         f"pruned to {result['sparsity']:.0%}; {result['nll_problems']} GSM8K {result['split']} problems for NLL / "
         f"perplexity / agreement{', ' + str(result['em_problems']) + ' for exact match' if result['em_problems'] else ''}; "
-        f"{result['num_calibration']} calibration questions ({result['calibration']}).",
+        f"{result['num_calibration']} calibration questions ({result['calibration']})."
+        + (
+            f" The dense row's exact-match verdicts come from `{dense['em_from']}` (`--dense-from`: the same model, "
+            "problems, task, budget and loop stop)."
+            if dense.get("em_from")
+            else ""
+        ),
         "",
         f"LoRA budget per run: {budget['steps']} steps x batch {budget['batch_size']} from {budget['train_problems']} "
         f"GSM8K train problems ({'chat template' if result['chat_template'] else 'plain text'}, loss on the gold "
@@ -631,11 +637,11 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         "| model | recovery | params | gold NLL before -> after | ppl before -> after | top-1 agree before -> after "
-        "| exact match before -> after [95%] | change [95%], p | % of dense | train time | steps | examples "
-        "| tokens seen |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| exact match before -> after [95%] | change [95%], p | % of dense | last number before -> after "
+        "| train time | steps | examples | tokens seen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| dense | none | {dense['params'] / 1e6:.1f}M | {dense['nll']:.3f} | {dense['ppl']:.2f} | 1.000 | "
-        f"{_em(dense)} | - | - | - | - | - | - |",
+        f"{_em(dense)} | - | - | {_flexible(dense)} | - | - | - | - |",
     ]
     for row in result["rows"]:
         b, a, t = row["before"], row["after"], row["training"]
@@ -650,11 +656,17 @@ def markdown(result: dict) -> str:
             f"| {row['label']} | {RECOVERIES[row['recovery']]} | {row['params'] / 1e6:.1f}M | "
             f"{b['nll']:.3f} -> **{a['nll']:.3f}** | {b['ppl']:.2f} -> {a['ppl']:.2f} | "
             f"{b['agreement']:.3f} -> {a['agreement']:.3f} | {em} | {change} | {kept} | "
+            f"{_flexible(b)} -> {_flexible(a)} | "
             f"{t['train_runtime_s'] / 60:.1f} min "
             f"({t['s_per_step']:.1f} s/step; run {t['cpu_s'] / 60:.1f} CPU-min) | {t['steps']} | "
             f"{t['examples_seen']} | {tokens} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _flexible(m: dict) -> str:
+    """The task's second extraction (for the boxed task: the last number of the answer, whatever its format)."""
+    return f"{100 * m['exact_match_flexible']:.1f}%" if "exact_match_flexible" in m else "-"
 
 
 def _em(m: dict) -> str:
@@ -668,46 +680,59 @@ def _em(m: dict) -> str:
 
 
 def chart(result: dict, path: Path) -> None:
-    """Grouped bars: gold-solution NLL before recovery, after LoRA and after distillation, per model."""
+    """Grouped bars per pruned model: before recovery and after each recovery. With exact match measured, its panel
+    (the judged metric, 95% Wilson intervals, dense as a line) comes first; gold-solution NLL beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models: dict[str, dict[str, float]] = {}
-    for row in result["rows"]:
-        bars = models.setdefault(
-            row["label"], {"pruned" if row["method"] != "dense" else "dense": row["before"]["nll"]}
-        )
-        bars[row["recovery"]] = row["after"]["nll"]
     kinds = {
         "dense": "dense",
         "pruned": "pruned",
-        "lora": "+ LoRA",
+        "lora": "+ LoRA (gold)",
         "distill": "+ distillation",
         "self": "+ own answers",
     }
     colors = dict(zip(kinds, ("tab:gray", "tab:orange", "tab:green", "tab:purple", "tab:blue")))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    width, labelled = 0.8 / max(len(kinds) - 1, 1), set()
-    for i, bars in enumerate(models.values()):  # each model's bars side by side, centred on its tick
-        present = [kind for kind in kinds if kind in bars]
-        for k, kind in enumerate(present):
-            x, y = i + (k - (len(present) - 1) / 2) * width, bars[kind]
-            ax.bar(x, y, width, color=colors[kind], label=None if kind in labelled else kinds[kind])
-            ax.annotate(f"{y:.2f}", (x, y), ha="center", va="bottom", fontsize=7)
-            labelled.add(kind)
-    ax.axhline(result["dense"]["nll"], color="black", lw=0.8, ls=":", label="dense, no training")
-    ax.set_xticks(range(len(models)))
-    ax.set_xlim(-0.6, max(len(models), 2) - 0.4)
-    ax.set_xticklabels([textwrap.fill(label, 30) for label in models], fontsize=7)
-    ax.set_ylabel("gold-solution NLL per token (lower is better)")
-    ax.set_title(
+    models: dict[str, dict[str, dict]] = {}
+    for row in result["rows"]:
+        bars = models.setdefault(row["label"], {"pruned" if row["method"] != "dense" else "dense": row["before"]})
+        bars[row["recovery"]] = row["after"]
+    with_em = all("em_correct" in m for bars in models.values() for m in bars.values()) and models
+    panels = [("em", "GSM8K exact match (%), 95% interval")] if with_em else []
+    panels.append(("nll", "gold-solution NLL per token (lower is better)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    width = 0.8 / max(len(kinds) - 1, 1)
+    for ax, (metric, ylabel) in zip(axes[0], panels):
+        labelled: set[str] = set()
+        for i, bars in enumerate(models.values()):  # each model's bars side by side, centred on its tick
+            present = [kind for kind in kinds if kind in bars]
+            for k, kind in enumerate(present):
+                x, m = i + (k - (len(present) - 1) / 2) * width, bars[kind]
+                err = None
+                if metric == "em":
+                    y = 100 * m["exact_match"]
+                    low, high = wilson_interval(m["em_correct"].count("1"), len(m["em_correct"]))
+                    err = [[max(y - 100 * low, 0.0)], [max(100 * high - y, 0.0)]]
+                else:
+                    y = m["nll"]
+                label = None if kind in labelled else kinds[kind]
+                ax.bar(x, y, width, yerr=err, capsize=3, color=colors[kind], label=label)
+                ax.annotate(f"{y:.1f}" if metric == "em" else f"{y:.2f}", (x, y), ha="center", va="bottom", fontsize=7)
+                labelled.add(kind)
+        dense = 100 * result["dense"]["exact_match"] if metric == "em" else result["dense"]["nll"]
+        ax.axhline(dense, color="black", lw=0.8, ls=":", label="dense, no training")
+        ax.set_xticks(range(len(models)))
+        ax.set_xlim(-0.6, max(len(models), 2) - 0.4)
+        ax.set_xticklabels([textwrap.fill(label, 30) for label in models], fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(
         f"{Path(result['model']).name}: {result['sparsity']:.0%} pruned, recovery with "
         f"{result['budget']['steps']} LoRA steps"
     )
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

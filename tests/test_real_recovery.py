@@ -77,7 +77,7 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
     table = (tmp_path / "out" / "rec.md").read_text()
     assert table.count("| LoRA on gold solutions |") == 3 and table.count("| LoRA + distillation") == 2
     # exact match before -> after with Wilson intervals, the paired change and the share of dense kept
-    assert "| change [95%], p | % of dense |" in table and table.count("], p=") == 5
+    assert "| change [95%], p | % of dense | last number before -> after |" in table and table.count("], p=") == 5
     assert (tmp_path / "out" / "rec.png").stat().st_size > 0
     assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind
 
@@ -212,6 +212,7 @@ def test_dense_from_reuses_verdicts_and_save_dir_writes_checkpoints(workspace, t
     assert dense["em_correct"] == "10" and dense["exact_match"] == 0.5 and dense["em_from"] == "earlier.json"
     assert len(calls) == 2  # the pruned model before and after recovery; the dense model answered nothing
     (row,) = result["rows"]
+    assert "verdicts come from `earlier.json`" in (tmp_path / "out" / "rec.md").read_text()
     checkpoint = save / "rku-30-lora"
     assert (checkpoint / "config.json").is_file() and (checkpoint / "model.safetensors").is_file()
     record = json.loads((checkpoint / "eval_results.json").read_text())
