@@ -276,13 +276,17 @@ def rku_variant() -> dict:
         min_keep=defaults.min_keep,
         min_keep_attention=defaults.min_keep_attention,
         kv_cache_tokens=defaults.kv_cache_tokens,
+        round_to=defaults.round_to,
     )
 
 
 def describe(method: str, config: RKUConfig) -> str:
     """A short label of a pruned row's setting."""
     if method == "rku":
-        return f"rku (defaults: {config.allocation}/{config.resolved_ranking}, keep {config.min_keep:g})"
+        return (
+            f"rku (defaults: {config.allocation}/{config.resolved_ranking}, keep {config.min_keep:g}, "
+            f"round_to {config.round_to})"
+        )
     parts = [method, config.allocation + (f"/{config.ranking}" if config.allocation == "global" else "")]
     if config.bias_compensation is True:
         parts.append("compensation")
@@ -546,6 +550,7 @@ def run(args) -> dict:
             "min_keep": config.min_keep,
             "min_keep_attention": config.attention_floor,
             "kv_cache_tokens": config.kv_cache_tokens,
+            "round_to": config.round_to,
         }
         params = sum(p.numel() for p in pruned.parameters())
         print(f"{describe(method, config)}: pruned {_metrics_line(before)}", flush=True)

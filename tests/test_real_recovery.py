@@ -11,6 +11,7 @@ import real_recovery  # noqa: E402
 import torch  # noqa: E402
 from conftest import chat_benchmark_workspace  # noqa: E402
 
+from optimum_rku import RKUConfig  # noqa: E402
 from optimum_rku.evaluation.gsm8k_cot import BOXED_INSTRUCTION  # noqa: E402
 from optimum_rku.importance import get_importance  # noqa: E402
 
@@ -66,6 +67,7 @@ def test_rows_before_and_after_with_training_records(workspace, tmp_path):
         assert distill["after"]["nll"] != lora["after"]["nll"]  # a different loss, a different model
     assert rows["wanda", "lora"]["setting"]["min_keep"] == 0.3 and rows["wanda", "lora"]["label"].startswith("wanda")
     assert rows["rku", "lora"]["setting"]["ranking"] == get_importance("rku").default_ranking  # RKU with its defaults
+    assert rows["rku", "lora"]["setting"]["round_to"] == RKUConfig().round_to == "auto"  # aligned widths too
     for row in result["rows"]:
         t = row["training"]
         assert t["steps"] == 2 and t["examples_seen"] == 8 and 8 <= t["input_tokens_seen"] <= 8 * 64
