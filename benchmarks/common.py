@@ -315,6 +315,17 @@ def text_metrics(
     return metrics
 
 
+def verdict_fields(correct: str, flexible: str) -> dict:
+    """A row's exact-match fields from its per-problem verdicts ("1" / "0" per problem, judged and flexible)."""
+    return {
+        "exact_match": correct.count("1") / len(correct),
+        "exact_match_flexible": flexible.count("1") / len(flexible),
+        "em_problems": len(correct),
+        "em_correct": correct,
+        "em_correct_flexible": flexible,
+    }
+
+
 def exact_match(
     model,
     tokenizer,
@@ -363,11 +374,7 @@ def exact_match(
     correct = earlier.get("em_correct", "") + "".join(str(int(s[judged])) for s in result.samples)
     correct_flexible = earlier.get("em_correct_flexible", "") + "".join(str(int(s[flexible])) for s in result.samples)
     return {
-        "exact_match": correct.count("1") / len(correct),
-        "exact_match_flexible": correct_flexible.count("1") / len(correct_flexible),
-        "em_problems": len(correct),
-        "em_correct": correct,
-        "em_correct_flexible": correct_flexible,
+        **verdict_fields(correct, correct_flexible),
         "em_hit_budget": earlier.get("em_hit_budget", 0) + result.stopped.get("budget", 0),
         # answers stopped in a loop (--stop-loops): without the stop they would have run to the budget
         "em_looped": earlier.get("em_looped", 0) + result.stopped.get("loop", 0),

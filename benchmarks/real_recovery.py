@@ -60,6 +60,7 @@ from common import (  # noqa: E402
     scoring_config,
     scoring_fields,
     text_metrics,
+    verdict_fields,
 )
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
@@ -243,15 +244,7 @@ def dense_verdicts(path: Path, args) -> dict:
             f"--dense-from {str(path)!r}: its dense row has {len(correct)} exact-match verdicts, "
             f"--em-problems {args.em_problems} needs that many"
         )
-    correct, flexible = correct[: args.em_problems], flexible[: args.em_problems]
-    return {
-        "exact_match": correct.count("1") / len(correct),
-        "exact_match_flexible": flexible.count("1") / len(flexible),
-        "em_problems": len(correct),
-        "em_correct": correct,
-        "em_correct_flexible": flexible,
-        "em_from": path.name,
-    }
+    return {**verdict_fields(correct[: args.em_problems], flexible[: args.em_problems]), "em_from": path.name}
 
 
 def baseline_variant(args) -> dict:
