@@ -437,15 +437,13 @@ def measure(model, tokenizer, texts: Texts, dense_argmax, problems: list[dict], 
 
 
 def record_evaluation(checkpoint: Path, record: dict) -> None:
-    """What `optimum-rku eval` leaves in a checkpoint: `eval_results.json` (GSM8K test, the first --em-problems
-    problems) and the model card regenerated from it."""
-    from optimum_rku.hub.card import write_model_card
-    from optimum_rku.io.files import atomic_write_json
-    from optimum_rku.io.metadata import EVAL_RESULTS_FILE
+    """What `optimum-rku eval` leaves in a checkpoint (`record_eval_results`): `eval_results.json` (GSM8K test, the
+    first --em-problems problems) and the model card regenerated from it."""
+    from optimum_rku.data.gsm8k import GSM8K_HUB_ID
+    from optimum_rku.data.providers import DataProvider
+    from optimum_rku.hub.card import record_eval_results
 
-    record = {**record, "benchmark": "gsm8k", "dataset": "openai/gsm8k"}
-    atomic_write_json(checkpoint / EVAL_RESULTS_FILE, record)
-    write_model_card(checkpoint, eval_results=record)
+    record_eval_results(checkpoint, {**record, "benchmark": DataProvider.name, "dataset": GSM8K_HUB_ID})
 
 
 def run(args) -> dict:

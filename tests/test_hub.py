@@ -159,6 +159,26 @@ def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
     assert "--model someone/base-model" in loaded.text and "--dataset openai/gsm8k" in loaded.text
 
 
+def test_recorded_eval_results_refresh_a_generated_card_and_keep_a_hand_edited_one(checkpoints, tmp_path):
+    """`record_eval_results` (what `eval` and the recovery benchmark leave in a checkpoint) writes eval_results.json
+    and regenerates the card only where optimum-rku wrote it."""
+    import shutil
+
+    from optimum_rku.hub.card import record_eval_results
+
+    path = Path(shutil.copytree(checkpoints["uniform"], tmp_path / "ckpt"))
+    record = gsm8k_result(0.25, 0.5).to_dict()
+    assert record_eval_results(path, record) is True
+    assert json.loads((path / "eval_results.json").read_text()) == json.loads(json.dumps(record))
+    assert (
+        "| this model (pruned) | GSM8K, 4 problems | test | 5 | 25.00% | 50.00% |" in (path / "README.md").read_text()
+    )
+    (path / "README.md").write_text("# my own card\n")
+    assert record_eval_results(path, gsm8k_result(0.75, 1.0).to_dict()) is False
+    assert (path / "README.md").read_text() == "# my own card\n"  # hand edits are never overwritten
+    assert json.loads((path / "eval_results.json").read_text())["exact_match_strict"] == 0.75
+
+
 def test_card_says_when_the_source_weights_are_quantized(checkpoints):
     """A checkpoint pruned from a packaged (quantized GGUF) model says so in its card; another does not."""
     from optimum_rku.hub.card import build_model_card

@@ -23,7 +23,6 @@ from optimum_rku.cli.runtime import (
     say,
 )
 from optimum_rku.io.adapter import ADAPTER_CONFIG_FILE, ADAPTER_DIR, EVALUATED_LABELS, adapter_in
-from optimum_rku.io.files import atomic_write_json
 from optimum_rku.io.loading import is_checkpoint
 from optimum_rku.io.metadata import EVAL_RESULTS_FILE, read_metadata
 
@@ -160,11 +159,10 @@ def run(args: argparse.Namespace) -> int:
     if output is not None:
         say(f"per-sample results: {output}")
     if checkpoint is not None and not args.no_save:
-        atomic_write_json(checkpoint / EVAL_RESULTS_FILE, record)
-        say(f"summary: {checkpoint / EVAL_RESULTS_FILE}")
-        from optimum_rku.hub.card import CARD_FILE, is_generated_card, write_model_card
+        from optimum_rku.hub.card import CARD_FILE, record_eval_results
 
-        if is_generated_card(checkpoint / CARD_FILE):
-            write_model_card(checkpoint, eval_results=record)
+        card_updated = record_eval_results(checkpoint, record)
+        say(f"summary: {checkpoint / EVAL_RESULTS_FILE}")
+        if card_updated:
             say(f"model card updated: {checkpoint / CARD_FILE}")
     return 0

@@ -49,8 +49,15 @@ from optimum_rku.hub.labels import (
 )
 from optimum_rku.hub.reproduce import reproduce_command
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint
-from optimum_rku.io.files import atomic_write
-from optimum_rku.io.metadata import REMOTE_CODE_FILE, check_meta, read_eval_results, read_metadata, result_dict
+from optimum_rku.io.files import atomic_write, atomic_write_json
+from optimum_rku.io.metadata import (
+    EVAL_RESULTS_FILE,
+    REMOTE_CODE_FILE,
+    check_meta,
+    read_eval_results,
+    read_metadata,
+    result_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +339,17 @@ def write_model_card(
     )
     target = atomic_write(directory / CARD_FILE, lambda tmp: card.save(tmp))
     return target
+
+
+def record_eval_results(checkpoint_dir: str | os.PathLike, record: Mapping[str, Any]) -> bool:
+    """Store an evaluation in a checkpoint (`eval_results.json`, atomically) and regenerate its card from it when
+    optimum-rku wrote the card (a hand-edited one is kept); True when the card was regenerated."""
+    directory = Path(checkpoint_dir)
+    atomic_write_json(directory / EVAL_RESULTS_FILE, dict(record))
+    if not is_generated_card(directory / CARD_FILE):
+        return False
+    write_model_card(directory, eval_results=record)
+    return True
 
 
 def is_generated_card(path: str | os.PathLike) -> bool:
