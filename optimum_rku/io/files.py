@@ -142,14 +142,15 @@ def scratch_dir(prefix: str) -> Path:
     this host left there under the same prefix (killed before they could remove them) are removed first."""
     import tempfile
 
-    own = re.compile(rf"^{re.escape(prefix)}{_host_token()}-(?P<pid>\d+)-")
+    mine = f"{prefix}{_host_token()}-"
+    own = re.compile(rf"^{re.escape(mine)}(?P<pid>\d+)-")
     root = Path(tempfile.gettempdir())
     for entry in root.iterdir():
         match = own.match(entry.name)
         if match is not None and entry.is_dir() and not _alive(int(match["pid"])):
             _remove(entry)
             logger.info("Removed %s, left by process %s (gone).", entry, match["pid"])
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_host_token()}-{os.getpid()}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-", dir=root))
 
 
 # ------------------------------------------------------------------------------------------------------ files

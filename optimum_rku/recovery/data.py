@@ -300,7 +300,7 @@ def self_distillation_dataset(
     """`datasets.Dataset` of `{prompt, response}` where the response is the *dense* model's own answer (distillation).
 
     `questions` are asked the way `prepare_recovery_dataset` asks: through the tokenizer's chat template when it has
-    one (`chat_template="auto"`), else with `Question: q\nAnswer:`. `prompts` instead are asked exactly as given
+    one (`chat_template="auto"`), else with `Question: q\\nAnswer:`. `prompts` instead are asked exactly as given
     (e.g. an evaluation task's rendered prompts, instructions included, so the pruned model learns the format it is
     measured in), and each response is the answer exactly as generated. Answers that ran to `max_new_tokens` or into
     a loop are left out (a cut answer teaches stopping mid-way; `finished_only=False` keeps them); a ValueError if
