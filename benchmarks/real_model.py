@@ -302,6 +302,14 @@ def resumable_rows(args) -> dict[tuple, dict]:
     same = record.get("split") == args.split and record.get("nll_problems") == args.nll_problems
     if not same or task != args.em_task or record.get("em_tokens", 256) != args.em_tokens:
         raise SystemExit(f"--resume: {path} was written with other --split / --nll-problems / --em-task / --em-tokens")
+    # the calibration set is not part of a row's key: rows scored on another one are other plans under the same key
+    for field in ("num_calibration", "generation_tokens", "seed"):
+        if field in record and record[field] != getattr(args, field):
+            option = "--" + field.replace("_", "-")
+            raise SystemExit(
+                f"--resume: {path} was calibrated with {option} {record[field]}, this run asks for "
+                f"{getattr(args, field)}; write the new rows to another --output"
+            )
     args.earlier_runs = record.get("runs") or [{"command": record["command"], "wall_time_s": record["wall_time_s"]}]
     rows = {tuple(row["key"]): row for row in record["rows"] if "key" in row}
     for row in rows.values():  # rows from before per-problem verdicts: their exact match counts as complete

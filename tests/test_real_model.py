@@ -212,3 +212,49 @@ def test_round_to_rows_keep_aligned_widths_and_old_keys(workspace, tmp_path):
     assert rounded["round_to"] == 8 and all(width % 8 == 0 for width in rounded["ffn_per_layer"])
     assert plain["ffn_per_layer"] != rounded["ffn_per_layer"]
     assert "round8" in real_model._label(rounded) and "round" not in real_model._label(plain)
+
+
+def test_resume_refuses_a_record_calibrated_otherwise(workspace, tmp_path):
+    """A row's key does not name its calibration set, so resuming a record made with another --num-calibration
+    would pass its plans off as this run's: refused, naming the option and both values."""
+    run_grid(workspace, tmp_path, "--em-sparsities")
+    with pytest.raises(SystemExit, match="--num-calibration 2, this run asks for 3"):
+        run_grid(workspace, tmp_path, "--num-calibration", "3", "--resume")
+
+
+def test_paired_rows_pairs_every_row_against_the_reference(workspace, tmp_path, capsys):
+    """benchmarks/paired_rows.py pairs the rows of several records against one reference row, problem by problem, and
+    refuses a record whose verdicts judge another split."""
+    import paired_rows
+
+    record = run_grid(workspace, tmp_path)
+    path = tmp_path / "out" / "grid.json"
+    for row, verdicts in zip(record["rows"], ["110", "100", "011", "111", "000"]):  # a tiny model solves nothing
+        row["em_correct"] = verdicts
+    path.write_text(json.dumps(record))
+    reference = record["rows"][1]
+    label = real_model._label(reference)
+    other = dict(record, num_calibration=7)
+    other_path = tmp_path / "other.json"
+    other_path.write_text(json.dumps(other))
+    prefix = tmp_path / "paired"
+    argv = ["--reference", str(path), label, str(reference["sparsity"]), "--records", str(path), str(other_path)]
+    assert paired_rows.main([*argv, "--output", str(prefix)]) == 0
+    rows = json.loads((prefix.with_suffix(".json")).read_text())["rows"]
+    with_verdicts = [r for r in record["rows"] if r["sparsity"] == reference["sparsity"]]
+    assert len(rows) == 2 * len(with_verdicts) - 1  # both files' rows at its sparsity, the reference itself once
+    itself = next(r for r in rows if r["record"] == str(other_path) and r["variant"] == label)
+    assert itself["difference"] == 0 and itself["num_calibration"] == 7 and itself["p_value"] == 1.0
+    for row in rows:
+        source = next(
+            r for r in with_verdicts if real_model._label(r) == row["variant"] and r["sparsity"] == row["sparsity"]
+        )
+        expected = sum(map(int, source["em_correct"])) - sum(map(int, reference["em_correct"]))
+        assert row["difference"] == pytest.approx(expected / row["problems"]) and row["problems"] == 3
+    assert sum(r["difference"] != 0 for r in rows) == 2  # the other row at its sparsity, in both files
+    assert "| other | " in (prefix.with_suffix(".md")).read_text()
+    other_path.write_text(json.dumps(dict(record, em_tokens=999)))
+    with pytest.raises(SystemExit, match="em_tokens"):
+        paired_rows.main(argv)
+    with pytest.raises(SystemExit, match="rows with verdicts match"):
+        paired_rows.main(["--reference", str(path), "no such row", "0.2", "--records", str(path)])
