@@ -239,12 +239,16 @@ def calibration_dataset(kind: str, model, tokenizer, questions: list[str], train
 
 
 # --------------------------------------------------------------------------------------------------- scoring and plans
-def scoring_fields(args, objective: str, activity: str, floor: float) -> dict:
-    """The RKUConfig fields every scoring pass and plan of one (objective, activity, token floor) shares."""
+def scoring_fields(
+    args, objective: str, activity: str, floor: float, granularity: str = RKUConfig.attention_granularity
+) -> dict:
+    """The RKUConfig fields every scoring pass and plan of one (objective, activity, token floor, attention unit)
+    shares."""
     return dict(
         objective=objective,
         activity=activity,
         token_gradient_floor=floor,
+        attention_granularity=granularity,
         calibration="dataset",
         num_calibration_samples=args.num_calibration,
         seed=args.seed,

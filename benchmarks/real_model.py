@@ -66,7 +66,7 @@ from common import (  # noqa: E402
 
 from optimum_rku import RKUConfig, RKUPruner  # noqa: E402
 from optimum_rku.cli.args import int_or_auto  # noqa: E402
-from optimum_rku.config import ALLOCATIONS  # noqa: E402
+from optimum_rku.config import ALLOCATIONS, ATTENTION_GRANULARITIES  # noqa: E402
 from optimum_rku.evaluation.registry import available_tasks, get_task  # noqa: E402
 from optimum_rku.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
 from optimum_rku.importance import available_importances, get_importance  # noqa: E402
@@ -120,6 +120,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: text if text == "auto" else int(text),
         default=[RKUConfig().round_to],
         help="kept widths rounded to multiples of these, or 'auto' (RKUConfig.round_to; default: the library's)",
+    )
+    p.add_argument(
+        "--attention-granularities",
+        nargs="+",
+        default=[RKUConfig().attention_granularity],
+        choices=ATTENTION_GRANULARITIES,
+        help="attention units scored and removed: whole KV groups, or single query heads (default: the library's)",
     )
     p.add_argument("--calibrations", nargs="+", default=["self_generated"], choices=list(CALIBRATIONS))
     p.add_argument("--objectives", nargs="+", default=None, help="RKU objectives (default: the config default)")
@@ -476,8 +483,9 @@ def run(args) -> dict:
         objectives = args.objectives if method == "rku" else [RKUConfig().objective]
         activities = args.activities if method == "rku" else [RKUConfig().activity]
         floors = args.token_gradient_floors if method == "rku" else [RKUConfig().token_gradient_floor]
-        for objective, activity, floor in itertools.product(objectives, activities, floors):
-            score_fields = scoring_fields(args, objective, activity, floor)
+        grid = itertools.product(objectives, activities, floors, args.attention_granularities)
+        for objective, activity, floor, granularity in grid:
+            score_fields = scoring_fields(args, objective, activity, floor, granularity)
             dataset = None
             if importance.needs_calibration:
                 if kind not in datasets_by_kind:
@@ -489,6 +497,8 @@ def run(args) -> dict:
                 config = plan_config(method, sparsity, v, score_fields, can_compensate)
                 key = (method, kind, objective, activity, sparsity, json.dumps(v, sort_keys=True))
                 key += (floor,) if method == "rku" else ()  # only RKU's scores depend on the floor
+                if granularity != RKUConfig().attention_granularity:  # only then: older records still resume
+                    key += (f"attention={granularity}",)
                 wants_em = bool(args.em_problems) and (args.em_sparsities is None or sparsity in args.em_sparsities)
                 earlier = done.get(key)
                 if earlier is not None and (not wants_em or not needs_em(earlier, args)):
@@ -539,6 +549,7 @@ def run(args) -> dict:
                     "min_keep_attention": config.attention_floor,
                     "kv_cache_tokens": pruner.pruning_config.kv_cache_tokens,  # "auto" resolved for this model
                     "round_to": config.round_to,
+                    "attention_granularity": granularity,
                     "achieved_sparsity": pruner.plan.achieved_sparsity,
                     "score_time_s": round(score_time, 1),
                     **metrics,
@@ -611,6 +622,8 @@ def _label(row: dict) -> str:
         parts.append("comp")
     if row.get("round_to", 1) != 1:
         parts.append(f"round{row['round_to']}")
+    if row.get("attention_granularity", RKUConfig().attention_granularity) != RKUConfig().attention_granularity:
+        parts.append(row["attention_granularity"])
     parts.append(
         f"keep{row['min_keep']:g}"
         + (f"/{row['min_keep_attention']:g}" if row["min_keep_attention"] != row["min_keep"] else "")

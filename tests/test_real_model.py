@@ -258,3 +258,19 @@ def test_paired_rows_pairs_every_row_against_the_reference(workspace, tmp_path, 
         paired_rows.main(argv)
     with pytest.raises(SystemExit, match="rows with verdicts match"):
         paired_rows.main(["--reference", str(path), "no such row", "0.2", "--records", str(path)])
+
+
+def test_query_head_rows_are_scored_and_keyed_apart(workspace, tmp_path):
+    """`--attention-granularities kv_group query_head`: the query_head row is scored per query head (its key and label
+    say so, older kv_group keys are unchanged) and, under GQA, keeps every KV group."""
+    torch.set_num_threads(1)
+    argv = ["--methods", "magnitude", "--sparsities", "0.5", "--min-keep", "0.1", "--rankings", "per_parameter"]
+    out = run_grid(
+        workspace, tmp_path, *argv, "--attention-granularities", "kv_group", "query_head", "--em-sparsities"
+    )
+    group, head = out["rows"][1:]
+    assert group["attention_granularity"] == "kv_group" and not any("attention=" in str(k) for k in group["key"])
+    assert head["attention_granularity"] == "query_head" and head["key"][-1] == "attention=query_head"
+    assert "query_head" in real_model._label(head) and "query_head" not in real_model._label(group)
+    assert head["kv_groups_per_layer"] == [4, 4, 4] and group["kv_groups_per_layer"] != [4, 4, 4]
+    assert head["heads_per_layer"] != group["heads_per_layer"]
