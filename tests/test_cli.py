@@ -473,3 +473,43 @@ def test_testbed_defaults(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(testbed, "TESTBED_PATH", tmp_path / "missing")
     assert main(["eval", "--limit", "1"]) == 2
     assert "testbed model is missing" in capsys.readouterr().err
+
+
+def test_recover_on_the_dense_models_own_answers(workspace, tmp_path, monkeypatch, capsys):
+    """`recover --answers self`: the dense base answers the data's questions and those answers are the training rows
+    (label-free); its base is resolved and the data's layout checked before any model is loaded."""
+    import optimum_rku.data.generation as generation
+    from optimum_rku.cli import main
+    from optimum_rku.data import self_generated
+
+    asked = []
+
+    def answers(model, tokenizer, prompts, **kwargs):
+        asked.extend(prompts)
+        return generation.Generations(
+            [f" It is {i}." for i in range(len(prompts))], [4] * len(prompts), ["eos"] * len(prompts)
+        )
+
+    monkeypatch.setattr(self_generated, "generate_completions", answers)
+    pruned, recovered = tmp_path / "pruned", tmp_path / "recovered"
+    prune = ["prune", "--model", str(workspace / "base"), "--output", str(pruned), "--importance", "magnitude"]
+    assert main([*prune, "--sparsity", "0.3", "--quiet"]) == 0
+    recover = [
+        *("recover", "--checkpoint", str(pruned), "--output", str(recovered), "--answers", "self"),
+        *("--data-files", str(workspace / "train.jsonl"), "--num-samples", "3", "--answer-tokens", "16"),
+        *("--max-steps", "1", "--lora-r", "4", "--batch-size", "2", "--max-length", "160", "--quiet"),
+    ]
+    capsys.readouterr()
+    assert main(recover) == 2 and "--answers self: " in capsys.readouterr().err  # a local base: only --base finds it
+    assert not asked and not recovered.exists()
+    texts = tmp_path / "texts.jsonl"
+    write_jsonl(texts, [{"prompt": "a", "response": "b"}])
+    layout = [arg if arg != str(workspace / "train.jsonl") else str(texts) for arg in recover]
+    assert main([*layout, "--base", str(workspace / "base")]) == 2
+    assert "no question/answer rows" in capsys.readouterr().err and not asked
+
+    assert main([*recover, "--base", str(workspace / "base")]) == 0
+    questions = {row["question"] for row in map(json.loads, (workspace / "train.jsonl").read_text().splitlines())}
+    assert len(asked) == 3 and all(any(q in prompt for q in questions) for prompt in asked)
+    recovery = json.loads((recovered / "rku_config.json").read_text())["recovery"]
+    assert "own answers" in json.dumps(recovery) and recovery["steps"] == 1

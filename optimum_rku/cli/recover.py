@@ -36,6 +36,17 @@ def add(parser: argparse.ArgumentParser) -> None:
         "(required), 'off' (plain 'Question: ...\\nAnswer:')",
     )
     parser.add_argument(
+        "--answers",
+        default="given",
+        choices=["given", "self"],
+        help="what the model learns to answer: 'given' (the data's answers, default) or 'self' (the dense model's own "
+        "greedy answers to the data's questions: label-free, it distils the model's reasoning and format; answers "
+        "that run to --answer-tokens or into a loop are left out)",
+    )
+    parser.add_argument(
+        "--answer-tokens", type=positive_int, default=256, help="with --answers self: answer budget (default: 256)"
+    )
+    parser.add_argument(
         "--teacher",
         default=None,
         help="distil a dense model into the pruned one: 'base' (the model the checkpoint was pruned from), a "
@@ -44,8 +55,8 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         default=None,
-        help="with --teacher base: the dense model (directory or Hub id) when the checkpoint records a local folder by "
-        "name only",
+        help="with --teacher base or --answers self: the dense model (directory or Hub id) when the checkpoint records "
+        "a local folder by name only",
     )
     parser.add_argument(
         "--distillation-alpha", type=unit_float, default=0.5, help="weight of the KL term in [0, 1] (default: 0.5)"
@@ -80,6 +91,28 @@ def _load_teacher(name: str, meta: dict[str, Any], base: str | None):
         label = hub_model_id(name) or "dense"
     teacher, _ = load_model(name, "float32")
     return teacher, label
+
+
+def _questions(args: argparse.Namespace, meta: dict[str, Any], train_dataset, data_files) -> tuple[list[str], str]:
+    """`--answers self`, before any model is loaded: the recovery data's questions (`recovery_questions`) and the
+    dense model that answers them (the checkpoint's base)."""
+    from optimum_rku.data.providers import provider_for
+    from optimum_rku.recovery import recovery_questions
+
+    questions, _ = recovery_questions(
+        train_dataset,
+        data=provider_for(metadata=meta),
+        data_files=data_files[0] if data_files and len(data_files) == 1 else data_files,
+        num_samples=args.num_samples,
+        seed=_seed(args),
+    )
+    return questions, base_model_for(meta, args.base, "--answers self")
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from optimum_rku.recovery.training import DEFAULT_TRAINING_ARGS
+
+    return args.seed if args.seed is not None else DEFAULT_TRAINING_ARGS["seed"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,8 +157,22 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(
                 f"could not load --dataset {args.dataset!r} ({type(err).__name__}: {err}); offline? use --data-files."
             ) from None
+    if args.answers == "self":
+        questions, dense_name = _questions(args, meta, train_dataset, data_files)
     teacher, teacher_name = _load_teacher(args.teacher, meta, args.base) if args.teacher is not None else (None, None)
     model, tokenizer = load_model(str(checkpoint), "float32")
+    num_samples = args.num_samples
+    if args.answers == "self":  # the dense model's own answers (self_distillation_dataset) are the training rows
+        from optimum_rku.recovery import self_distillation_dataset
+
+        dense = teacher if args.teacher == "base" else load_model(dense_name, "float32")[0]
+        say(f"answering {len(questions)} questions with the dense model ({args.answer_tokens}-token budget)")
+        train_dataset = self_distillation_dataset(
+            dense, tokenizer, questions, max_new_tokens=args.answer_tokens, seed=_seed(args),
+            progress=not args.quiet, chat_template=args.chat_template,
+        )  # fmt: skip
+        data_files = num_samples = None  # the questions were read and chosen by _questions
+        del dense
     _, summary = recover_with_lora(
         model,
         tokenizer,
@@ -139,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         metadata=meta,
         source=str(checkpoint),
         data_files=data_files[0] if data_files and len(data_files) == 1 else data_files,
-        num_samples=args.num_samples,
+        num_samples=num_samples,
         max_length=args.max_length,
         seed=args.seed,
         chat_template=args.chat_template,

@@ -28,6 +28,7 @@ from optimum_rku.recovery.data import (
     IGNORE_INDEX,
     RecoveryCollator,
     prepare_recovery_dataset,
+    recovery_questions,
     self_distillation_dataset,
 )
 from optimum_rku.recovery.losses import distillation_loss, response_loss
@@ -48,6 +49,7 @@ __all__ = [
     "distillation_loss",
     "prepare_recovery_dataset",
     "recover_with_lora",
+    "recovery_questions",
     "resolve_training_args",
     "response_loss",
     "self_distillation_dataset",

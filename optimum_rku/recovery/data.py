@@ -264,6 +264,44 @@ def _recovery_pairs(
     )
 
 
+class _QuestionsOnly:
+    """A question/answer layout that keeps the question alone (`recovery_questions`)."""
+
+    used = False
+
+    def __call__(self, question: Any, answer: Any) -> tuple[str, str]:
+        self.used = True
+        return str(question).strip(), ""
+
+
+def recovery_questions(
+    train_dataset: Any = None,
+    *,
+    data: Any = None,
+    data_files: Any = None,
+    num_samples: int | None = None,
+    seed: int = 2016,
+) -> tuple[list[str], dict]:
+    """The questions of the recovery rows `prepare_recovery_dataset` would read from the same sources (their answers
+    dropped) and the source's summary: what `self_distillation_dataset` asks the dense model when recovery learns its
+    own answers instead of the given ones. Rows without a question/answer layout are a ValueError naming the layout."""
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples={num_samples!r} must be a positive int or None.")
+    qa = _QuestionsOnly()
+    pairs, summary = _recovery_pairs(train_dataset, data, data_files, num_samples, seed, qa)  # type: ignore[arg-type]
+    if not qa.used:
+        raise ValueError(
+            f"The recovery data {summary.get('dataset')!r} has no question/answer rows (it has prompt/response or "
+            "text rows): the dense model can only answer questions. Pass rows with 'question' and 'answer' columns."
+        )
+    questions = [question for question, _ in pairs if question]
+    if not questions:
+        raise ValueError("The recovery data has no non-empty question.")
+    return questions, summary
+
+
 class RecoveryCollator:
     """Right-pad `input_ids` (pad id), `attention_mask` (0) and `labels` (-100) to the longest row of a batch."""
 
