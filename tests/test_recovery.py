@@ -773,3 +773,20 @@ def test_options_object_and_keywords_are_the_same_call(no_training):
         with pytest.raises(ValueError, match="teacher is the model being recovered"):
             recover_with_lora(model, make_tokenizer(), ["a b"], **call)
     assert options.teacher is model and options.seed is None  # the caller's options are never changed
+
+
+def test_recovery_questions_reads_the_questions_recovery_would_read():
+    """The questions of question/answer rows, in the order and number recovery takes them; other layouts and bad
+    counts are clear errors."""
+    import datasets
+
+    from optimum_rku.recovery import recovery_questions
+
+    rows = [{"question": f" {i}+1? ", "answer": f"#### {i + 1}"} for i in range(5)]
+    questions, summary = recovery_questions(datasets.Dataset.from_list(rows), num_samples=3)
+    assert questions == ["0+1?", "1+1?", "2+1?"] and summary["dataset"] == "user-provided datasets.Dataset"
+    assert recovery_questions(rows)[0] == [f"{i}+1?" for i in range(5)]
+    with pytest.raises(ValueError, match="no question/answer rows"):
+        recovery_questions([{"prompt": "a", "response": "b"}])
+    with pytest.raises(ValueError, match="num_samples=0"):
+        recovery_questions(rows, num_samples=0)
