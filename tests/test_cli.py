@@ -509,6 +509,7 @@ def test_recover_on_the_dense_models_own_answers(workspace, tmp_path, monkeypatc
     assert "no question/answer rows" in capsys.readouterr().err and not asked
 
     assert main([*recover, "--base", str(workspace / "base")]) == 0
+    assert "Writing model shards" not in capsys.readouterr().err  # --quiet silences transformers' bars too
     questions = {row["question"] for row in map(json.loads, (workspace / "train.jsonl").read_text().splitlines())}
     assert len(asked) == 3 and all(any(q in prompt for q in questions) for prompt in asked)
     recovery = json.loads((recovered / "rku_config.json").read_text())["recovery"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
@@ -66,11 +67,29 @@ def _message(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+@contextlib.contextmanager
+def _library_bars(show: bool):
+    """`--quiet` silences transformers' own progress bars too (e.g. "Writing model shards"), restored afterwards."""
+    if show:
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 def run_command(name: str, args: argparse.Namespace, prog: str | None = None) -> int:
     """Run subcommand `name`; expected failures become one stderr line (exit 2 for bad input, 1 otherwise)."""
     prog = prog or f"optimum-rku {name}"
     try:
-        return int(COMMANDS[name].run(args) or 0)
+        with _library_bars(not getattr(args, "quiet", False)):
+            return int(COMMANDS[name].run(args) or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
