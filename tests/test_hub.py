@@ -157,6 +157,9 @@ def test_card_metadata_with_results_and_recovery(checkpoints, tmp_path):
     assert "| this model (pruned + LoRA recovery, merged) |" in loaded.text  # its weights are the recovered ones
     assert 'from_pretrained("me/tiny-rku", trust_remote_code=True)' in loaded.text
     assert "--model someone/base-model" in loaded.text and "--dataset openai/gsm8k" in loaded.text
+    recover = loaded.text[loaded.text.index("optimum-cli rku recover") :]
+    assert "--output tiny-rku \\" in recover or "--output tiny-rku\n" in recover  # the repo is the recovered model
+    assert loaded.text.index("optimum-cli rku prune") < loaded.text.index("optimum-cli rku recover")
 
 
 def test_recorded_eval_results_refresh_a_generated_card_and_keep_a_hand_edited_one(checkpoints, tmp_path):
@@ -552,3 +555,49 @@ def test_adapter_push_validates_before_network(recovered, checkpoints, online):
         with pytest.raises(ValueError, match="repo id"):
             push_to_hub(recovered["dir"], "me/x", adapter_repo_id="not a repo")
         assert hub.requests == []
+
+
+def test_recovered_card_reproduces_the_recovery_with_real_flags():
+    """A recovered checkpoint's card gives the `recover` line after the `prune` line: non-default settings only, the
+    dense model's own answers as `--answers self`, data given in Python as a placeholder; every flag it writes is one
+    `optimum-rku recover` accepts, with the recorded values."""
+    from optimum_rku.cli.registry import build_parser
+    from optimum_rku.hub.reproduce import recover_command
+
+    recovery = {
+        "steps": 17,
+        "learning_rate": 5e-4,
+        "rank": 16,
+        "alpha": 32,
+        "per_device_batch_size": 8,
+        "seed": 2016,
+        "merged": True,
+        "data": {
+            "dataset": "the dense model's own answers (greedy, up to 768 new tokens; 134 of 136 questions, finished "
+            "answers only)",
+            "num_examples": 134,
+            "max_length": 1024,
+        },
+    }
+    line = recover_command(recovery, "m-rku-30", "m-rku-30-self")
+    argv = line.replace("\\\n", " ").split()[2:]
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.checkpoint, args.output, args.max_steps) == ("recover", "m-rku-30", "m-rku-30-self", 17)
+    assert (args.learning_rate, args.max_length, args.answers, args.answer_tokens, args.num_samples) == (
+        5e-4, 1024, "self", 768, 136,
+    )  # fmt: skip
+    assert "--lora-r" not in line and "--batch-size" not in line and "--seed" not in line  # defaults left out
+    prompts = dict(recovery, data={"dataset": recovery["data"]["dataset"].replace("questions", "prompts")})
+    assert "--data-files <the-questions.jsonl>" in recover_command(prompts, "a", "b")
+    given = dict(recovery, merged=False, data={"dataset": "openai/gsm8k", "num_examples": 400})
+    given["distillation"] = {"teacher": "dense", "alpha": 0.25, "temperature": 1.0}
+    args = build_parser().parse_args(recover_command(given, "a", "b").replace("\\\n", " ").split()[2:])
+    assert (args.answers, args.num_samples, args.dataset, args.teacher, args.distillation_alpha) == (
+        "given", 400, None, "base", 0.25,
+    )  # fmt: skip
+    assert args.no_merge and args.distillation_temperature == 1.0
+    other = recover_command(dict(recovery, data={"dataset": "someone/math-qa"}), "a", "b")
+    assert "--dataset someone/math-qa" in other
+    assert "--data-files <your-data.jsonl>" in recover_command(
+        dict(recovery, data={"dataset": "in-memory list"}), "a", "b"
+    )

@@ -9,6 +9,7 @@ from typing import Any
 from optimum_rku.cli.args import CLIError, non_negative_int, positive_float, positive_int, unit_float
 from optimum_rku.cli.runtime import base_model_for, check_files, load_model, say
 from optimum_rku.config import CONFIG_NAME
+from optimum_rku.recovery.data import DEFAULT_ANSWER_TOKENS
 
 
 def add(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,10 @@ def add(parser: argparse.ArgumentParser) -> None:
         "that run to --answer-tokens or into a loop are left out)",
     )
     parser.add_argument(
-        "--answer-tokens", type=positive_int, default=256, help="with --answers self: answer budget (default: 256)"
+        "--answer-tokens",
+        type=positive_int,
+        default=DEFAULT_ANSWER_TOKENS,
+        help=f"with --answers self: answer budget (default: {DEFAULT_ANSWER_TOKENS})",
     )
     parser.add_argument(
         "--teacher",

@@ -47,7 +47,7 @@ from optimum_rku.hub.labels import (
     hub_dataset_id,
     hub_model_id,
 )
-from optimum_rku.hub.reproduce import reproduce_command
+from optimum_rku.hub.reproduce import reproduce_section
 from optimum_rku.io.adapter import ADAPTER_DIR, PRUNED_BASE_DIR, adapter_in, nested_adapter_checkpoint
 from optimum_rku.io.files import atomic_write, atomic_write_json
 from optimum_rku.io.metadata import (
@@ -222,12 +222,7 @@ def build_model_card(
         sections.append(adapter_link_section(adapter_checkpoint, is_repo=adapter_checkpoint != PRUNED_BASE_DIR))
     if gguf_files:
         sections.append(llamacpp_section(gguf_files, repo))
-    sections.append(
-        "## Reproduce\n\n```bash\npip install optimum-rku\n"
-        + reproduce_command(meta, repo.split("/")[-1] if repo_id else None)
-        + "\n```\n\n`rku_config.json` in this repository records the full configuration, the kept channel and head "
-        "indices of every layer, parameter counts and the calibration summary."
-    )
+    sections.append(reproduce_section(meta, recovery, repo.split("/")[-1] if repo_id else None))
     sections.append(
         "## Limitations\n\nRemoving structures costs accuracy, more so at high sparsity and on long reasoning "
         "chains. Check the evaluation above on your own task before deploying; a short recovery fine-tune "

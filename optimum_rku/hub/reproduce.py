@@ -57,3 +57,76 @@ def reproduce_command(meta: Mapping[str, Any], output: str | None = None) -> str
     if isinstance(column, str) and column not in ("question", "preprocess_function"):
         parts.append(f"--text-column {column}")
     return " \\\n    ".join(parts)
+
+
+def recover_command(recovery: Mapping[str, Any], checkpoint: str, output: str) -> str:
+    """The `optimum-cli rku recover ...` line that re-runs a checkpoint's recorded LoRA recovery on the pruned
+    `checkpoint` (non-default settings only; data given in Python is shown as a placeholder)."""
+    from optimum_rku.recovery.data import DEFAULT_ANSWER_TOKENS, DEFAULT_MAX_LENGTH, own_answers_settings
+    from optimum_rku.recovery.training import DEFAULT_LORA, DEFAULT_TRAINING_ARGS, RecoveryOptions
+
+    parts = ["optimum-cli rku recover", f"--checkpoint {checkpoint}", f"--output {output}"]
+    if recovery.get("steps") is not None:
+        parts.append(f"--max-steps {recovery['steps']}")
+    flags = (
+        ("--learning-rate", recovery.get("learning_rate"), DEFAULT_TRAINING_ARGS["learning_rate"]),
+        ("--lora-r", recovery.get("rank"), DEFAULT_LORA["r"]),
+        ("--lora-alpha", recovery.get("alpha"), 2 * (recovery.get("rank") or DEFAULT_LORA["r"])),
+        ("--batch-size", recovery.get("per_device_batch_size"), DEFAULT_TRAINING_ARGS["per_device_train_batch_size"]),
+        ("--max-length", (recovery.get("data") or {}).get("max_length"), DEFAULT_MAX_LENGTH),
+        ("--seed", recovery.get("seed"), DEFAULT_TRAINING_ARGS["seed"]),
+    )
+    parts += [f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value, default in flags
+              if value is not None and value != default]  # fmt: skip
+    data = recovery.get("data") or {}
+    source = data.get("dataset")
+    own = own_answers_settings(source)
+    if own is not None:
+        parts.append("--answers self")
+        if own["max_new_tokens"] != DEFAULT_ANSWER_TOKENS:
+            parts.append(f"--answer-tokens {own['max_new_tokens']}")
+        parts.append(f"--num-samples {own['asked']}")
+        if own["of"] == "prompts":  # asked as given in Python: the command line asks the data's questions instead
+            parts.append("--data-files <the-questions.jsonl>")
+    elif hub_dataset_id(source):
+        if source != provider_for(metadata={}).hub_dataset:
+            parts.append(f"--dataset {hub_dataset_id(source)}")
+        if data.get("num_examples") is not None:
+            parts.append(f"--num-samples {data['num_examples']}")
+    elif source:
+        name = Path(str(source)).name if str(source).lower().endswith(DATA_SUFFIXES) else "your-data.jsonl"
+        parts.append(f"--data-files <{name}>")
+    distillation = recovery.get("distillation") or {}
+    if distillation:
+        teacher = distillation.get("teacher")
+        parts.append(f"--teacher {'base' if teacher in (None, 'dense') else teacher}")
+        for flag, key, default in (
+            ("--distillation-alpha", "alpha", RecoveryOptions.distillation_alpha),
+            ("--distillation-temperature", "temperature", RecoveryOptions.distillation_temperature),
+        ):
+            if distillation.get(key) is not None and distillation[key] != default:
+                parts.append(f"{flag} {distillation[key]:g}")
+    if recovery.get("merged") is False:
+        parts.append("--no-merge")
+    return " \\\n    ".join(parts)
+
+
+def reproduce_section(meta: Mapping[str, Any], recovery: Mapping[str, Any] | None, name: str | None) -> str:
+    """The card's "Reproduce" section: the prune line, then (for a recovered checkpoint) the recover line."""
+    if recovery:
+        pruned = checkpoint_name(meta, None)
+        output = name if name and name != pruned else f"{pruned}-lora"
+        command = reproduce_command(meta, pruned) + "\n" + recover_command(recovery, pruned, output)
+    else:
+        command = reproduce_command(meta, name)
+    return (
+        "## Reproduce\n\n```bash\npip install optimum-rku\n"
+        + command
+        + "\n```\n\n`rku_config.json` in this repository records the full configuration, the kept channel and head "
+        "indices of every layer, parameter counts"
+        + (
+            ", the calibration summary and the recovery's settings and data."
+            if recovery
+            else " and the calibration summary."
+        )
+    )

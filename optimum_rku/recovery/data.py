@@ -18,6 +18,12 @@ DEFAULT_MAX_LENGTH = 512
 
 IGNORE_INDEX = -100
 
+#: the answer budget of `self_distillation_dataset` (and `recover --answers self`)
+DEFAULT_ANSWER_TOKENS = 256
+
+#: how the description of `self_distillation_dataset`'s rows (what recovery records as its data) begins
+OWN_ANSWERS = "the dense model's own answers"
+
 #: how question/answer rows are laid out: "auto" (the tokenizer's chat template when it has one), "on", "off"
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 
@@ -264,6 +270,21 @@ def _recovery_pairs(
     )
 
 
+def own_answers_settings(description: Any) -> dict[str, Any] | None:
+    """What a `self_distillation_dataset` description records (`max_new_tokens`, `asked`, `of`: "questions" or
+    "prompts", `do_sample`), or None for any other data: how a card rebuilds the `recover --answers self` line."""
+    import re
+
+    found = re.match(
+        re.escape(OWN_ANSWERS) + r" \((greedy|sampled), up to (\d+) new tokens; \d+ of (\d+) (questions|prompts)",
+        str(description or ""),
+    )
+    if found is None:
+        return None
+    sampling, tokens, asked, of = found.groups()
+    return {"max_new_tokens": int(tokens), "asked": int(asked), "of": of, "do_sample": sampling == "sampled"}
+
+
 class _QuestionsOnly:
     """A question/answer layout that keeps the question alone (`recovery_questions`)."""
 
@@ -327,7 +348,7 @@ def self_distillation_dataset(
     questions: Sequence[str] | Sequence[Mapping[str, Any]] | None = None,
     *,
     prompts: Sequence[str] | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = DEFAULT_ANSWER_TOKENS,
     batch_size: int = 16,
     do_sample: bool = False,
     seed: int = 2016,
@@ -388,7 +409,7 @@ def self_distillation_dataset(
             "raise max_new_tokens or pass finished_only=False."
         )
     description = (
-        f"the dense model's own answers ({'sampled' if do_sample else 'greedy'}, up to {max_new_tokens} new tokens; "
+        f"{OWN_ANSWERS} ({'sampled' if do_sample else 'greedy'}, up to {max_new_tokens} new tokens; "
         f"{len(kept)} of {len(asked)} {name}{', finished answers only' if finished_only else ''})"
     )
     return datasets.Dataset.from_dict(
