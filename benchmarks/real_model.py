@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import os
@@ -298,6 +299,36 @@ def row_setting(row: dict) -> dict:
     return setting
 
 
+def row_key(
+    method: str,
+    kind: str,
+    objective: str,
+    activity: str,
+    sparsity: float,
+    setting: dict,
+    floor: float,
+    granularity: str,
+) -> tuple:
+    """The key a row is recorded (and resumed) under."""
+    key: tuple = (method, kind, objective, activity, sparsity, json.dumps(setting, sort_keys=True))
+    key += (floor,) if method == "rku" else ()  # only RKU's scores depend on the floor
+    if granularity != RKUConfig().attention_granularity:  # only then: older records still resume
+        key += (f"attention={granularity}",)
+    return key
+
+
+@functools.cache
+def default_rku_key(sparsity: float) -> tuple:
+    """The key of the row RKU with every library default makes at `sparsity` (what the targets judge)."""
+    defaults = RKUConfig()
+    args = parse_args(["--methods", "rku", "--allocations", defaults.allocation])
+    setting = variants(args, "rku", True)[0]
+    return row_key(
+        "rku", args.calibrations[0], defaults.objective, defaults.activity, sparsity, setting,
+        defaults.token_gradient_floor, defaults.attention_granularity,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------------ records
 def resumable_rows(args) -> dict[tuple, dict]:
     """With `--resume`, the rows an earlier run of the same command already wrote to `<output>.json`, by key."""
@@ -495,10 +526,7 @@ def run(args) -> dict:
             scores, score_time = None, 0.0  # scored on the first row that is not resumed
             for v, sparsity in itertools.product(variants(args, method, can_compensate), args.sparsities):
                 config = plan_config(method, sparsity, v, score_fields, can_compensate)
-                key = (method, kind, objective, activity, sparsity, json.dumps(v, sort_keys=True))
-                key += (floor,) if method == "rku" else ()  # only RKU's scores depend on the floor
-                if granularity != RKUConfig().attention_granularity:  # only then: older records still resume
-                    key += (f"attention={granularity}",)
+                key = row_key(method, kind, objective, activity, sparsity, v, floor, granularity)
                 wants_em = bool(args.em_problems) and (args.em_sparsities is None or sparsity in args.em_sparsities)
                 earlier = done.get(key)
                 if earlier is not None and (not wants_em or not needs_em(earlier, args)):
@@ -665,8 +693,8 @@ def markdown(result: dict) -> str:
             f"{sum(row['kv_groups_per_layer']) / dense_groups:.0%} | {sum(row['heads_per_layer']) / dense_heads:.0%} | "
             f"{row['params'] / 1e6:.1f}M |"
         )
-    exact = em_markdown(result)
-    return "\n".join(lines) + "\n" + (f"\n{exact}" if exact else "")
+    exact, targets = em_markdown(result), targets_markdown(result)
+    return "\n".join(lines) + "\n" + (f"\n{exact}" if exact else "") + (f"\n{targets}" if targets else "")
 
 
 #: methods that are the project's own (the rest are baselines; random is a floor, not a baseline)
@@ -701,6 +729,74 @@ def em_comparisons(result: dict) -> dict[int, dict]:
             info["vs_best_baseline"] = {"baseline": _label(baseline), **diff.to_dict()}
         out[index] = info
     return out
+
+
+#: what the benchmark checks of RKU with every library default, before recovery: the highest exact match of all
+#: methods at these sparsities, a paired interval to the best baseline entirely above 0 at these, and at least this
+#: share of dense exact match kept
+TARGET_HIGHEST, TARGET_OUTSIDE_INTERVAL, TARGET_KEPT_OF_DENSE = (0.2, 0.3, 0.4), (0.3, 0.4), {0.2: 0.75}
+
+
+def target_checks(result: dict) -> list[dict]:
+    """Every target a record can judge (its default-RKU rows with exact match, against the best baseline row at the
+    same sparsity, and dense): what was measured and whether the target is met."""
+    rows, checks = result["rows"], []
+    for index, info in em_comparisons(result).items():
+        row = rows[index]
+        sparsity = round(row["sparsity"], 4)
+        if row["method"] != "rku" or tuple(row.get("key", ())) != default_rku_key(row["sparsity"]):
+            continue
+        versus = info.get("vs_best_baseline")
+        if versus is not None and sparsity in TARGET_HIGHEST:
+            measured = f"RKU {100 * row['exact_match']:.1f}% vs {versus['baseline']} {100 * (row['exact_match'] - versus['difference']):.1f}%"
+            checks.append(
+                {
+                    "sparsity": sparsity,
+                    "target": "highest exact match",
+                    "measured": measured,
+                    "met": versus["difference"] > 0,
+                }
+            )
+        if versus is not None and sparsity in TARGET_OUTSIDE_INTERVAL:
+            measured = f"{100 * versus['difference']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}]"
+            checks.append(
+                {
+                    "sparsity": sparsity,
+                    "target": "outside the best baseline's paired interval",
+                    "measured": measured,
+                    "met": versus["low"] > 0,
+                }
+            )
+        if "kept_of_dense" in info and sparsity in TARGET_KEPT_OF_DENSE:
+            floor = TARGET_KEPT_OF_DENSE[sparsity]
+            checks.append(
+                {
+                    "sparsity": sparsity,
+                    "target": f">= {floor:.0%} of dense exact match",
+                    "measured": f"{info['kept_of_dense']:.0%}",
+                    "met": info["kept_of_dense"] >= floor,
+                }
+            )
+    return sorted(checks, key=lambda check: check["sparsity"])
+
+
+def targets_markdown(result: dict) -> str:
+    """The targets table (empty when the record has no default-RKU row to judge)."""
+    checks = target_checks(result)
+    if not checks:
+        return ""
+    lines = [
+        "Targets (RKU with every library default, before recovery; "
+        f"{result.get('num_calibration')} self-generated calibration answers):",
+        "",
+        "| sparsity | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['sparsity']:.0%} | {c['target']} | {c['measured']} | {'yes' if c['met'] else '**no**'} |"
+        for c in checks
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def em_markdown(result: dict) -> str:
@@ -864,6 +960,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parse_args(argv)
     result = run(args)
+    result["targets"] = target_checks(result)
     out = Path(args.output)
     write_json(args.output, result)
     Path(f"{out}.md").write_text(markdown(result))

@@ -657,7 +657,40 @@ def markdown(result: dict) -> str:
             f"({t['s_per_step']:.1f} s/step; run {t['cpu_s'] / 60:.1f} CPU-min) | {t['steps']} | "
             f"{t['examples_seen']} | {tokens} |"
         )
+    for check in recovery_targets(result):
+        lines.append(
+            f"\nTarget: RKU (defaults) keeps >= {check['target']:.0%} of dense exact match at {check['sparsity']:.0%} "
+            f"after recovery ({RECOVERIES[check['recovery']]}): {check['kept']:.0%}, "
+            + ("met." if check["met"] else "**missed**.")
+        )
     return "\n".join(lines) + "\n"
+
+
+#: the share of dense exact match RKU with its defaults should keep after recovery, by sparsity (checked here)
+RECOVERY_TARGETS = {0.3: 0.85, 0.4: 0.7}
+
+
+def recovery_targets(result: dict) -> list[dict]:
+    """The after-recovery targets this record can judge: RKU rows pruned with every library default (rows from
+    before `round_to="auto"` record none and are not judged), with exact match after recovery and for dense."""
+    floor, dense = RECOVERY_TARGETS.get(round(result["sparsity"], 4)), result["dense"]
+    checks = []
+    for row in result["rows"]:
+        after = row["after"]
+        default = row["method"] == "rku" and row["setting"].get("round_to") == RKUConfig().round_to
+        if floor is None or not default or "exact_match" not in after or not dense.get("exact_match"):
+            continue
+        kept = after["exact_match"] / dense["exact_match"]
+        checks.append(
+            {
+                "sparsity": result["sparsity"],
+                "recovery": row["recovery"],
+                "target": floor,
+                "kept": kept,
+                "met": kept >= floor,
+            }
+        )
+    return checks
 
 
 def _flexible(m: dict) -> str:

@@ -274,3 +274,32 @@ def test_query_head_rows_are_scored_and_keyed_apart(workspace, tmp_path):
     assert "query_head" in real_model._label(head) and "query_head" not in real_model._label(group)
     assert head["kv_groups_per_layer"] == [4, 4, 4] and group["kv_groups_per_layer"] != [4, 4, 4]
     assert head["heads_per_layer"] != group["heads_per_layer"]
+
+
+def test_targets_judge_the_default_rku_rows_against_the_best_baseline():
+    """The record's targets: RKU with every library default (found by its key, not its label) against the best
+    baseline at its sparsity and against dense; a row with another setting is not judged."""
+
+    def row(method, sparsity, verdicts, key=None, **fields):
+        base = {"method": method, "sparsity": sparsity, "allocation": "global", "ranking": "auto", "min_keep": 0.1}
+        base |= {"min_keep_attention": 0.1, "em_correct": verdicts, "exact_match": verdicts.count("1") / len(verdicts)}
+        return base | ({"key": list(key)} if key else {}) | fields
+
+    n = 40
+    dense = row("dense", 0.0, "1" * 20 + "0" * 20)
+    rku20 = row("rku", 0.2, "1" * 14 + "0" * 26, real_model.default_rku_key(0.2))  # 70% of dense, 4 above FLAP
+    flap20 = row("flap", 0.2, "1" * 10 + "0" * 30)
+    rku30 = row("rku", 0.3, "1" * 12 + "0" * 28, real_model.default_rku_key(0.3))  # +10 points, every pair favours RKU
+    flap30 = row("flap", 0.3, "1" * 2 + "0" * 38)
+    other = row("rku", 0.3, "1" * n, ("rku", "another setting"), min_keep=0.5)  # not the defaults: not judged
+    checks = real_model.target_checks({"rows": [dense, rku20, flap20, rku30, flap30, other], "num_calibration": 32})
+    got = {(c["sparsity"], c["target"]): c["met"] for c in checks}
+    assert got == {
+        (0.2, "highest exact match"): True,
+        (0.2, ">= 75% of dense exact match"): False,
+        (0.3, "highest exact match"): True,
+        (0.3, "outside the best baseline's paired interval"): True,
+    }
+    assert next(c for c in checks if "dense" in c["target"])["measured"] == "70%"
+    text = real_model.targets_markdown({"rows": [dense, rku20, flap20], "num_calibration": 32})
+    assert "| 20% | >= 75% of dense exact match | 70% | **no** |" in text

@@ -234,3 +234,26 @@ def test_dense_from_reuses_verdicts_and_save_dir_writes_checkpoints(workspace, t
         with pytest.raises(SystemExit) as exit_info:
             real_recovery.main([*argv, "--save-dir", str(tmp_path / "other")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_recovery_targets_judge_default_rku_rows_only():
+    """After recovery, RKU with its defaults is judged against dense at 30% (>= 85%) and 40% (>= 70%); a row pruned
+    before round_to="auto" (no round_to recorded) and a baseline row are not judged."""
+
+    def row(method, recovery, em, setting):
+        return {"method": method, "recovery": recovery, "setting": setting, "after": {"exact_match": em}}
+
+    default = {"round_to": RKUConfig().round_to}
+    result = {
+        "sparsity": 0.3,
+        "dense": {"exact_match": 0.4},
+        "rows": [row("rku", "self", 0.36, default), row("rku", "lora", 0.2, default), row("rku", "self", 0.4, {}),
+                 row("flap", "self", 0.4, default)],
+    }  # fmt: skip
+    checks = real_recovery.recovery_targets(result)
+    assert [(c["recovery"], round(c["kept"], 2), c["met"]) for c in checks] == [
+        ("self", 0.9, True),
+        ("lora", 0.5, False),
+    ]
+    assert real_recovery.recovery_targets(dict(result, sparsity=0.2)) == []  # no target at 20%
+    assert real_recovery.recovery_targets(dict(result, sparsity=0.4))[0]["target"] == 0.7
