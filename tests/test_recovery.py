@@ -790,3 +790,23 @@ def test_recovery_questions_reads_the_questions_recovery_would_read():
         recovery_questions([{"prompt": "a", "response": "b"}])
     with pytest.raises(ValueError, match="num_samples=0"):
         recovery_questions(rows, num_samples=0)
+
+
+def test_a_datasets_label_in_the_recovery_record():
+    """Recovery names a Dataset by what it is: self_distillation_dataset's own description, a Hub dataset's name (not
+    its paragraph of description), a short description, else a generic label."""
+    import datasets
+
+    tok = make_tokenizer()
+    rows = {"question": ["1+1?"], "answer": ["2"]}
+
+    def label(**info):
+        dataset = datasets.Dataset.from_dict(rows, info=datasets.DatasetInfo(**info))
+        return prepare_recovery_dataset(tok, dataset)[1]["dataset"]
+
+    own = "the dense model's own answers (greedy, up to 8 new tokens; 1 of 1 questions)"
+    assert label(description=own) == own
+    assert label(description="A long card.\n" * 40, dataset_name="gsm8k", config_name="main") == "gsm8k (main)"
+    assert label(description="A long card.\n" * 40) == "user-provided datasets.Dataset"
+    assert label(description="my math set") == "my math set"
+    assert label() == "user-provided datasets.Dataset"

@@ -239,6 +239,20 @@ def _tokenized_as_given(dataset, num_samples: int | None):
     return ds, {"dataset": "user-provided tokenized dataset", "num_examples": len(ds)}
 
 
+def _dataset_label(info) -> str:
+    """How recovery records a `datasets.Dataset` as its data: the description `self_distillation_dataset` gives its
+    rows, else the dataset's name (a Hub dataset's), else a short description, else "user-provided datasets.Dataset"
+    (a Hub dataset's paragraph-long description does not belong in a card's table)."""
+    description = (info.description or "").strip()
+    if description.startswith(OWN_ANSWERS):
+        return description
+    if info.dataset_name:
+        return str(info.dataset_name) + (f" ({info.config_name})" if info.config_name not in (None, "default") else "")
+    if description and len(description) <= 200 and "\n" not in description:
+        return description
+    return "user-provided datasets.Dataset"
+
+
 def _recovery_pairs(
     train_dataset: Any, data: Any, data_files: Any, num_samples: int | None, seed: int, qa: QAFormat
 ) -> tuple[list[tuple[str | None, str]], dict]:
@@ -258,8 +272,7 @@ def _recovery_pairs(
             train_dataset if num_samples is None else train_dataset.select(range(min(num_samples, len(train_dataset))))
         )
         pairs = _rows_to_pairs(rows, train_dataset.column_names, "(datasets.Dataset)", qa)
-        # a dataset that says what it holds (self_distillation_dataset's do) is recorded by that description
-        return pairs, {"dataset": train_dataset.info.description or "user-provided datasets.Dataset"}
+        return pairs, {"dataset": _dataset_label(train_dataset.info)}
     if isinstance(train_dataset, (list, tuple)):
         if not train_dataset:
             raise ValueError("The recovery dataset is empty: pass at least one example.")
