@@ -742,42 +742,26 @@ def target_checks(result: dict) -> list[dict]:
     same sparsity, and dense): what was measured and whether the target is met."""
     rows, checks = result["rows"], []
     for index, info in em_comparisons(result).items():
-        row = rows[index]
-        sparsity = round(row["sparsity"], 4)
+        row, sparsity = rows[index], round(rows[index]["sparsity"], 4)
         if row["method"] != "rku" or tuple(row.get("key", ())) != default_rku_key(row["sparsity"]):
             continue
+
+        def check(target: str, measured: str, met: bool) -> None:
+            checks.append({"sparsity": sparsity, "target": target, "measured": measured, "met": bool(met)})
+
         versus = info.get("vs_best_baseline")
         if versus is not None and sparsity in TARGET_HIGHEST:
-            measured = f"RKU {100 * row['exact_match']:.1f}% vs {versus['baseline']} {100 * (row['exact_match'] - versus['difference']):.1f}%"
-            checks.append(
-                {
-                    "sparsity": sparsity,
-                    "target": "highest exact match",
-                    "measured": measured,
-                    "met": versus["difference"] > 0,
-                }
-            )
+            other = 100 * (row["exact_match"] - versus["difference"])
+            measured = f"RKU {100 * row['exact_match']:.1f}% vs {versus['baseline']} {other:.1f}%"
+            check("highest exact match", measured, versus["difference"] > 0)
         if versus is not None and sparsity in TARGET_OUTSIDE_INTERVAL:
             measured = f"{100 * versus['difference']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}]"
-            checks.append(
-                {
-                    "sparsity": sparsity,
-                    "target": "outside the best baseline's paired interval",
-                    "measured": measured,
-                    "met": versus["low"] > 0,
-                }
-            )
+            check("outside the best baseline's paired interval", measured, versus["low"] > 0)
         if "kept_of_dense" in info and sparsity in TARGET_KEPT_OF_DENSE:
             floor = TARGET_KEPT_OF_DENSE[sparsity]
-            checks.append(
-                {
-                    "sparsity": sparsity,
-                    "target": f">= {floor:.0%} of dense exact match",
-                    "measured": f"{info['kept_of_dense']:.0%}",
-                    "met": info["kept_of_dense"] >= floor,
-                }
-            )
-    return sorted(checks, key=lambda check: check["sparsity"])
+            kept = info["kept_of_dense"]
+            check(f">= {floor:.0%} of dense exact match", f"{kept:.0%}", kept >= floor)
+    return sorted(checks, key=lambda c: c["sparsity"])
 
 
 def targets_markdown(result: dict) -> str:
