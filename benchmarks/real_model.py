@@ -746,7 +746,7 @@ def target_checks(result: dict) -> list[dict]:
         if row["method"] != "rku" or tuple(row.get("key", ())) != default_rku_key(row["sparsity"]):
             continue
 
-        def check(target: str, measured: str, met: bool) -> None:
+        def check(target: str, measured: str, met: bool, sparsity: float = sparsity) -> None:
             checks.append({"sparsity": sparsity, "target": target, "measured": measured, "met": bool(met)})
 
         versus = info.get("vs_best_baseline")
