@@ -22,6 +22,9 @@ GENERATION_CHAT_TEMPLATES = ("auto", "on", "off")
 RANKINGS = ("auto", "score", "per_parameter", "standardized", "expected_loss", "measured_loss")
 #: `kv_cache_tokens="auto"`: the cache of one sequence this long (or of the model's whole context, if shorter)
 DEFAULT_KV_CACHE_TOKENS = 6144
+#: the answer budget of the dense model's own answers that recovery can learn (`self_distillation_dataset`,
+#: `optimum-rku recover --answers self`)
+DEFAULT_ANSWER_TOKENS = 256
 #: `round_to="auto"`: kept FFN widths in multiples of the largest of these blocks that divides the layer's width into
 #: at least `AUTO_ROUND_MIN_BLOCKS` blocks (256: every llama.cpp K-quant; 32: every other type; both feed the GEMM
 #: kernels whole tiles), else no rounding (docs/benchmarks.md, "Quantized GGUF and aligned widths")

@@ -8,8 +8,7 @@ from typing import Any
 
 from optimum_rku.cli.args import CLIError, non_negative_int, positive_float, positive_int, unit_float
 from optimum_rku.cli.runtime import base_model_for, check_files, load_model, say
-from optimum_rku.config import CONFIG_NAME
-from optimum_rku.recovery.data import DEFAULT_ANSWER_TOKENS
+from optimum_rku.config import CONFIG_NAME, DEFAULT_ANSWER_TOKENS
 
 
 def add(parser: argparse.ArgumentParser) -> None:

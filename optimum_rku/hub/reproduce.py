@@ -62,7 +62,8 @@ def reproduce_command(meta: Mapping[str, Any], output: str | None = None) -> str
 def recover_command(recovery: Mapping[str, Any], checkpoint: str, output: str) -> str:
     """The `optimum-cli rku recover ...` line that re-runs a checkpoint's recorded LoRA recovery on the pruned
     `checkpoint` (non-default settings only; data given in Python is shown as a placeholder)."""
-    from optimum_rku.recovery.data import DEFAULT_ANSWER_TOKENS, DEFAULT_MAX_LENGTH, own_answers_settings
+    from optimum_rku.config import DEFAULT_ANSWER_TOKENS
+    from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, own_answers_settings
     from optimum_rku.recovery.training import DEFAULT_LORA, DEFAULT_TRAINING_ARGS, RecoveryOptions
 
     parts = ["optimum-cli rku recover", f"--checkpoint {checkpoint}", f"--output {output}"]

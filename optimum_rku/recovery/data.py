@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from optimum_rku.config import DEFAULT_ANSWER_TOKENS
 from optimum_rku.data.prompts import chat_template_error, qa_pair, question_prompt
 from optimum_rku.data.providers import get_provider
 
@@ -17,9 +18,6 @@ DEFAULT_MAX_LENGTH = 512
 
 
 IGNORE_INDEX = -100
-
-#: the answer budget of `self_distillation_dataset` (and `recover --answers self`)
-DEFAULT_ANSWER_TOKENS = 256
 
 #: how the description of `self_distillation_dataset`'s rows (what recovery records as its data) begins
 OWN_ANSWERS = "the dense model's own answers"
