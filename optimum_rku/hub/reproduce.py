@@ -64,7 +64,12 @@ def recover_command(recovery: Mapping[str, Any], checkpoint: str, output: str) -
     `checkpoint` (non-default settings only; data given in Python is shown as a placeholder)."""
     from optimum_rku.config import DEFAULT_ANSWER_TOKENS
     from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, own_answers_settings
-    from optimum_rku.recovery.training import DEFAULT_LORA, DEFAULT_TRAINING_ARGS, RecoveryOptions
+    from optimum_rku.recovery.defaults import (
+        DEFAULT_DISTILLATION_ALPHA,
+        DEFAULT_DISTILLATION_TEMPERATURE,
+        DEFAULT_LORA,
+        DEFAULT_TRAINING_ARGS,
+    )
 
     parts = ["optimum-cli rku recover", f"--checkpoint {checkpoint}", f"--output {output}"]
     if recovery.get("steps") is not None:
@@ -102,8 +107,8 @@ def recover_command(recovery: Mapping[str, Any], checkpoint: str, output: str) -
         teacher = distillation.get("teacher")
         parts.append(f"--teacher {'base' if teacher in (None, 'dense') else teacher}")
         for flag, key, default in (
-            ("--distillation-alpha", "alpha", RecoveryOptions.distillation_alpha),
-            ("--distillation-temperature", "temperature", RecoveryOptions.distillation_temperature),
+            ("--distillation-alpha", "alpha", DEFAULT_DISTILLATION_ALPHA),
+            ("--distillation-temperature", "temperature", DEFAULT_DISTILLATION_TEMPERATURE),
         ):
             if distillation.get(key) is not None and distillation[key] != default:
                 parts.append(f"{flag} {distillation[key]:g}")

@@ -27,25 +27,15 @@ from optimum_rku.io.files import install_directory, new_staging_directory, scrat
 from optimum_rku.io.metadata import read_metadata
 from optimum_rku.models.specs import SPECS
 from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, RecoveryCollator, prepare_recovery_dataset
+from optimum_rku.recovery.defaults import (
+    DEFAULT_DISTILLATION_ALPHA,
+    DEFAULT_DISTILLATION_TEMPERATURE,
+    DEFAULT_LORA,
+    DEFAULT_TRAINING_ARGS,
+)
 from optimum_rku.recovery.losses import check_distillation, distillation_trainer, response_loss
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
-DEFAULT_TRAINING_ARGS: dict[str, Any] = {
-    "max_steps": 200,
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 2e-4,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,
-    "weight_decay": 0.0,
-    "logging_steps": 10,
-    "save_strategy": "no",
-    "report_to": "none",
-    "seed": 2016,
-    "remove_unused_columns": False,
-}
 
 
 # ------------------------------------------------------------------------------------------------------ configs
@@ -204,8 +194,8 @@ class RecoveryOptions:
     chat_template: str = "auto"
     teacher: Any = None
     teacher_name: str | None = None
-    distillation_alpha: float = 0.5
-    distillation_temperature: float = 1.0
+    distillation_alpha: float = DEFAULT_DISTILLATION_ALPHA
+    distillation_temperature: float = DEFAULT_DISTILLATION_TEMPERATURE
     progress: bool = True
     return_summary: bool = False
 
