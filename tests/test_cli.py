@@ -502,6 +502,8 @@ def test_recover_on_the_dense_models_own_answers(workspace, tmp_path, monkeypatc
     capsys.readouterr()
     assert main(recover) == 2 and "--answers self: " in capsys.readouterr().err  # a local base: only --base finds it
     assert not asked and not recovered.exists()
+    given = [arg if arg != "self" else "given" for arg in recover]  # a budget for answers nobody generates
+    assert main(given) == 2 and "--answer-tokens 16" in capsys.readouterr().err and not recovered.exists()
     texts = tmp_path / "texts.jsonl"
     write_jsonl(texts, [{"prompt": "a", "response": "b"}])
     layout = [arg if arg != str(workspace / "train.jsonl") else str(texts) for arg in recover]

@@ -601,3 +601,11 @@ def test_recovered_card_reproduces_the_recovery_with_real_flags():
     assert "--data-files <your-data.jsonl>" in recover_command(
         dict(recovery, data={"dataset": "in-memory list"}), "a", "b"
     )
+    # a testbed checkpoint: `recover` reads the testbed's own pairs by default, so GSM8K must be named and its own not
+    from optimum_rku.data.providers import METADATA_KEY, get_provider
+
+    meta = {METADATA_KEY: "testbed"}
+    own = get_provider("testbed").recovery_label
+    line = recover_command(dict(recovery, data={"dataset": own, "num_examples": 50}), "a", "b", meta)
+    assert "--dataset" not in line and "--data-files" not in line and "--num-samples 50" in line
+    assert "--dataset openai/gsm8k" in recover_command(dict(given, data={"dataset": "openai/gsm8k"}), "a", "b", meta)

@@ -46,7 +46,7 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--answer-tokens",
         type=positive_int,
-        default=DEFAULT_ANSWER_TOKENS,
+        default=None,
         help=f"with --answers self: answer budget (default: {DEFAULT_ANSWER_TOKENS})",
     )
     parser.add_argument(
@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     data_files = check_files(args.data_files, "--data-files")
     if args.dataset and data_files:
         raise CLIError("pass either --dataset or --data-files, not both.")
+    if args.answer_tokens is not None and args.answers != "self":
+        raise CLIError(f"--answer-tokens {args.answer_tokens} sets the dense model's answer budget: use it with "
+                       f"--answers self (got --answers {args.answers}).")  # fmt: skip
+    answer_tokens = args.answer_tokens or DEFAULT_ANSWER_TOKENS
     from optimum_rku.io.checkpoint import check_save_dir
     from optimum_rku.io.metadata import read_metadata
 
@@ -169,9 +173,9 @@ def run(args: argparse.Namespace) -> int:
         from optimum_rku.recovery import self_distillation_dataset
 
         dense = teacher if args.teacher == "base" else load_model(dense_name, "float32")[0]
-        say(f"answering {len(questions)} questions with the dense model ({args.answer_tokens}-token budget)")
+        say(f"answering {len(questions)} questions with the dense model ({answer_tokens}-token budget)")
         train_dataset = self_distillation_dataset(
-            dense, tokenizer, questions, max_new_tokens=args.answer_tokens, seed=_seed(args),
+            dense, tokenizer, questions, max_new_tokens=answer_tokens, seed=_seed(args),
             progress=not args.quiet, chat_template=args.chat_template,
         )  # fmt: skip
         data_files = num_samples = None  # the questions were read and chosen by _questions

@@ -55,6 +55,8 @@ class DataProvider:
     hub_dataset: str | None = GSM8K_HUB_ID
     #: how cards name the calibration texts of a checkpoint that recorded none (None: not named)
     calibration_label: str | None = None
+    #: how `recovery_pairs` names its data (what a recovered checkpoint records as its dataset)
+    recovery_label: str = GSM8K_HUB_ID
     #: how cards name the provider's own evaluation problems, and their model-index fields
     problems_label = "GSM8K"
     evaluation_card: Mapping[str, Any] = {
@@ -94,7 +96,7 @@ class DataProvider:
         rows = rows.shuffle(seed=seed)
         if num_samples is not None:
             rows = rows.select(range(min(num_samples, len(rows))))
-        return [qa(r["question"], r["answer"]) for r in rows], {"dataset": GSM8K_HUB_ID, "seed": seed}
+        return [qa(r["question"], r["answer"]) for r in rows], {"dataset": self.recovery_label, "seed": seed}
 
     def evaluation_problems(self, split: str, limit: int | None, seed: int) -> EvaluationProblems:
         """GSM8K's own split from the Hub (the task's shots: 5, as lm-evaluation-harness)."""

@@ -59,9 +59,12 @@ def reproduce_command(meta: Mapping[str, Any], output: str | None = None) -> str
     return " \\\n    ".join(parts)
 
 
-def recover_command(recovery: Mapping[str, Any], checkpoint: str, output: str) -> str:
+def recover_command(
+    recovery: Mapping[str, Any], checkpoint: str, output: str, meta: Mapping[str, Any] | None = None
+) -> str:
     """The `optimum-cli rku recover ...` line that re-runs a checkpoint's recorded LoRA recovery on the pruned
-    `checkpoint` (non-default settings only; data given in Python is shown as a placeholder)."""
+    `checkpoint` (non-default settings only; data given in Python is shown as a placeholder). `meta` is the
+    checkpoint's `rku_config.json`: `recover` reads its provider's dataset unless `--dataset` names another."""
     from optimum_rku.config import DEFAULT_ANSWER_TOKENS
     from optimum_rku.recovery.data import DEFAULT_MAX_LENGTH, own_answers_settings
     from optimum_rku.recovery.defaults import (
@@ -87,6 +90,7 @@ def recover_command(recovery: Mapping[str, Any], checkpoint: str, output: str) -
     data = recovery.get("data") or {}
     source = data.get("dataset")
     own = own_answers_settings(source)
+    default_data = provider_for(metadata=meta or {}).recovery_label  # what `recover` reads without --dataset
     if own is not None:
         parts.append("--answers self")
         if own["max_new_tokens"] != DEFAULT_ANSWER_TOKENS:
@@ -94,8 +98,8 @@ def recover_command(recovery: Mapping[str, Any], checkpoint: str, output: str) -
         parts.append(f"--num-samples {own['asked']}")
         if own["of"] == "prompts":  # asked as given in Python: the command line asks the data's questions instead
             parts.append("--data-files <the-questions.jsonl>")
-    elif hub_dataset_id(source):
-        if source != provider_for(metadata={}).hub_dataset:
+    elif source == default_data or hub_dataset_id(source):
+        if source != default_data:
             parts.append(f"--dataset {hub_dataset_id(source)}")
         if data.get("num_examples") is not None:
             parts.append(f"--num-samples {data['num_examples']}")
@@ -122,7 +126,7 @@ def reproduce_section(meta: Mapping[str, Any], recovery: Mapping[str, Any] | Non
     if recovery:
         pruned = checkpoint_name(meta, None)
         output = name if name and name != pruned else f"{pruned}-lora"
-        command = reproduce_command(meta, pruned) + "\n" + recover_command(recovery, pruned, output)
+        command = reproduce_command(meta, pruned) + "\n" + recover_command(recovery, pruned, output, meta)
     else:
         command = reproduce_command(meta, name)
     return (

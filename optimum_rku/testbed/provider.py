@@ -26,6 +26,7 @@ class TestbedData(DataProvider):
     origin = "the optimum-rku reasoning testbed (a small Llama bundled with optimum-rku)"
     hub_dataset = None
     calibration_label = "optimum-rku testbed (train split, questions only)"
+    recovery_label = "optimum-rku testbed (train split, question + worked answer)"
     problems_label = "testbed (GSM8K format)"
     evaluation_card = {
         "dataset_type": "optimum-rku-testbed",
@@ -62,7 +63,7 @@ class TestbedData(DataProvider):
     ) -> tuple[list[tuple[str | None, str]], dict]:
         problems = make_problems(num_samples or DEFAULT_RECOVERY_PROBLEMS, seed=seed, split="train")
         pairs = [qa(p["question"], p["answer"]) for p in problems]
-        return pairs, {"dataset": "optimum-rku testbed (train split, question + worked answer)", "seed": seed}
+        return pairs, {"dataset": self.recovery_label, "seed": seed}
 
     def evaluation_problems(self, split: str, limit: int | None, seed: int) -> EvaluationProblems:
         if split not in SPLITS:
