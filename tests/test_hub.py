@@ -609,3 +609,18 @@ def test_recovered_card_reproduces_the_recovery_with_real_flags():
     line = recover_command(dict(recovery, data={"dataset": own, "num_examples": 50}), "a", "b", meta)
     assert "--dataset" not in line and "--data-files" not in line and "--num-samples 50" in line
     assert "--dataset openai/gsm8k" in recover_command(dict(given, data={"dataset": "openai/gsm8k"}), "a", "b", meta)
+
+
+def test_reproduce_section_says_when_the_recovery_answers_were_sampled():
+    """`recover --answers self` generates greedy answers: a card whose recovery learned sampled ones says so."""
+    from optimum_rku.hub.reproduce import reproduce_section
+
+    meta = {
+        "pruning_config": {"sparsity": 0.3, "importance": "rku"},
+        "plan": {},
+        "base_model": "Qwen/Qwen2.5-0.5B-Instruct",
+    }
+    answers = "the dense model's own answers ({}, up to 256 new tokens; 30 of 32 questions, finished answers only)"
+    for how, said in (("sampled", True), ("greedy", False)):
+        section = reproduce_section(meta, {"steps": 5, "data": {"dataset": answers.format(how)}}, None)
+        assert "--answers self" in section and ("*sampled* answers" in section) is said

@@ -129,10 +129,22 @@ def reproduce_section(meta: Mapping[str, Any], recovery: Mapping[str, Any] | Non
         command = reproduce_command(meta, pruned) + "\n" + recover_command(recovery, pruned, output, meta)
     else:
         command = reproduce_command(meta, name)
+    from optimum_rku.recovery.data import own_answers_settings
+
+    own = own_answers_settings(((recovery or {}).get("data") or {}).get("dataset"))
+    sampled = (
+        "The recovery learned *sampled* answers of the dense model; `recover --answers self` asks for greedy ones, "
+        "so this line re-creates it with greedy answers (`self_distillation_dataset(..., do_sample=True)` in Python "
+        "samples again).\n\n"
+        if own and own["do_sample"]
+        else ""
+    )
     return (
         "## Reproduce\n\n```bash\npip install optimum-rku\n"
         + command
-        + "\n```\n\n`rku_config.json` in this repository records the full configuration, the kept channel and head "
+        + "\n```\n\n"
+        + sampled
+        + "`rku_config.json` in this repository records the full configuration, the kept channel and head "
         "indices of every layer, parameter counts"
         + (
             ", the calibration summary and the recovery's settings and data."
