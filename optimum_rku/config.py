@@ -25,6 +25,8 @@ DEFAULT_KV_CACHE_TOKENS = 6144
 #: the answer budget of the dense model's own answers that recovery can learn (`self_distillation_dataset`,
 #: `optimum-rku recover --answers self`)
 DEFAULT_ANSWER_TOKENS = 256
+#: weight of the KL term and softmax temperature of distillation from the dense model (`recover --teacher`)
+DEFAULT_DISTILLATION_ALPHA, DEFAULT_DISTILLATION_TEMPERATURE = 0.5, 1.0
 #: `round_to="auto"`: kept FFN widths in multiples of the largest of these blocks that divides the layer's width into
 #: at least `AUTO_ROUND_MIN_BLOCKS` blocks (256: every llama.cpp K-quant; 32: every other type; both feed the GEMM
 #: kernels whole tiles), else no rounding (docs/benchmarks.md, "Quantized GGUF and aligned widths")

@@ -8,7 +8,12 @@ from typing import Any
 
 from optimum_rku.cli.args import CLIError, non_negative_int, positive_float, positive_int, unit_float
 from optimum_rku.cli.runtime import base_model_for, check_files, load_model, say
-from optimum_rku.config import CONFIG_NAME, DEFAULT_ANSWER_TOKENS
+from optimum_rku.config import (
+    CONFIG_NAME,
+    DEFAULT_ANSWER_TOKENS,
+    DEFAULT_DISTILLATION_ALPHA,
+    DEFAULT_DISTILLATION_TEMPERATURE,
+)
 
 
 def add(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +67,16 @@ def add(parser: argparse.ArgumentParser) -> None:
         "a local folder by name only",
     )
     parser.add_argument(
-        "--distillation-alpha", type=unit_float, default=0.5, help="weight of the KL term in [0, 1] (default: 0.5)"
+        "--distillation-alpha",
+        type=unit_float,
+        default=DEFAULT_DISTILLATION_ALPHA,
+        help=f"weight of the KL term in [0, 1] (default: {DEFAULT_DISTILLATION_ALPHA})",
     )
     parser.add_argument(
-        "--distillation-temperature", type=positive_float, default=1.0, help="softmax temperature (default: 1.0)"
+        "--distillation-temperature",
+        type=positive_float,
+        default=DEFAULT_DISTILLATION_TEMPERATURE,
+        help=f"softmax temperature (default: {DEFAULT_DISTILLATION_TEMPERATURE})",
     )
     parser.add_argument(
         "--save-adapter",

@@ -123,22 +123,22 @@ def recover_command(
 
 def reproduce_section(meta: Mapping[str, Any], recovery: Mapping[str, Any] | None, name: str | None) -> str:
     """The card's "Reproduce" section: the prune line, then (for a recovered checkpoint) the recover line."""
+    sampled = ""
     if recovery:
+        from optimum_rku.recovery.data import own_answers_settings
+
         pruned = checkpoint_name(meta, None)
         output = name if name and name != pruned else f"{pruned}-lora"
         command = reproduce_command(meta, pruned) + "\n" + recover_command(recovery, pruned, output, meta)
+        own = own_answers_settings((recovery.get("data") or {}).get("dataset"))
+        if own and own["do_sample"]:
+            sampled = (
+                "The recovery learned *sampled* answers of the dense model; `recover --answers self` asks for greedy "
+                "ones, so this line re-creates it with greedy answers (`self_distillation_dataset(..., "
+                "do_sample=True)` in Python samples again).\n\n"
+            )
     else:
         command = reproduce_command(meta, name)
-    from optimum_rku.recovery.data import own_answers_settings
-
-    own = own_answers_settings(((recovery or {}).get("data") or {}).get("dataset"))
-    sampled = (
-        "The recovery learned *sampled* answers of the dense model; `recover --answers self` asks for greedy ones, "
-        "so this line re-creates it with greedy answers (`self_distillation_dataset(..., do_sample=True)` in Python "
-        "samples again).\n\n"
-        if own and own["do_sample"]
-        else ""
-    )
     return (
         "## Reproduce\n\n```bash\npip install optimum-rku\n"
         + command

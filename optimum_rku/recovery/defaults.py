@@ -1,9 +1,14 @@
-"""Recovery's default settings, in a module of their own (no torch, no other import) so a model card can name them
-when it rebuilds a `recover` command line without importing the trainer."""
+"""Recovery's default settings, in a module of their own (no torch) so a model card can name them when it rebuilds a
+`recover` command line without importing the trainer. The distillation defaults live in `optimum_rku.config`, which
+the command line reads without importing this package."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from optimum_rku.config import DEFAULT_DISTILLATION_ALPHA, DEFAULT_DISTILLATION_TEMPERATURE
+
+__all__ = ["DEFAULT_DISTILLATION_ALPHA", "DEFAULT_DISTILLATION_TEMPERATURE", "DEFAULT_LORA", "DEFAULT_TRAINING_ARGS"]
 
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
@@ -20,6 +25,3 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
     "seed": 2016,
     "remove_unused_columns": False,
 }
-
-#: weight of the KL term and softmax temperature of distillation from the dense model
-DEFAULT_DISTILLATION_ALPHA, DEFAULT_DISTILLATION_TEMPERATURE = 0.5, 1.0
