@@ -669,11 +669,20 @@ def _row_line(row: dict) -> str:
     )
 
 
+def em_problems_text(result: dict) -> str:
+    """How many problems the exact-match rows answered: one number, or the range when a resumed record's rows differ
+    (the header's `em_problems` is only the last invocation's)."""
+    counts = sorted({len(row["em_correct"]) for row in result["rows"] if "em_correct" in row})
+    if len(counts) > 1:
+        return f"{counts[0]}-{counts[-1]} (per row: the exact-match table's problems column)"
+    return str(counts[0] if counts else result["em_problems"])
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"Model `{result['model']}`{' (' + result['weights_note'] + ')' if result.get('weights_note') else ''}; "
         f"{result['nll_problems']} GSM8K {result['split']} problems for NLL / perplexity / agreement, "
-        f"{result['em_problems']} for exact match; {result['num_calibration']} calibration questions; "
+        f"{em_problems_text(result)} for exact match; {result['num_calibration']} calibration questions; "
         f"wall time {result['wall_time_s'] / 60:.1f} min on {result['threads']} threads"
         + ("." if result.get("complete", True) else " (interrupted: the rows below are all it wrote)."),
         "",
@@ -701,16 +710,26 @@ def markdown(result: dict) -> str:
 OWN_METHODS = ("rku",)
 
 
-def em_comparisons(result: dict) -> dict[int, dict]:
-    """Per row index (rows with per-problem verdicts): % of dense kept, and the paired difference to the best
-    baseline at its sparsity (highest exact match among baseline rows, on the problems both answered)."""
-    rows = result["rows"]
-    dense = rows[0]
-    best: dict[float, dict] = {}
+def best_baselines(rows: list[dict]) -> dict[float, dict]:
+    """Per sparsity, the baseline row with the highest exact match on the problems every baseline row there answered
+    (rows of a resumed record may have answered different counts), ties going to the row that answered more."""
+    candidates: dict[float, list[dict]] = {}
     for row in rows[1:]:
         if "em_correct" in row and row["method"] not in (*OWN_METHODS, "random"):
-            if row["sparsity"] not in best or row["exact_match"] > best[row["sparsity"]]["exact_match"]:
-                best[row["sparsity"]] = row
+            candidates.setdefault(row["sparsity"], []).append(row)
+    best = {}
+    for sparsity, group in candidates.items():
+        common = min(len(row["em_correct"]) for row in group)
+        best[sparsity] = max(group, key=lambda r: (r["em_correct"][:common].count("1"), len(r["em_correct"])))
+    return best
+
+
+def em_comparisons(result: dict) -> dict[int, dict]:
+    """Per row index (rows with per-problem verdicts): % of dense kept, and the paired difference to the best
+    baseline at its sparsity (`best_baselines`), on the problems both answered."""
+    rows = result["rows"]
+    dense = rows[0]
+    best = best_baselines(rows)
     out: dict[int, dict] = {}
     for index, row in enumerate(rows):
         if "em_correct" not in row:
@@ -751,8 +770,11 @@ def target_checks(result: dict) -> list[dict]:
 
         versus = info.get("vs_best_baseline")
         if versus is not None and sparsity in TARGET_HIGHEST:
-            other = 100 * (row["exact_match"] - versus["difference"])
-            measured = f"RKU {100 * row['exact_match']:.1f}% vs {versus['baseline']} {other:.1f}%"
+            n = versus["problems"]  # both rows on the problems both answered
+            ours = 100 * row["em_correct"][:n].count("1") / n
+            measured = (
+                f"RKU {ours:.1f}% vs {versus['baseline']} {ours - 100 * versus['difference']:.1f}% ({n} problems)"
+            )
             check("highest exact match", measured, versus["difference"] > 0)
         if versus is not None and sparsity in TARGET_OUTSIDE_INTERVAL:
             measured = f"{100 * versus['difference']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}]"

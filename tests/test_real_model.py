@@ -187,6 +187,9 @@ def test_more_problems_on_resume_answer_only_the_new_ones(workspace, tmp_path, m
     table = real_model.em_markdown(record)
     assert "| wanda global" in table and "difference to best baseline" in table
     assert real_model.em_chart(record, tmp_path / "em.png") and (tmp_path / "em.png").stat().st_size > 0
+    assert real_model.em_problems_text(record) == "5"
+    record["rows"][2]["em_correct"] = "111"  # rows of a resumed record that answered different counts: say the range
+    assert real_model.em_problems_text(record).startswith("3-5 ")
 
 
 def test_settings_are_chosen_on_exact_match_where_every_row_has_it(tmp_path):
@@ -303,3 +306,14 @@ def test_targets_judge_the_default_rku_rows_against_the_best_baseline():
     assert next(c for c in checks if "dense" in c["target"])["measured"] == "70%"
     text = real_model.targets_markdown({"rows": [dense, rku20, flap20], "num_calibration": 32})
     assert "| 20% | >= 75% of dense exact match | 70% | **no** |" in text
+
+    # rows of a resumed record answered different counts: the best baseline is chosen on the problems every baseline
+    # row answered (a tie goes to the row with more), and RKU is measured against it on the problems both answered
+    rku40 = row("rku", 0.4, "10000001", real_model.default_rku_key(0.4))
+    wanda40, flap40 = row("wanda", 0.4, "10000000"), row("flap", 0.4, "1000")  # flap's 25% is on its 4 problems only
+    assert real_model.best_baselines([dense, rku40, flap40, wanda40])[0.4] is wanda40
+    checks = real_model.target_checks({"rows": [dense, rku40, flap40, wanda40]})
+    assert checks[0]["measured"] == "RKU 25.0% vs wanda global/auto keep0.1 12.5% (8 problems)" and checks[0]["met"]
+    flap40["em_correct"] = "1100"  # now flap is ahead on the common problems: RKU is measured on its 4
+    checks = real_model.target_checks({"rows": [dense, rku40, flap40, wanda40]})
+    assert checks[0]["measured"] == "RKU 25.0% vs flap global/auto keep0.1 50.0% (4 problems)" and not checks[0]["met"]

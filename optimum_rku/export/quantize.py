@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optimum_rku.config import GGUF_K_BLOCK, GGUF_LEGACY_BLOCK
+
 #: llama.cpp file types (`llama_ftype`) that `quantize=` accepts, by the name llama-quantize uses (lower case)
 QUANT_TYPES: dict[str, int] = {
     "q4_0": 2,
@@ -40,8 +42,6 @@ QUANT_TYPES: dict[str, int] = {
     "q5_k_m": 17,
     "q6_k": 18,
 }
-#: values per block: K-quants pack 256, the legacy types (and their fallbacks) 32
-K_BLOCK, LEGACY_BLOCK = 256, 32
 #: llama.cpp's fallback when a row does not fit the block (F16 when the fallback's 32-block does not fit either)
 FALLBACKS = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 _QUANTIZED = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", *FALLBACKS}
@@ -67,7 +67,7 @@ def require_llama_cpp() -> None:
 
 def block_of(quantize: str) -> int:
     """The block a mix's main type needs (256 for K-quant mixes, 32 otherwise)."""
-    return K_BLOCK if "_k" in check_quantize(quantize) else LEGACY_BLOCK
+    return GGUF_K_BLOCK if "_k" in check_quantize(quantize) else GGUF_LEGACY_BLOCK
 
 
 @dataclass(frozen=True)
@@ -81,20 +81,20 @@ class Fallback:
 
     @property
     def reason(self) -> str:
-        block = K_BLOCK if self.wanted in FALLBACKS else LEGACY_BLOCK
+        block = GGUF_K_BLOCK if self.wanted in FALLBACKS else GGUF_LEGACY_BLOCK
         text = f"row length {self.columns} is not a multiple of {block} ({self.wanted} blocks)"
         if self.got == "F16":
-            text += f" nor of {LEGACY_BLOCK}"
+            text += f" nor of {GGUF_LEGACY_BLOCK}"
         return text
 
 
 def fallback_for(name: str, columns: int, wanted: str) -> Fallback | None:
     """llama.cpp's fallback rule for a tensor of `columns` columns meant to be `wanted` (a ggml type name)."""
     wanted = wanted.upper()
-    if wanted in FALLBACKS and columns % K_BLOCK:
-        got = FALLBACKS[wanted] if columns % LEGACY_BLOCK == 0 else "F16"
+    if wanted in FALLBACKS and columns % GGUF_K_BLOCK:
+        got = FALLBACKS[wanted] if columns % GGUF_LEGACY_BLOCK == 0 else "F16"
         return Fallback(name, columns, wanted, got)
-    if wanted in _QUANTIZED and wanted not in FALLBACKS and columns % LEGACY_BLOCK:
+    if wanted in _QUANTIZED and wanted not in FALLBACKS and columns % GGUF_LEGACY_BLOCK:
         return Fallback(name, columns, wanted, "F16")
     return None
 
@@ -159,7 +159,7 @@ def types_of(reader) -> TypeReport:
     types = Counter(t.tensor_type.name for t in reader.tensors)
     fallbacks = []
     if file_type.lower() in QUANT_TYPES:
-        undo = {v: k for k, v in FALLBACKS.items()} if block_of(file_type) == K_BLOCK else {}
+        undo = {v: k for k, v in FALLBACKS.items()} if block_of(file_type) == GGUF_K_BLOCK else {}
         for tensor in reader.tensors:
             got, columns = tensor.tensor_type.name, int(tensor.shape[0])
             wanted = undo.get(got, _main(file_type)) if got != "F16" else _main(file_type)
