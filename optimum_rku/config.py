@@ -27,11 +27,11 @@ DEFAULT_KV_CACHE_TOKENS = 6144
 DEFAULT_ANSWER_TOKENS = 256
 #: weight of the KL term and softmax temperature of distillation from the dense model (`recover --teacher`)
 DEFAULT_DISTILLATION_ALPHA, DEFAULT_DISTILLATION_TEMPERATURE = 0.5, 1.0
+#: values per quantization block in llama.cpp: K-quants pack 256, the legacy types (and K-quants' fallbacks) 32
+GGUF_K_BLOCK, GGUF_LEGACY_BLOCK = 256, 32
 #: `round_to="auto"`: kept FFN widths in multiples of the largest of these blocks that divides the layer's width into
 #: at least `AUTO_ROUND_MIN_BLOCKS` blocks (256: every llama.cpp K-quant; 32: every other type; both feed the GEMM
 #: kernels whole tiles), else no rounding (docs/benchmarks.md, "Quantized GGUF and aligned widths")
-#: values per quantization block in llama.cpp: K-quants pack 256, the legacy types (and K-quants' fallbacks) 32
-GGUF_K_BLOCK, GGUF_LEGACY_BLOCK = 256, 32
 AUTO_ROUND_BLOCKS = (GGUF_K_BLOCK, 128, 64, GGUF_LEGACY_BLOCK)
 AUTO_ROUND_MIN_BLOCKS = 16
 #: RKU's activity term A_s: mean |y| (L2 over a head's slice), or the spread around the calibration mean
