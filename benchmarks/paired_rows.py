@@ -18,9 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from real_model import _label
-
-from optimum_rku.evaluation.stats import paired_difference
+from real_model import _label, paired_verdicts
 
 #: the record fields two records' verdicts must share to be paired
 SAME_FIELDS = ("model", "split", "em_task", "em_tokens")
@@ -46,19 +44,13 @@ def compare(reference: dict, ref_record: dict, records: dict[str, dict]) -> list
         for row in record["rows"]:
             if "em_correct" not in row or row is reference or abs(row["sparsity"] - reference["sparsity"]) > 1e-9:
                 continue
-            n = min(len(row["em_correct"]), len(reference["em_correct"]))
-            diff = paired_difference(
-                [int(c) for c in row["em_correct"][:n]], [int(c) for c in reference["em_correct"][:n]]
-            )
             out.append(
                 {
                     "record": path,
                     "variant": _label(row),
                     "num_calibration": record.get("num_calibration"),
                     "sparsity": row["sparsity"],
-                    "problems": n,
-                    "exact_match": row["em_correct"][:n].count("1") / n,
-                    **diff.to_dict(),
+                    **paired_verdicts(row, reference),
                 }
             )
     return out

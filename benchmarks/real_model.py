@@ -710,6 +710,14 @@ def markdown(result: dict) -> str:
 OWN_METHODS = ("rku",)
 
 
+def paired_verdicts(row: dict, other: dict) -> dict[str, Any]:
+    """`row` minus `other` on the problems both answered (the first `problems` of each): `row`'s exact match there,
+    and the paired difference with its 95% bootstrap interval and McNemar p (`PairedDifference` fields)."""
+    n = min(len(row["em_correct"]), len(other["em_correct"]))
+    diff = paired_difference([int(c) for c in row["em_correct"][:n]], [int(c) for c in other["em_correct"][:n]])
+    return {"exact_match": row["em_correct"][:n].count("1") / n, **diff.to_dict()}
+
+
 def best_baselines(rows: list[dict]) -> dict[float, dict]:
     """Per sparsity, the baseline row with the highest exact match on the problems every baseline row there answered
     (rows of a resumed record may have answered different counts), ties going to the row that answered more."""
@@ -741,11 +749,7 @@ def em_comparisons(result: dict) -> dict[int, dict]:
             info["kept_of_dense"] = row["em_correct"][:n].count("1") / kept if kept else float("nan")
         baseline = best.get(row["sparsity"])
         if baseline is not None and baseline is not row:
-            n = min(len(row["em_correct"]), len(baseline["em_correct"]))
-            diff = paired_difference(
-                [int(c) for c in row["em_correct"][:n]], [int(c) for c in baseline["em_correct"][:n]]
-            )
-            info["vs_best_baseline"] = {"baseline": _label(baseline), **diff.to_dict()}
+            info["vs_best_baseline"] = {"baseline": _label(baseline), **paired_verdicts(row, baseline)}
         out[index] = info
     return out
 
@@ -770,10 +774,10 @@ def target_checks(result: dict) -> list[dict]:
 
         versus = info.get("vs_best_baseline")
         if versus is not None and sparsity in TARGET_HIGHEST:
-            n = versus["problems"]  # both rows on the problems both answered
-            ours = 100 * row["em_correct"][:n].count("1") / n
+            ours = 100 * versus["exact_match"]  # both rows on the problems both answered
             measured = (
-                f"RKU {ours:.1f}% vs {versus['baseline']} {ours - 100 * versus['difference']:.1f}% ({n} problems)"
+                f"RKU {ours:.1f}% vs {versus['baseline']} {ours - 100 * versus['difference']:.1f}% "
+                f"({versus['problems']} problems)"
             )
             check("highest exact match", measured, versus["difference"] > 0)
         if versus is not None and sparsity in TARGET_OUTSIDE_INTERVAL:
