@@ -368,7 +368,9 @@ def exact_match(
         records.append(result.to_dict())
     prompt_tokens = sum(len(tokenizer(s["prompt"], add_special_tokens=not chat)["input_ids"]) for s in result.samples)
     if getattr(args, "save_completions", False):
-        with open(f"{args.output}_completions.jsonl", "a", encoding="utf-8") as handle:
+        path = Path(f"{args.output}_completions.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)  # the first row's answers come before the first record
+        with path.open("a", encoding="utf-8") as handle:
             for offset, sample in enumerate(result.samples):
                 kept = {
                     k: sample[k] for k in ("completion", "generated_tokens", "stopped", "target", judged, flexible)

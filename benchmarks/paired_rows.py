@@ -8,7 +8,9 @@ problems both answered: the accuracy difference with its 95% paired bootstrap in
     python benchmarks/paired_rows.py --reference docs/real_model/qwen_select.json "rku global/auto kv6144 keep0.1" \
         0.25 --records docs/real_model/qwen_select.json docs/real_model/qwen_select_calibration.json
 
-Records must share the split, the exact-match task and the answer budget (else the verdicts judge other things).
+Records must share the split, the exact-match task and the answer budget (else the verdicts judge other things);
+they may differ in the dtype they generated in (`--em-dtype`), which is how a bfloat16 record is checked against the
+float32 one: the table counts the verdicts that changed.
 Prints a markdown table; `--output PREFIX` also writes `PREFIX.json` and `PREFIX.md`.
 """
 
@@ -49,6 +51,7 @@ def compare(reference: dict, ref_record: dict, records: dict[str, dict]) -> list
                     "record": path,
                     "variant": _label(row),
                     "num_calibration": record.get("num_calibration"),
+                    "em_dtype": record.get("em_dtype", "float32"),
                     "sparsity": row["sparsity"],
                     **paired_verdicts(row, reference),
                 }
@@ -60,14 +63,16 @@ def markdown(reference_label: str, sparsity: float, rows: list[dict]) -> str:
     lines = [
         f"Paired against `{reference_label}` at {sparsity:.0%} (95% paired bootstrap interval, McNemar p).",
         "",
-        "| record | variant | calibration questions | sparsity | problems | exact match | difference [95%] | p |",
-        "|---|---|---|---|---|---|---|---|",
+        "| record | variant | calibration questions | generated in | sparsity | problems | exact match | "
+        "difference [95%] | p | verdicts changed (only this row / only the reference right) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {Path(r['record']).stem} | {r['variant']} | {r['num_calibration']} | {r['sparsity']:.0%} | "
-            f"{r['problems']} | {100 * r['exact_match']:.1f}% | {100 * r['difference']:+.1f} "
-            f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] | {r['p_value']:.3g} |"
+            f"| {Path(r['record']).stem} | {r['variant']} | {r['num_calibration']} | {r['em_dtype']} | "
+            f"{r['sparsity']:.0%} | {r['problems']} | {100 * r['exact_match']:.1f}% | {100 * r['difference']:+.1f} "
+            f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] | {r['p_value']:.3g} | "
+            f"{r['only_a'] + r['only_b']} ({r['only_a']} / {r['only_b']}) |"
         )
     return "\n".join(lines) + "\n"
 

@@ -225,6 +225,37 @@ def test_resume_refuses_a_record_calibrated_otherwise(workspace, tmp_path):
         run_grid(workspace, tmp_path, "--num-calibration", "3", "--resume")
 
 
+def test_em_dtype_generates_in_bfloat16_and_keeps_the_rest_float32(workspace, tmp_path, monkeypatch):
+    """`--em-dtype bfloat16`: exact match generates on a bfloat16 copy while NLL and pruning stay float32 (the same
+    NLL as a float32 run); the record names the dtype and a resume in another dtype is refused."""
+    torch.set_num_threads(1)
+    plain = run_grid(workspace, tmp_path / "plain", "--methods", "magnitude", "--sparsities", "0.4")
+    import optimum_rku.evaluation as evaluation
+    from optimum_rku.evaluation.runner import evaluate
+
+    dtypes = []
+
+    def recording(model, tokenizer, task, dataset=None, **kwargs):
+        dtypes.append(next(model.parameters()).dtype)
+        return evaluate(model, tokenizer, task, dataset, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", recording, raising=False)
+    bf16 = run_grid(
+        workspace, tmp_path, "--methods", "magnitude", "--sparsities", "0.4", "--em-dtype", "bfloat16",
+        "--save-completions",  # into an output folder that does not exist yet
+    )  # fmt: skip
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # dense and the pruned row
+    assert bf16["em_dtype"] == "bfloat16" and plain["em_dtype"] == "float32"
+    for row, reference in zip(bf16["rows"], plain["rows"]):
+        assert row["nll"] == reference["nll"] and row["params"] == reference["params"]
+        assert len(row["em_correct"]) == 3
+    assert "generated in bfloat16" in real_model.em_markdown(bf16)
+    answers = (tmp_path / "out" / "grid_completions.jsonl").read_text().splitlines()
+    assert len(answers) == 6 and json.loads(answers[0])["row"] == "dense"
+    with pytest.raises(SystemExit, match="generated in bfloat16, this run asks for --em-dtype float32"):
+        run_grid(workspace, tmp_path, "--methods", "magnitude", "--sparsities", "0.4", "--resume")
+
+
 def test_paired_rows_pairs_every_row_against_the_reference(workspace, tmp_path, capsys):
     """benchmarks/paired_rows.py pairs the rows of several records against one reference row, problem by problem, and
     refuses a record whose verdicts judge another split."""
@@ -254,6 +285,8 @@ def test_paired_rows_pairs_every_row_against_the_reference(workspace, tmp_path, 
         )
         expected = sum(map(int, source["em_correct"])) - sum(map(int, reference["em_correct"]))
         assert row["difference"] == pytest.approx(expected / row["problems"]) and row["problems"] == 3
+        changed = sum(a != b for a, b in zip(source["em_correct"], reference["em_correct"]))
+        assert row["only_a"] + row["only_b"] == changed and row["em_dtype"] == "float32"
     assert sum(r["difference"] != 0 for r in rows) == 2  # the other row at its sparsity, in both files
     assert "| other | " in (prefix.with_suffix(".md")).read_text()
     other_path.write_text(json.dumps(dict(record, em_tokens=999)))
