@@ -25,7 +25,7 @@ from problems to report on (`--split test`). Writes JSON, a markdown table and a
     python benchmarks/real_model.py --output docs/real_model/full --resume --em-sparsities   # ... in phases: cheap
     python benchmarks/real_model.py --output docs/real_model/full --resume   # metrics first, exact match after
     python benchmarks/real_model.py --summarize docs/real_model/select_*.json   # best variant per method
-    python benchmarks/real_model.py --render docs/real_model/x.json           # table + chart again from a JSON
+    python benchmarks/real_model.py --render docs/real_model/x.json           # table, chart, targets again from a JSON
     python benchmarks/real_model.py --split test --settings-from docs/real_model/select_*.json   # report on test
 
 One script on purpose (over ~450 lines): the command recorded in docs/benchmarks.md reproduces the whole run.
@@ -985,6 +985,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--render":  # markdown + chart again from a JSON record (e.g. an interrupted run's)
         for path in argv[1:]:
             record, stem = json.loads(Path(path).read_text()), str(Path(path).with_suffix(""))
+            if record.get("targets") != (targets := target_checks(record)):  # derived: kept in step with the table
+                record["targets"] = targets
+                write_json(stem, record)
             Path(f"{stem}.md").write_text(markdown(record))
             chart(record, Path(f"{stem}.png"))
             drawn = em_chart(record, Path(f"{stem}_em.png"))

@@ -255,6 +255,14 @@ def test_em_dtype_generates_in_bfloat16_and_keeps_the_rest_float32(workspace, tm
     with pytest.raises(SystemExit, match="generated in bfloat16, this run asks for --em-dtype float32"):
         run_grid(workspace, tmp_path, "--methods", "magnitude", "--sparsities", "0.4", "--resume")
 
+    # --render rewrites the table, the charts and the record's derived targets (stale here) from the JSON
+    path = tmp_path / "out" / "grid.json"
+    path.write_text(json.dumps(dict(bf16, targets=[{"stale": True}])))
+    (tmp_path / "out" / "grid.md").unlink()
+    assert real_model.main(["--render", str(path)]) == 0
+    assert json.loads(path.read_text())["targets"] == real_model.target_checks(bf16)
+    assert "generated in bfloat16" in (tmp_path / "out" / "grid.md").read_text()
+
 
 def test_paired_rows_pairs_every_row_against_the_reference(workspace, tmp_path, capsys):
     """benchmarks/paired_rows.py pairs the rows of several records against one reference row, problem by problem, and
