@@ -248,7 +248,8 @@ def dense_verdicts(path: Path, args) -> dict:
 
 
 def baseline_variant(args) -> dict:
-    """The baseline's plan setting in real_model.py's variant form."""
+    """The baseline's plan setting in real_model.py's variant form, at the library's width rounding (as the test
+    table's baseline rows and `rku_variant`)."""
     return dict(
         allocation=args.baseline_allocation,
         ranking=args.baseline_ranking if args.baseline_allocation == "global" else None,
@@ -256,6 +257,7 @@ def baseline_variant(args) -> dict:
         min_keep=args.baseline_min_keep,
         min_keep_attention=args.baseline_min_keep_attention,
         kv_cache_tokens=args.baseline_kv_cache_tokens if args.baseline_kv_cache_tokens is not None else 0,
+        round_to=RKUConfig().round_to,
     )
 
 
